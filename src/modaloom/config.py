@@ -1,0 +1,69 @@
+"""Load a whole config (model / data / train) from YAML or JSON, with command-line overrides.
+
+Nested modaloom configs and TencentPretrain's flat JSON configs are both accepted; the latter are
+recognised by their top-level keys (``embedding``, ``encoder``, ``target`` ...) and translated by
+``modaloom.interop.tencentpretrain_config``.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from modaloom.config_schema import Source, build, load_document, parse_overrides, set_dotted, to_dict
+from modaloom.data.config import DataConfig
+from modaloom.errors import ConfigError
+from modaloom.model_config import ModelConfig
+from modaloom.train.config import TrainConfig
+
+
+@dataclass
+class Config:
+    """A full job description."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def is_tencentpretrain(data: dict[str, Any]) -> bool:
+    """TencentPretrain configs are flat: ``encoder`` is a string, ``target`` a list of names."""
+    return isinstance(data.get("encoder"), str) or "target" in data or "stream_0" in data
+
+
+def config_dict(path: str | Path) -> tuple[dict[str, Any], Source]:
+    """The nested dict of a config file (TencentPretrain configs translated), with line info."""
+    data, source = load_document(path)
+    if is_tencentpretrain(data):
+        from modaloom.interop.tencentpretrain_config import translate
+
+        return translate(data, source), Source(source.file)
+    return data, source
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> Config:
+    """Build a validated Config from a file (or ``base`` dict) plus ``key.sub=value`` overrides."""
+    if path is not None:
+        data, source = config_dict(path)
+    else:
+        data, source = copy.deepcopy(base or {}), Source()
+    for key, value in parse_overrides(overrides or []):
+        if key.split(".")[0] not in ("model", "data", "train"):
+            raise ConfigError(f"override {key!r} must start with model., data. or train.")
+        set_dotted(data, key, value)
+    return build(Config, data, source)
+
+
+def load_model_config(path: str | Path) -> ModelConfig:
+    """A ModelConfig from a full config file, a model-only file, or a TencentPretrain config."""
+    data, source = config_dict(path)
+    if "model" in data:
+        return build(ModelConfig, data["model"], source, "model")
+    return build(ModelConfig, data, source)
+
+
+def dump_config(config: Any) -> dict[str, Any]:
+    return to_dict(config)
