@@ -140,6 +140,8 @@ class TargetConfig:
     transform: bool = True  # MLM: dense + act + norm before the output layer (BERT); false for none
     tie_weights: bool = False  # output layer shares the word embedding's weight
     output_bias: bool = True
+    scale_before_output: bool = False  # multiply by hidden_size**-0.5 before the output layer (tied T5)
+    source: str = choice("auto", "auto", "encoder", "decoder")  # which states the target reads
     labels_num: int = 2
     pooling: str = choice("first", "first", "last", "mean", "max", "eos", "none")
     pooler: bool = True  # dense + tanh on the pooled vector (BERT NSP / classification)

@@ -1,0 +1,93 @@
+"""Token, learned position, segment and sinusoidal position embedding parts."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from modaloom.embeddings.base import Batch, EmbeddingPart, require
+from modaloom.errors import ConfigError
+from modaloom.layers.positions import sinusoidal_table
+from modaloom.model_config import EmbeddingConfig
+from modaloom.registry import register
+
+
+@register("embedding", "word")
+class WordEmbedding(EmbeddingPart):
+    """Token ids -> vectors; optional sqrt(emb_size) scaling (BART, S2T)."""
+
+    creates_sequence = True
+
+    def __init__(self, cfg: EmbeddingConfig) -> None:
+        super().__init__(cfg)
+        if cfg.vocab_size <= 0:
+            raise ConfigError("embedding.vocab_size must be set (> 0) for the 'word' part")
+        self.weight = nn.Parameter(torch.empty(cfg.vocab_size, cfg.emb_size))
+        self.scale = math.sqrt(cfg.emb_size) if cfg.scale_embedding else 1.0
+
+    def word_embedding(self) -> nn.Module:
+        return self
+
+    def forward(self, x, mask, batch: Batch, ctx: dict[str, Any]):
+        ids = require(batch, ctx.get("input_key", "input_ids"), "word")
+        emb = nn.functional.embedding(ids, self.weight)
+        if self.scale != 1.0:
+            emb = emb * self.scale
+        key_mask = batch.get(ctx.get("mask_key", "attention_mask"))
+        return (emb if x is None else x + emb), (key_mask.bool() if key_mask is not None else None)
+
+
+@register("embedding", "pos")
+class PositionEmbedding(EmbeddingPart):
+    """Learned absolute positions; rows start at ``position_offset`` (2 in RoBERTa/BART checkpoints)."""
+
+    def __init__(self, cfg: EmbeddingConfig) -> None:
+        super().__init__(cfg)
+        self.weight = nn.Parameter(torch.empty(cfg.max_seq_length + cfg.position_offset, cfg.emb_size))
+
+    def forward(self, x, mask, batch: Batch, ctx: dict[str, Any]):
+        start = self.cfg.position_offset + ctx.get("past_length", 0)
+        length = x.shape[1]
+        if start + length > self.weight.shape[0]:
+            raise ConfigError(
+                f"sequence of {ctx.get('past_length', 0) + length} positions exceeds "
+                f"embedding.max_seq_length {self.cfg.max_seq_length}"
+            )
+        return x + self.weight[start:start + length], mask
+
+
+@register("embedding", "seg")
+class SegmentEmbedding(EmbeddingPart):
+    """Segment (token type) embedding from ``segment_ids``; zeros are used when the batch has none."""
+
+    def __init__(self, cfg: EmbeddingConfig) -> None:
+        super().__init__(cfg)
+        self.weight = nn.Parameter(torch.empty(cfg.type_vocab_size, cfg.emb_size))
+
+    def forward(self, x, mask, batch: Batch, ctx: dict[str, Any]):
+        seg = ctx.get("segment_ids")
+        if seg is None:
+            seg = batch.get("segment_ids")
+        if seg is None:
+            return x + self.weight[0], mask
+        return x + nn.functional.embedding(seg, self.weight), mask
+
+
+@register("embedding", "sinusoidal", "sinusoidalpos")
+class SinusoidalPositionEmbedding(EmbeddingPart):
+    """Fixed sine/cosine positions (Vaswani et al. 2017, fairseq layout) starting at ``position_offset``."""
+
+    def __init__(self, cfg: EmbeddingConfig) -> None:
+        super().__init__(cfg)
+        length = cfg.max_seq_length + cfg.position_offset
+        self.register_buffer("table", sinusoidal_table(length, cfg.emb_size), persistent=False)
+
+    def forward(self, x, mask, batch: Batch, ctx: dict[str, Any]):
+        start = self.cfg.position_offset + ctx.get("past_length", 0)
+        length = x.shape[1]
+        if start + length > self.table.shape[0]:
+            self.table = sinusoidal_table(start + length, self.cfg.emb_size).to(self.table.device)
+        return x + self.table[start:start + length].to(x.dtype), mask

@@ -1,0 +1,1 @@
+"""Reusable building blocks: attention, feed-forward, norms, positions, masks."""

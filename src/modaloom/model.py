@@ -1,0 +1,274 @@
+"""Model = embedding + encoder [+ target embedding + decoder] + targets, built from a ModelConfig.
+
+There is no model-family code here: BERT, GPT-2, T5, ViT, CLIP, S2T differ only in config. Weight tying is
+declared by the parts (a target's ``tied_output`` and an embedding's ``word_embedding``) and switched on
+by config flags. Saved models are a folder with ``config.json`` and ``model.safetensors``; no pickle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_model
+from torch import nn
+
+from modaloom import registry
+from modaloom.config_schema import Source, build, to_dict
+from modaloom.decoders.transformer import TransformerDecoder
+from modaloom.embeddings.base import build_embedding
+from modaloom.encoders.base import build_encoder
+from modaloom.errors import CheckpointError, ConfigError
+from modaloom.model_config import ModelConfig
+
+Batch = dict[str, torch.Tensor]
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass
+class ModelOutput:
+    loss: torch.Tensor | None = None
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)
+    hidden: Any = None
+    logits: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class Model(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.embedding = build_embedding(cfg.embedding)
+        self.encoder = build_encoder(cfg.encoder, self.embedding.output_size)
+        self.tgt_embedding = None
+        self.decoder = None
+        if cfg.decoder is not None:
+            self.tgt_embedding = build_embedding(cfg.tgt_embedding)
+            self.decoder = TransformerDecoder(cfg.decoder, self.tgt_embedding.output_size, self.encoder.output_size)
+        self.targets = nn.ModuleDict()
+        for i, tcfg in enumerate(cfg.targets):
+            cls = registry.get("target", tcfg.type, where=f"targets.{i}.type")
+            self.targets[tcfg.label] = cls(tcfg, cfg, self._target_input_size(tcfg))
+        self.apply(self._init_weights)
+        self.tie_weights()
+
+    def _target_input_size(self, tcfg) -> int:
+        if self.decoder is not None and tcfg.source != "encoder":
+            return self.decoder.output_size
+        return self.encoder.output_size
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.init_std
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+        elif module is not self and hasattr(module, "weight") and isinstance(module.weight, nn.Parameter):
+            if module.weight.dim() == 1:  # norms
+                nn.init.ones_(module.weight)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
+            else:  # embedding parts own their tables as plain parameters
+                nn.init.normal_(module.weight, std=std)
+
+    def tie_weights(self) -> None:
+        """Share the word tables named by config flags; parts declare which modules can be tied."""
+        cfg = self.config
+        if cfg.share_embedding and self.tgt_embedding is not None:
+            src, dst = self.embedding.word_embedding(), self.tgt_embedding.word_embedding()
+            if src is None or dst is None:
+                raise ConfigError("share_embedding needs a word part in both embedding and tgt_embedding")
+            dst.weight = src.weight
+        for label, target in self.targets.items():
+            if not target.cfg.tie_weights:
+                continue
+            output = target.tied_output()
+            use_tgt = self.tgt_embedding is not None and target.cfg.source != "encoder"
+            table = (self.tgt_embedding if use_tgt else self.embedding).word_embedding()
+            if output is None or table is None:
+                raise ConfigError(
+                    f"target {label!r} sets tie_weights but {'it has no tieable output layer' if output is None else 'the embedding has no word part'}"
+                )
+            if output.weight.shape != table.weight.shape:
+                raise ConfigError(
+                    f"target {label!r} cannot tie its output {tuple(output.weight.shape)} to the word embedding "
+                    f"{tuple(table.weight.shape)}"
+                )
+            output.weight = table.weight
+
+    # ----------------------------------------------------------------------------------------- forward
+    def encode(self, batch: Batch, ctx: dict[str, Any] | None = None) -> tuple[Any, Any]:
+        """Embedding + encoder: (hidden, real-token mask)."""
+        ctx = {} if ctx is None else ctx
+        x, mask = self.embedding(batch, ctx)
+        return self.encoder(x, mask, batch, ctx), mask
+
+    def decode(self, batch: Batch, memory: torch.Tensor, memory_mask: torch.Tensor | None,
+               ctx: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Target embedding + decoder over ``decoder_input_ids`` attending to ``memory``."""
+        dctx = dict(ctx, input_key="decoder_input_ids", mask_key="decoder_attention_mask",
+                    past_length=ctx.get("decoder_past_length", 0))
+        dctx["segment_ids"] = None
+        y, ymask = self.tgt_embedding(batch, dctx)
+        if ymask is not None and ctx.get("decoder_caches"):
+            ymask = None  # cached generation feeds one real token at a time
+        return self.decoder(y, ymask, memory, memory_mask, ctx), ymask
+
+    def forward(self, batch: Batch, ctx: dict[str, Any] | None = None) -> ModelOutput:
+        ctx = {} if ctx is None else ctx
+        hidden, mask = self.encode(batch, ctx)
+        enc_hidden, enc_mask = hidden, mask
+        if self.decoder is not None and "decoder_input_ids" in batch:
+            hidden, mask = self.decode(batch, enc_hidden, enc_mask, ctx)
+        out = ModelOutput(hidden=hidden)
+        total = None
+        for label, target in self.targets.items():
+            if target.cfg.source == "encoder":
+                result = target(enc_hidden, enc_mask, batch, ctx)
+            else:
+                result = target(hidden, mask, batch, ctx)
+            out.metrics.update(result.metrics)
+            if result.logits is not None:
+                out.logits[label] = result.logits
+            if result.loss is not None:
+                weighted = result.loss * target.cfg.weight
+                total = weighted if total is None else total + weighted
+        out.loss = total
+        if total is not None:
+            out.metrics["loss"] = total.detach()
+        return out
+
+    # ------------------------------------------------------------------------------------ persistence
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        seen, total = set(), 0
+        for p in self.parameters():
+            if id(p) in seen or (trainable_only and not p.requires_grad):
+                continue
+            seen.add(id(p))
+            total += p.numel()
+        return total
+
+    def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` atomically (temp dir + rename)."""
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+        try:
+            payload = {"model": to_dict(self.config), **(extra or {})}
+            (tmp / CONFIG_NAME).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+            save_model(self, str(tmp / WEIGHTS_NAME))
+            if directory.exists():
+                # Keep files other tools put beside the model (tokenizer, task heads).
+                for item in directory.iterdir():
+                    if item.name not in (CONFIG_NAME, WEIGHTS_NAME) and not (tmp / item.name).exists():
+                        os.replace(item, tmp / item.name)
+                old = directory.with_name(f".{directory.name}.old")
+                os.replace(directory, old)
+                os.replace(tmp, directory)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, directory)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return directory
+
+    def load_weights(self, path: str | Path, strict: bool = True) -> None:
+        """Load a safetensors file, checking every key and shape before touching the model."""
+        state = read_safetensors(path)
+        load_state_checked(self, state, str(path), strict=strict)
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except FileNotFoundError:
+        raise CheckpointError(f"no weights file at {path}") from None
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointError(f"cannot read {path}: {exc}") from None
+
+
+def tied_aliases(model: nn.Module) -> dict[str, str]:
+    """Parameter names that are the same tensor as an earlier name (alias -> canonical)."""
+    seen: dict[int, str] = {}
+    aliases = {}
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        key = id(tensor)
+        if key in seen:
+            aliases[name] = seen[key]
+        else:
+            seen[key] = name
+    return aliases
+
+
+def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], origin: str, strict: bool = True) -> None:
+    """Copy ``state`` into ``model``; missing/unexpected keys or shape mismatches raise before any copy."""
+    own = model.state_dict()
+    aliases = tied_aliases(model)
+    groups: dict[str, set[str]] = {}
+    for alias, canonical in aliases.items():
+        groups.setdefault(canonical, {canonical}).add(alias)
+    for canonical in list(groups):
+        groups[canonical].add(canonical)
+    provided = set(state)
+    missing = []
+    for name in own:
+        if name in aliases:
+            continue
+        names = groups.get(name, {name})
+        if not names & provided:
+            missing.append(name)
+    unexpected = sorted(provided - set(own))
+    mismatched = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)
+    ]
+    problems = []
+    if mismatched:
+        problems.append("shape mismatch: " + "; ".join(mismatched[:5]) + (" ..." if len(mismatched) > 5 else ""))
+    if strict and missing:
+        problems.append(f"{len(missing)} missing keys, e.g. {', '.join(missing[:5])}")
+    if strict and unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys, e.g. {', '.join(unexpected[:5])}")
+    if problems:
+        raise CheckpointError(f"{origin} does not match the model: " + "; ".join(problems) + "; nothing was loaded")
+    with torch.no_grad():
+        for name, value in state.items():
+            if name in own:
+                own[name].copy_(value.to(own[name].dtype))
+            for alias in groups.get(name, ()):
+                if alias != name and alias not in state:
+                    own[alias].copy_(value.to(own[alias].dtype))
+
+
+def build_model(cfg: ModelConfig | dict[str, Any]) -> Model:
+    """A randomly initialised Model from a ModelConfig (or a plain dict of the model section)."""
+    if isinstance(cfg, dict):
+        cfg = build(ModelConfig, cfg, Source(), "model")
+    return Model(cfg)
+
+
+def load(directory: str | Path, map_location: str | torch.device | None = None) -> Model:
+    """Restore a model saved with ``Model.save`` (or exported by ``modaloom convert``)."""
+    directory = Path(directory)
+    config_path = directory / CONFIG_NAME
+    if not config_path.is_file():
+        raise CheckpointError(f"{directory} is not a modaloom model folder: no {CONFIG_NAME}")
+    data = json.loads(config_path.read_text(encoding="utf-8"))
+    model_section = data.get("model", data)
+    cfg = build(ModelConfig, model_section, Source(str(config_path)), "model")
+    model = Model(cfg)
+    model.load_weights(directory / WEIGHTS_NAME)
+    if map_location is not None:
+        model.to(map_location)
+    return model
