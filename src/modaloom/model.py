@@ -191,7 +191,7 @@ class Model(nn.Module):
 def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}
+            return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
     except FileNotFoundError:
         raise CheckpointError(f"no weights file at {path}") from None
     except Exception as exc:  # safetensors raises its own error types for corrupt headers

@@ -1,15 +1,99 @@
-"""The train section of a config (owned by the training engine)."""
+"""The train section of a config (owned by the training engine).
+
+Every field can be set in the ``train:`` section of a job config or overridden on the command line as
+``train.<field>=value``. The global batch of one optimizer step is
+``batch_size * grad_accum_steps * world_size`` examples.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from modaloom.config_schema import choice
+from modaloom.errors import ConfigError
+
+SCHEDULES = (
+    "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
+    "inverse_sqrt", "tristage",
+)
 
 
 @dataclass
 class TrainConfig:
     """Optimisation and run settings."""
 
-    steps: int = 100
-    batch_size: int = 32
+    # length and batch
+    steps: int = 100  # optimizer steps in total (a resumed run continues up to this count)
+    batch_size: int = 32  # examples per micro-batch per process
+    grad_accum_steps: int = 1  # micro-batches summed into one optimizer step
+    # optimizer
+    optimizer: str = choice("adamw", "adamw", "adafactor", "sgd")
     lr: float = 1e-4
+    weight_decay: float = 0.01
+    no_decay: list[str] = field(default_factory=lambda: ["bias", "norm"])  # name parts kept out of decay
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    momentum: float = 0.0  # sgd only
+    optimizer_impl: str = choice("auto", "auto", "fused", "foreach", "loop")  # adamw kernels
+    # schedule: warmup is a fraction of `steps` when warmup_ratio > 0, else warmup_steps
+    schedule: str = choice("linear", *SCHEDULES)
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.0
+    min_lr_ratio: float = 0.0  # floor of decaying schedules, as a fraction of lr
+    cycles: float = 1.0  # cosine_with_restarts: number of hard restarts
+    power: float = 1.0  # polynomial decay power
+    tristage_ratios: list[float] = field(default_factory=lambda: [0.1, 0.4, 0.5])  # warmup, hold, decay
+    tristage_final_scale: float = 0.01  # tristage: lr at the end as a fraction of lr
+    # numerics
+    clip_norm: float = 1.0  # 0 disables clipping
+    precision: str = choice("fp32", "fp32", "bf16", "fp16")
+    activation_checkpointing: bool = False
+    compile: bool = False
     seed: int = 7
+    deterministic: bool = False
+    nonfinite: str = choice("stop", "stop", "skip")  # what a NaN/inf loss does
+    # distributed
+    parallel: str = choice("auto", "auto", "ddp", "fsdp", "none")  # auto: ddp when world_size > 1
+    # evaluation, checkpoints, logging
+    eval_every: int = 0  # 0: no periodic evaluation
+    eval_batches: int = 20
+    save_every: int = 0  # 0: only at the end (and on SIGINT/SIGTERM)
+    keep_last: int = 3
+    log_every: int = 10
+    progress: bool = True  # tqdm progress bar on rank 0
+    tensorboard: bool = True
+    num_workers: int = 1  # data-loader worker processes per rank
+    threads: int = 0  # torch intra-op threads; 0 leaves torch's default
+    out_dir: str = ""  # default: --out on the command line
+
+    @property
+    def warmup(self) -> int:
+        """Warm-up length in optimizer steps."""
+        if self.warmup_ratio > 0:
+            return int(round(self.warmup_ratio * self.steps))
+        return self.warmup_steps
+
+    def validate(self) -> None:
+        positive = {"steps": self.steps, "batch_size": self.batch_size, "grad_accum_steps": self.grad_accum_steps}
+        for key, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"train.{key} must be positive, got {value}")
+        if self.lr <= 0:
+            raise ConfigError(f"train.lr must be positive, got {self.lr}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"train.betas must be two numbers in [0, 1), got {self.betas}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"train.warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if len(self.tristage_ratios) != 3 or abs(sum(self.tristage_ratios) - 1) > 1e-6:
+            raise ConfigError(f"train.tristage_ratios must be 3 fractions summing to 1, got {self.tristage_ratios}")
+        if self.clip_norm < 0:
+            raise ConfigError(f"train.clip_norm must be >= 0 (0 disables), got {self.clip_norm}")
+        if self.keep_last < 1:
+            raise ConfigError(f"train.keep_last must be >= 1, got {self.keep_last}")
+        for key in ("eval_every", "save_every", "log_every", "num_workers", "threads", "eval_batches"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
