@@ -17,7 +17,7 @@ class TokenizerConfig:
     type: str = choice("wordpiece", "wordpiece", "bpe", "sentencepiece", "char", "space")
     vocab: str = ""  # vocab.txt, vocab.json, tokenizer.json or .model
     merges: str = ""  # BPE merges.txt beside a vocab.json
-    lowercase: bool = False
+    lowercase: bool | None = None  # None = the type's usual choice: wordpiece True (as BERT), others False
     special_tokens: dict[str, str] = field(default_factory=dict)  # role -> token text, e.g. {"cls": "[CLS]"}
     sentinel_count: int = 100  # T5-style <extra_id_N> tokens looked up (not added) when present
 
