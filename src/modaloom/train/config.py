@@ -62,7 +62,6 @@ class TrainConfig:
     log_every: int = 10
     progress: bool = True  # tqdm progress bar on rank 0
     tensorboard: bool = True
-    num_workers: int = 1  # data-loader worker processes per rank
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default
     out_dir: str = ""  # default: --out on the command line
 
@@ -94,6 +93,6 @@ class TrainConfig:
             raise ConfigError(f"train.clip_norm must be >= 0 (0 disables), got {self.clip_norm}")
         if self.keep_last < 1:
             raise ConfigError(f"train.keep_last must be >= 1, got {self.keep_last}")
-        for key in ("eval_every", "save_every", "log_every", "num_workers", "threads", "eval_batches"):
+        for key in ("eval_every", "save_every", "log_every", "threads", "eval_batches"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")

@@ -1,0 +1,109 @@
+"""Model FLOPs per token and the machine's measured matmul peak, for model FLOPs utilisation (MFU).
+
+FLOPs per trained token follow the PaLM appendix estimate: ``6 * N`` for the matmul weights (forward 2N,
+backward 4N) plus ``12 * layers * hidden * seq`` for attention scores and weighted values. N counts the
+parameters of dimension >= 2 outside embedding tables (a lookup is not a matmul), so an output layer tied
+to the word embedding is not counted: the estimate is conservative.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+_PEAK_CACHE: dict[str, float] = {}
+
+
+def matmul_parameters(model: nn.Module) -> int:
+    """Parameters used in matmuls: every weight of rank >= 2 that is not an embedding table."""
+    embedding_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if id(p) in seen or id(p) in embedding_ids or p.ndim < 2:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+    return total
+
+
+def attention_shape(model: nn.Module) -> tuple[int, int]:
+    """(attention layers, hidden size) from ``model.config`` when it has one, else (0, 0)."""
+    config = getattr(model, "config", None)
+    layers = hidden = 0
+    for section in ("encoder", "decoder"):
+        enc = getattr(config, section, None)
+        if enc is None:
+            continue
+        if getattr(enc, "type", "") == "dual":
+            for stream in enc.streams:
+                layers += stream.layers_num
+                hidden = max(hidden, stream.heads_num * stream.head_dim)
+        elif getattr(enc, "type", "") == "transformer":
+            layers += enc.layers_num
+            hidden = max(hidden, enc.heads_num * enc.head_dim)
+    return layers, hidden
+
+
+def flops_per_token(model: nn.Module, seq_length: int) -> float:
+    """Training FLOPs (forward + backward) per token at sequence length ``seq_length``."""
+    layers, hidden = attention_shape(model)
+    return 6.0 * matmul_parameters(model) + 12.0 * layers * hidden * seq_length
+
+
+def _cache_file() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "modaloom" / "matmul_peak.json"
+
+
+def _device_key(device: torch.device, dtype: torch.dtype) -> str:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"cpu{os.cpu_count()}-threads{torch.get_num_threads()}"
+    return f"{name}|{dtype}"
+
+
+def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, size: int = 2048) -> float:
+    """Best achieved FLOP/s of a square matmul on ``device``: measured once, cached per machine."""
+    key = _device_key(device, dtype)
+    if key in _PEAK_CACHE:
+        return _PEAK_CACHE[key]
+    path = _cache_file()
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cached = {}
+    if key in cached:
+        _PEAK_CACHE[key] = float(cached[key])
+        return _PEAK_CACHE[key]
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(4):
+        _sync(device)
+        start = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    peak = 2.0 * size**3 / best
+    _PEAK_CACHE[key] = peak
+    cached[key] = peak
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(cached, indent=1))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return peak
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

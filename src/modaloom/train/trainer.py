@@ -1,0 +1,439 @@
+"""One Trainer for pre-training and fine-tuning: any model whose ``forward(batch)`` returns ``.loss`` and
+``.metrics``, any iterable of batches.
+
+The loop: micro-batches summed into one optimizer step (gradient accumulation, DDP gradient sync on the
+last micro-batch only), autocast for bf16/fp16 (fp16 with a grad scaler), clipping, a learning rate that
+is a pure function of the step, a non-finite loss check once per step, periodic evaluation, logging and
+atomic checkpoints. SIGINT and SIGTERM finish the current step, save and return. A run resumed from a
+checkpoint reproduces the uninterrupted run bit for bit on CPU, provided the loader restores its position
+through ``state_dict()`` / ``load_state_dict()`` (or is deterministic, in which case consumed batches are
+replayed and skipped).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+import signal
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from modaloom.errors import DataError, ModaloomError
+from modaloom.train import checkpoint as ckpt
+from modaloom.train import distributed as dist_utils
+from modaloom.train.config import TrainConfig
+from modaloom.train.flops import flops_per_token, measure_matmul_peak
+from modaloom.train.monitor import Monitor, peak_rss_mb
+from modaloom.train.optim import build_optimizer
+from modaloom.train.schedules import lr_at
+
+Batch = dict[str, torch.Tensor]
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+class NonFiniteLossError(ModaloomError):
+    """The loss became NaN or infinite and ``train.nonfinite`` is ``stop``."""
+
+
+class BatchStream:
+    """Endless batches from an epoch-wise iterable, with a resumable position.
+
+    When the loader has ``state_dict()``/``load_state_dict()`` its own state is stored; otherwise the
+    number of consumed batches is, and a resumed stream replays and drops that many.
+    """
+
+    def __init__(self, loader: Iterable[Batch]) -> None:
+        self.loader = loader
+        self.iterator: Iterator[Batch] | None = None
+        self.consumed = 0
+        self._skip = 0
+
+    def __next__(self) -> Batch:
+        while True:
+            batch = self._draw()
+            if self._skip:
+                self._skip -= 1
+                continue
+            self.consumed += 1
+            return batch
+
+    def _draw(self) -> Batch:
+        if self.iterator is None:
+            self.iterator = iter(self.loader)
+        try:
+            return next(self.iterator)
+        except StopIteration:
+            self.iterator = iter(self.loader)
+            try:
+                return next(self.iterator)
+            except StopIteration:
+                raise DataError("the training data yields no batches; check the data directory and batch size") from None
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"consumed": self.consumed}
+        if hasattr(self.loader, "state_dict"):
+            state["loader"] = self.loader.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.consumed = int(state["consumed"])
+        self.iterator = None
+        if "loader" in state and hasattr(self.loader, "load_state_dict"):
+            self.loader.load_state_dict(state["loader"])
+        else:
+            self._skip = self.consumed
+
+
+def count_tokens(batch: Batch) -> int:
+    """Tokens in a batch as TencentPretrain counts them: batch x sequence length of the inputs."""
+    for key in ("input_ids", "input_features", "decoder_input_ids"):
+        if key in batch:
+            return int(batch[key].shape[0] * batch[key].shape[1])
+    return 0
+
+
+def count_samples(batch: Batch) -> int:
+    for value in batch.values():
+        if isinstance(value, torch.Tensor) and value.ndim > 0:
+            return int(value.shape[0])
+    return 0
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    if device.type == "cpu":
+        return batch
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def apply_activation_checkpointing(model: nn.Module) -> int:
+    """Recompute each repeated block's activations in the backward pass; returns how many blocks.
+
+    The block's ``forward`` is wrapped in place, so parameter names (and checkpoints) do not change.
+    """
+    from torch.utils.checkpoint import checkpoint
+
+    blocks = dist_utils.repeated_blocks(model)
+    for block in blocks:
+        original = block.forward
+
+        @functools.wraps(original)
+        def forward(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            if not torch.is_grad_enabled():
+                return _original(*args, **kwargs)
+            return checkpoint(_original, *args, use_reentrant=False, **kwargs)
+
+        block.forward = forward  # type: ignore[method-assign]
+    return len(blocks)
+
+
+def set_determinism(cfg: TrainConfig) -> None:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.deterministic:
+        import os
+
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+class Trainer:
+    """Trains ``model`` on ``train_loader`` for ``cfg.steps`` optimizer steps, writing into ``out_dir``."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cfg: TrainConfig,
+        train_loader: Iterable[Batch],
+        out_dir: str | Path,
+        eval_loader: Iterable[Batch] | None = None,
+        model_config: dict[str, Any] | None = None,
+        info: dist_utils.DistInfo | None = None,
+        seq_length: int = 0,
+    ) -> None:
+        self.cfg = cfg
+        self.info = info or dist_utils.current()
+        self.device = self.info.device
+        self.out_dir = Path(out_dir)
+        self.model_config = model_config
+        self.seq_length = seq_length
+        set_determinism(cfg)
+        self.raw_model = model.to(self.device)
+        if cfg.activation_checkpointing:
+            apply_activation_checkpointing(self.raw_model)
+        mode = "ddp" if cfg.parallel == "auto" else cfg.parallel
+        self.model = dist_utils.wrap_model(self.raw_model, self.info, mode)
+        self.optimizer = build_optimizer(self.model, cfg, self.device)
+        self.forward_model: Any = torch.compile(self.model) if cfg.compile else self.model
+        self.autocast_dtype = DTYPES[cfg.precision]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
+        self.stream = BatchStream(train_loader)
+        self.eval_loader = eval_loader
+        self.step = 0
+        self.skipped_steps = 0
+        self.stop_signal: int | None = None
+        self.monitor: Monitor | None = None
+
+    # ------------------------------------------------------------ state
+
+    def resume(self, checkpoint_dir: str | Path | None = None) -> Path | None:
+        """Restore the latest (or the given) checkpoint; returns its path, None when there is none."""
+        path = Path(checkpoint_dir) if checkpoint_dir else ckpt.latest_checkpoint(self.out_dir)
+        if path is None:
+            return None
+        state, rank_state = ckpt.load_checkpoint(
+            path, self.model, self.optimizer, self.model_config, self.info.rank, self.info.world_size
+        )
+        self.step = int(state["step"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.stream.load_state_dict(rank_state["data"])
+        return path
+
+    def save(self) -> Path:
+        trainer_state = {
+            "skipped_steps": self.skipped_steps,
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+        }
+        return ckpt.save_checkpoint(
+            self.out_dir, self.step, self.model, self.optimizer, trainer_state,
+            {"data": self.stream.state_dict()}, self.model_config, self.cfg.keep_last,
+            self.info.rank, self.info.world_size,
+        )
+
+    # ------------------------------------------------------------ one step
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.cfg.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def _forward_backward(self, batch: Batch, sync: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        no_sync = getattr(self.model, "no_sync", None)
+        context = no_sync() if (no_sync is not None and not sync) else contextlib.nullcontext()
+        with context:
+            with self._autocast():
+                output = self.forward_model(batch)
+            loss = output.loss
+            if loss is None:
+                raise DataError(f"the model computed no loss for a batch with keys {sorted(batch)}; "
+                                f"the batch lacks the labels its targets need")
+            self.scaler.scale(loss / self.cfg.grad_accum_steps).backward()
+        return loss.detach().float(), dict(getattr(output, "metrics", {}) or {})
+
+    def train_step(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[Batch]]:
+        """One optimizer step over ``grad_accum_steps`` micro-batches; returns mean loss, metrics, batches."""
+        accum = self.cfg.grad_accum_steps
+        losses, batches = [], []
+        metric_sums: dict[str, torch.Tensor] = {}
+        for micro in range(accum):
+            batch = to_device(next(self.stream), self.device)
+            loss, metrics = self._forward_backward(batch, sync=micro == accum - 1)
+            losses.append(loss)
+            batches.append(batch)
+            for key, value in metrics.items():
+                metric_sums[key] = metric_sums.get(key, 0) + value.detach().float()
+        stacked = torch.stack(losses)
+        flags = torch.stack([(~torch.isfinite(stacked)).any().float(),
+                             torch.tensor(float(self.stop_signal is not None), device=stacked.device)])
+        dist_utils.all_reduce_sum(flags)
+        nonfinite, stop = flags.tolist()
+        if stop:
+            self.stop_signal = self.stop_signal or signal.SIGTERM
+        if nonfinite:
+            self._handle_nonfinite(stacked, batches)
+        else:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr_at(self.step, self.cfg)
+            if self.cfg.clip_norm > 0:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_norm, foreach=True)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return stacked.mean(), {k: v / accum for k, v in metric_sums.items()}, batches
+
+    def _handle_nonfinite(self, losses: torch.Tensor, batches: list[Batch]) -> None:
+        bad = [i for i, v in enumerate(losses.tolist()) if not math.isfinite(v)]
+        first_index = self.stream.consumed - len(batches)
+        where = ", ".join(
+            f"micro-batch {i} (training batch #{first_index + i}, loss {losses[i].item()})" for i in bad
+        ) or "another rank's batch"
+        if self.cfg.nonfinite == "skip":
+            self.skipped_steps += 1
+            if self.monitor:
+                self.monitor.message(f"step {self.step + 1}: non-finite loss at {where}; update skipped")
+            return
+        dumped = ""
+        if bad and self.info.is_main:
+            from safetensors.torch import save_file
+
+            path = self.out_dir / f"nonfinite-step-{self.step + 1}.safetensors"
+            batch = {k: v.detach().cpu().contiguous() for k, v in batches[bad[0]].items() if isinstance(v, torch.Tensor)}
+            save_file(batch, str(path))
+            dumped = f"; the batch is saved in {path}"
+        raise NonFiniteLossError(
+            f"non-finite loss at step {self.step + 1}, {where}{dumped}; lower train.lr, keep train.clip_norm > 0, "
+            f"use train.precision=bf16 instead of fp16, or set train.nonfinite=skip to skip such steps"
+        )
+
+    # ------------------------------------------------------------ evaluation
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Mean loss and metrics over ``eval_batches`` batches of the eval loader (all ranks reduced)."""
+        if self.eval_loader is None:
+            return {}
+        self.model.eval()
+        sums: dict[str, torch.Tensor] = {}
+        count = 0
+        try:
+            for i, batch in enumerate(self.eval_loader):
+                if self.cfg.eval_batches and i >= self.cfg.eval_batches:
+                    break
+                with self._autocast():
+                    output = self.forward_model(to_device(batch, self.device))
+                values = dict(getattr(output, "metrics", {}) or {})
+                if output.loss is not None:
+                    values["loss"] = output.loss
+                for key, value in values.items():
+                    sums[key] = sums.get(key, 0) + value.detach().float()
+                count += 1
+        finally:
+            self.model.train()
+        if not count:
+            return {}
+        keys = sorted(sums)
+        totals = torch.stack([sums[k] for k in keys] + [torch.tensor(float(count), device=self.device)])
+        dist_utils.all_reduce_sum(totals)
+        values = totals.tolist()
+        return {f"eval/{k}": v / values[-1] for k, v in zip(keys, values[:-1])}
+
+    # ------------------------------------------------------------ the loop
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.stop_signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.stop_signal = signum
+
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+        return previous
+
+    def fit(self, resume: bool | str | Path = False) -> dict[str, Any]:
+        """Train to ``cfg.steps`` (continuing the latest checkpoint when ``resume``); returns the summary."""
+        if self.info.is_main:
+            ckpt.remove_incomplete(self.out_dir)
+        dist_utils.barrier()
+        resumed_from = None
+        if resume:
+            resumed_from = self.resume(resume if isinstance(resume, (str, Path)) else None)
+        if resumed_from is None:
+            torch.manual_seed(self.cfg.seed + 1000 * self.info.rank)
+        self.monitor = Monitor(self.out_dir, self.cfg.steps, self.step, self.info.is_main,
+                               self.cfg.progress, self.cfg.tensorboard)
+        if resumed_from is not None:
+            self.monitor.message(f"resumed from {resumed_from} at step {self.step}")
+        previous_handlers = self._install_signal_handlers()
+        self.model.train()
+        start_step, last_saved = self.step, None
+        tokens = samples = 0
+        window_tokens = window_samples = 0
+        window_loss = torch.zeros((), device=self.device)
+        window_metrics: dict[str, torch.Tensor] = {}
+        window_steps = 0
+        last_eval: dict[str, float] = {}
+        clock = time.perf_counter()
+        measured_since = measured_tokens = measured_samples = None
+        window_start = clock
+        try:
+            while self.step < self.cfg.steps and self.stop_signal is None:
+                loss, metrics, batches = self.train_step()
+                step_tokens = sum(count_tokens(b) for b in batches) * self.info.world_size
+                step_samples = sum(count_samples(b) for b in batches) * self.info.world_size
+                tokens += step_tokens
+                samples += step_samples
+                window_tokens += step_tokens
+                window_samples += step_samples
+                window_loss += loss
+                for key, value in metrics.items():
+                    window_metrics[key] = window_metrics.get(key, 0) + value
+                window_steps += 1
+                if measured_since is None:  # the first step (allocation, compilation) is not timed
+                    measured_since, measured_tokens, measured_samples = time.perf_counter(), tokens, samples
+                self.monitor.advance()
+                last = self.step >= self.cfg.steps
+                if self.cfg.log_every and (self.step % self.cfg.log_every == 0 or last):
+                    now = time.perf_counter()
+                    elapsed = max(now - window_start, 1e-9)
+                    scalars = {"loss": window_loss.item() / window_steps, "lr": lr_at(self.step - 1, self.cfg),
+                               "tokens_per_second": window_tokens / elapsed,
+                               "samples_per_second": window_samples / elapsed}
+                    scalars.update({k: v.item() / window_steps for k, v in window_metrics.items()})
+                    self.monitor.log(self.step, scalars)
+                    window_start, window_tokens, window_samples, window_steps = now, 0, 0, 0
+                    window_loss = torch.zeros((), device=self.device)
+                    window_metrics = {}
+                if self.cfg.eval_every and (self.step % self.cfg.eval_every == 0 or last):
+                    last_eval = self.evaluate()
+                    if last_eval:
+                        self.monitor.log(self.step, last_eval)
+                if self.cfg.save_every and self.step % self.cfg.save_every == 0 and not last:
+                    last_saved = self.save()
+            end = time.perf_counter()
+            if self.step > start_step and last_saved != ckpt.checkpoint_root(self.out_dir) / f"step-{self.step}":
+                last_saved = self.save()
+        finally:
+            for sig, old in previous_handlers.items():
+                signal.signal(sig, old)
+            self.monitor.close()
+        return self._summarise(start_step, clock, end, measured_since, tokens - (measured_tokens or 0),
+                               samples - (measured_samples or 0), last_eval, last_saved)
+
+    def _summarise(self, start_step: int, clock: float, end: float, measured_since: float | None,
+                   tokens: int, samples: int, last_eval: dict[str, float], saved: Path | None) -> dict[str, Any]:
+        timed = (end - measured_since) if measured_since is not None else 0.0
+        tps = tokens / timed if timed > 0 else 0.0
+        sps = samples / timed if timed > 0 else 0.0
+        mfu = None
+        assert self.monitor is not None
+        if tps and self.seq_length:
+            peak = measure_matmul_peak(self.device, self.autocast_dtype if self.device.type == "cuda" else torch.float32)
+            mfu = flops_per_token(self.raw_model, self.seq_length) * tps / (peak * self.info.world_size)
+        history = self.monitor.read_history() if self.info.is_main else []
+        final_loss = next((r["loss"] for r in reversed(history) if "loss" in r), None)
+        summary = {
+            "steps": self.step,
+            "steps_this_run": self.step - start_step,
+            "tokens_per_second": round(tps, 1),
+            "samples_per_second": round(sps, 2),
+            "mfu": round(mfu, 5) if mfu is not None else None,
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "final_loss": final_loss,
+            "wall_seconds": round(end - clock, 2),
+            "world_size": self.info.world_size,
+            "skipped_steps": self.skipped_steps,
+            "interrupted": self.stop_signal is not None and self.step < self.cfg.steps,
+            "checkpoint": str(saved) if saved else None,
+            **last_eval,
+        }
+        if self.info.is_main:
+            plot = self.monitor.plot()
+            summary["curves_png"] = str(plot) if plot else None
+            summary["summary_json"] = str(self.out_dir / "summary.json")
+            self.monitor.write_summary(summary)
+        return summary
