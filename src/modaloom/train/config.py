@@ -57,6 +57,7 @@ class TrainConfig:
     # evaluation, checkpoints, logging
     eval_every: int = 0  # 0: no periodic evaluation
     eval_batches: int = 20
+    eval_holdout: float = 0.01  # records held out of --data for evaluation (a fraction, or a count >= 1)
     save_every: int = 0  # 0: only at the end (and on SIGINT/SIGTERM)
     keep_last: int = 3
     log_every: int = 10
