@@ -13,6 +13,8 @@ import soundfile
 import torch
 from PIL import Image
 
+import modaloom.data.processors.image_text  # noqa: F401  (registers clip / vilt even before the package lists it)
+import modaloom.data.processors.speech  # noqa: F401
 from modaloom.data.loader import build_loader
 from modaloom.data.processors.base import SourceRecord, build_processor
 from modaloom.data.processors.vision import image_folder_records
