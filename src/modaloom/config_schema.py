@@ -210,7 +210,10 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node: Any = data
     for i, key in enumerate(keys[:-1]):
         if isinstance(node, list):
-            node = node[int(key)]
+            index = _list_index(node, key, dotted)
+            if index == len(node):
+                node.append({})
+            node = node[index]
             continue
         nxt = node.get(key)
         if nxt is None:
@@ -219,9 +222,19 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
         node = nxt
     last = keys[-1]
     if isinstance(node, list):
-        node[int(last)] = value
+        index = _list_index(node, last, dotted)
+        if index == len(node):
+            node.append(value)
+        else:
+            node[index] = value
     else:
         node[last] = value
+
+
+def _list_index(node: list, key: str, dotted: str) -> int:
+    if not key.isdigit() or int(key) > len(node):
+        raise ConfigError(f"override {dotted!r}: {key!r} is not an index of a list of {len(node)} items")
+    return int(key)
 
 
 def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
