@@ -90,6 +90,10 @@ class RecordBatch:
             self._lengths[name].append(len(value))
         self.count += 1
 
+    def total_length(self, name: str) -> int:
+        """Sum of the lengths of ``name`` over all records (e.g. the token count)."""
+        return int(sum(self._lengths[name]))
+
     def packed(self) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
         """Field -> (flat values, per-record lengths, or None for scalar fields)."""
         out: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}

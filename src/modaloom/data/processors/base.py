@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +57,16 @@ class SkipRecord(Exception):  # noqa: N818 - a signal, not an error
 
 
 @dataclass
+class ChunkResult:
+    """What a worker sends back for one chunk of input records."""
+
+    batch: RecordBatch
+    skips: list[Skip]
+    counters: dict[str, int]
+    inputs: int
+
+
+@dataclass
 class NoOptions:
     """For processors without options."""
 
@@ -81,6 +92,7 @@ class Processor:
         self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.current_chunk: Sequence[SourceRecord] = ()
+        self.counters: Counter[str] = Counter()
         if tokenizer is not None:
             for role in self.required_tokens:
                 tokenizer.special_id(role, needed_by=f"processor {self.name!r}")
@@ -95,6 +107,10 @@ class Processor:
     def id_dtype(self) -> str:
         return token_dtype(self.tokenizer.vocab_size) if self.tokenizer is not None else "uint32"
 
+    def folder_records(self, root: Path) -> Iterable[SourceRecord]:
+        """Records of a corpus given as a directory (e.g. an image folder); override where supported."""
+        raise DataError(f"processor {self.name!r} reads corpus files, and {root} is a directory")
+
     def texts(self, record: SourceRecord) -> list[str]:
         """Texts of a record to tokenize (in bulk, before ``process``); their ids land in ``record.encoded``."""
         return []
@@ -103,10 +119,15 @@ class Processor:
         """One input record -> stored records. Raise SkipRecord(reason) to skip it (recorded)."""
         raise NotImplementedError
 
-    def process_chunk(self, records: Sequence[SourceRecord], chunk_index: int) -> tuple[RecordBatch, list[Skip]]:
+    def count(self, event: str, n: int = 1) -> None:
+        """Count a non-fatal event (e.g. ``truncated``) for the manifest."""
+        self.counters[event] += n
+
+    def process_chunk(self, records: Sequence[SourceRecord], chunk_index: int) -> ChunkResult:
         """Process many records at once: bulk tokenization, then ``process`` for each. Deterministic per chunk."""
         self.rng = np.random.default_rng([self.seed, chunk_index])
         self.current_chunk = records
+        self.counters = Counter()
         per_record = [self.texts(r) for r in records]
         flat = [t for texts in per_record for t in texts]
         if flat:
@@ -129,7 +150,7 @@ class Processor:
             except SkipRecord as exc:
                 skips.append(Skip(record.file, record.line, exc.reason))
         self.current_chunk = ()
-        return batch, skips
+        return ChunkResult(batch, skips, dict(self.counters), len(records))
 
     # ---- load time ---------------------------------------------------------------------------------
     def make_example(self, stored: Mapping[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:

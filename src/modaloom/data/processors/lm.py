@@ -1,0 +1,109 @@
+"""Decoder-style text processors: ``lm`` (next token), ``bilm`` (forward + backward), ``prefixlm``."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from modaloom.data.processors.base import IGNORE_INDEX, ChunkResult, Processor, SkipRecord, SourceRecord
+from modaloom.data.processors.text_common import chunks
+from modaloom.data.storage import FieldSpec, Skip
+from modaloom.registry import register
+
+
+@register("processor", "lm")
+class LmProcessor(Processor):
+    """Lines (each one document) -> bos + tokens + eos, streamed and cut into pieces of seq_length + 1.
+
+    Documents of a chunk of input are concatenated before cutting, so no token is lost; only the last
+    piece of a chunk can be shorter. At load time ``lm_labels`` is the input shifted by one.
+    """
+
+    name = "lm"
+    input_kind = "line"
+    required_tokens = ("bos", "eos", "pad")
+    extra = 1  # tokens beyond seq_length stored per record (1: the shifted label)
+
+    def texts(self, record: SourceRecord) -> list[str]:
+        return [record.value]
+
+    def process(self, record: SourceRecord) -> Iterable[dict[str, Any]]:
+        return ()  # records are made per chunk, see process_chunk
+
+    def process_chunk(self, records: Sequence[SourceRecord], chunk_index: int) -> ChunkResult:
+        result = super().process_chunk(records, chunk_index)  # tokenizes; skips are recomputed below
+        assert self.tokenizer is not None
+        bos, eos = self.tokenizer.bos_id, self.tokenizer.eos_id
+        stream: list[int] = []
+        result.skips.clear()
+        for record in records:
+            ids = (record.encoded or [[]])[0]
+            if not ids:
+                result.skips.append(Skip(record.file, record.line, "empty: no tokens after tokenization"))
+                continue
+            stream += [bos, *ids, eos]
+        for piece in chunks(stream, self.seq_length + self.extra, min_length=self.extra + 1):
+            result.batch.add({"input_ids": piece})
+        return result
+
+    def make_example(self, stored: Mapping[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        ids = np.asarray(stored["input_ids"], dtype=np.int64)
+        return {"input_ids": ids[:-1], "lm_labels": ids[1:]}
+
+
+@register("processor", "bilm")
+class BilmProcessor(LmProcessor):
+    """Like ``lm``; each example also predicts the previous token (``bilm_labels_backward``), as ELMo."""
+
+    name = "bilm"
+    extra = 2
+
+    def make_example(self, stored: Mapping[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        ids = np.asarray(stored["input_ids"], dtype=np.int64)
+        return {"input_ids": ids[1:-1], "lm_labels": ids[2:], "bilm_labels_backward": ids[:-2]}
+
+
+@register("processor", "prefixlm")
+class PrefixLmProcessor(Processor):
+    """Lines ``source<TAB>target`` -> [CLS] source [SEP] target [SEP]; the source is the visible prefix
+    (``prefix_lengths``) and only target tokens are predicted. Too-long pairs are truncated and counted."""
+
+    name = "prefixlm"
+    input_kind = "line"
+    required_tokens = ("cls", "sep", "pad")
+
+    @property
+    def fields(self) -> dict[str, FieldSpec]:
+        return {"input_ids": FieldSpec(self.id_dtype), "prefix_length": FieldSpec("uint32", "scalar")}
+
+    def texts(self, record: SourceRecord) -> list[str]:
+        parts = record.value.split("\t")
+        return parts[:2] if len(parts) >= 2 else []
+
+    def process(self, record: SourceRecord) -> Iterable[dict[str, Any]]:
+        assert self.tokenizer is not None
+        if "\t" not in record.value:
+            raise SkipRecord("missing_tab: expected source<TAB>target")
+        source, target = record.encoded or ([], [])
+        if not source or not target:
+            raise SkipRecord("empty: source or target has no tokens")
+        budget = self.seq_length - 3
+        if len(source) + len(target) > budget:
+            self.count("truncated")
+            keep_source = max(budget // 2, budget - len(target))
+            source = source[:keep_source]
+            target = target[:budget - len(source)]
+        ids = [self.tokenizer.cls_id, *source, self.tokenizer.sep_id, *target, self.tokenizer.sep_id]
+        yield {"input_ids": ids, "prefix_length": len(source) + 2}
+
+    def make_example(self, stored: Mapping[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        ids = np.asarray(stored["input_ids"], dtype=np.int64)
+        prefix = int(stored["prefix_length"])
+        labels = np.full(len(ids), IGNORE_INDEX, dtype=np.int64)
+        labels[prefix - 1:-1] = ids[prefix:]  # position i predicts token i + 1, from the last prefix token on
+        segment = np.zeros(len(ids), dtype=np.int64)
+        segment[prefix:] = 1
+        return {"input_ids": ids, "lm_labels": labels, "segment_ids": segment,
+                "prefix_lengths": np.asarray(prefix, dtype=np.int64)}
