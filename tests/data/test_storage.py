@@ -1,0 +1,124 @@
+"""Sharded memory-mapped storage: round trip, dtypes, atomic publication, pickling."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+from modaloom.data.storage import DatasetWriter, FieldSpec, RecordBatch, Skip, open_dataset, token_dtype
+from modaloom.errors import DataError
+
+FIELDS = {"input_ids": FieldSpec("uint16"), "label": FieldSpec("int64", "scalar")}
+
+
+def _write(out, count=25, shard_bytes=64, **kwargs):
+    with DatasetWriter(out, FIELDS, shard_bytes=shard_bytes, **kwargs) as writer:
+        batch = RecordBatch(FIELDS)
+        for i in range(count):
+            batch.add({"input_ids": np.arange(i % 7 + 1) + i, "label": i})
+        writer.add_batch(pickle.loads(pickle.dumps(batch)))  # as it comes back from a worker
+        writer.skip(Skip("corpus.txt", 12, "empty: no tokens"))
+        writer.close({"processor": {"name": "test"}})
+
+
+def test_round_trip_across_shards(tmp_path):
+    _write(tmp_path / "ds", shard_bytes=1)
+    ds = open_dataset(tmp_path / "ds")
+    assert len(ds) == 25
+    for i in (0, 6, 13, 24, -1):
+        j = i % 25
+        np.testing.assert_array_equal(ds[i]["input_ids"], np.arange(j % 7 + 1) + j)
+        assert int(ds[i]["label"]) == j
+    assert ds[3]["input_ids"].dtype == np.uint16
+    assert ds.lengths("input_ids").tolist() == [i % 7 + 1 for i in range(25)]
+    with pytest.raises(IndexError):
+        ds[25]
+
+
+def test_shard_bounds_cover_everything(tmp_path):
+    with DatasetWriter(tmp_path / "ds", FIELDS, shard_bytes=40) as writer:
+        for i in range(30):
+            writer.add({"input_ids": [i, i], "label": i})
+        writer.close()
+    ds = open_dataset(tmp_path / "ds")
+    assert len(ds.shard_bounds) > 1
+    assert ds.shard_bounds[0][0] == 0 and ds.shard_bounds[-1][1] == 30
+    assert all(a[1] == b[0] for a, b in zip(ds.shard_bounds, ds.shard_bounds[1:]))
+    assert [int(ds[i]["label"]) for i in range(30)] == list(range(30))
+
+
+def test_manifest_and_skips(tmp_path):
+    _write(tmp_path / "ds")
+    ds = open_dataset(tmp_path / "ds")
+    assert ds.manifest["records"] == 25
+    assert ds.manifest["fields"]["input_ids"] == {"dtype": "uint16", "kind": "sequence"}
+    assert ds.manifest["skipped"]["by_reason"] == {"empty": 1}
+    assert list(ds.skipped()) == [{"file": "corpus.txt", "line": 12, "reason": "empty: no tokens"}]
+
+
+def test_interrupted_write_leaves_nothing_complete(tmp_path):
+    out = tmp_path / "ds"
+    with pytest.raises(RuntimeError), DatasetWriter(out, FIELDS) as writer:
+        writer.add({"input_ids": [1, 2], "label": 0})
+        raise RuntimeError("killed")
+    assert not out.exists()
+    assert not (tmp_path / ".ds.partial").exists()
+    with pytest.raises(DataError, match="not a complete dataset"):
+        open_dataset(out)
+
+
+def test_partial_directory_of_a_killed_run_is_not_a_dataset_and_rerun_starts_clean(tmp_path):
+    out = tmp_path / "ds"
+    writer = DatasetWriter(out, FIELDS)
+    writer.add({"input_ids": [1, 2], "label": 0})  # process "dies" here: no close, no abort
+    assert (tmp_path / ".ds.partial").exists() and not out.exists()
+    _write(out)
+    assert len(open_dataset(out)) == 25
+    assert not (tmp_path / ".ds.partial").exists()
+
+
+def test_existing_dataset_needs_overwrite_and_survives_a_failed_replacement(tmp_path):
+    out = tmp_path / "ds"
+    _write(out, count=5)
+    with pytest.raises(DataError, match="--overwrite"):
+        DatasetWriter(out, FIELDS)
+    with pytest.raises(RuntimeError), DatasetWriter(out, FIELDS, overwrite=True) as writer:
+        writer.add({"input_ids": [1], "label": 1})
+        raise RuntimeError("killed")
+    assert len(open_dataset(out)) == 5
+    _write(out, count=9, overwrite=True)
+    assert len(open_dataset(out)) == 9
+
+
+def test_truncated_shard_is_detected(tmp_path):
+    _write(tmp_path / "ds", shard_bytes=1 << 20)
+    offsets = tmp_path / "ds" / "shard-00000" / "input_ids.offsets"
+    offsets.write_bytes(offsets.read_bytes()[:-8])
+    with pytest.raises(DataError, match="holds 25 entries, manifest says 26"):
+        open_dataset(tmp_path / "ds")[0]
+
+
+def test_pickled_dataset_reopens_maps(tmp_path):
+    _write(tmp_path / "ds")
+    ds = open_dataset(tmp_path / "ds")
+    ds[0]
+    clone = pickle.loads(pickle.dumps(ds))
+    assert len(pickle.dumps(ds)) < 20_000
+    np.testing.assert_array_equal(clone[10]["input_ids"], ds[10]["input_ids"])
+
+
+def test_token_dtype_is_smallest_unsigned():
+    assert token_dtype(256) == "uint8"
+    assert token_dtype(257) == "uint16"
+    assert token_dtype(21128) == "uint16"
+    assert token_dtype(65537) == "uint32"
+
+
+def test_manifest_is_valid_json_written_last(tmp_path):
+    _write(tmp_path / "ds")
+    data = json.loads((tmp_path / "ds" / "manifest.json").read_text())
+    assert data["format_version"] == 1 and data["shards"]
+    assert not list((tmp_path / "ds").glob("*.tmp"))
