@@ -206,7 +206,10 @@ class HFTokenizer(Tokenizer):
 
     @property
     def vocab_size(self) -> int:
-        return self.backend.get_vocab_size(with_added_tokens=True)
+        """One more than the largest id (a vocab.txt with a repeated token leaves a gap in the ids)."""
+        if getattr(self, "_vocab_size", None) is None:
+            self._vocab_size = max(self.backend.get_vocab(with_added_tokens=True).values()) + 1
+        return self._vocab_size
 
     def token_to_id(self, token: str) -> int | None:
         return self.backend.token_to_id(token)
