@@ -66,6 +66,27 @@ def test_sigint_saves_and_resume_is_bit_for_bit(tmp_path):
     assert (tmp_path / "part" / "curves.png").stat().st_size > 1000
 
 
+class DataLoaderBacked(SyntheticLoader):
+    """Delivers its batches through a torch DataLoader, which draws a seed from the global RNG per iterator."""
+
+    def __iter__(self):
+        outer = self
+
+        class Stream(torch.utils.data.IterableDataset):
+            def __iter__(self):
+                return SyntheticLoader.__iter__(outer)
+
+        return iter(torch.utils.data.DataLoader(Stream(), batch_size=None))
+
+
+def test_resume_is_exact_when_the_loader_uses_a_torch_dataloader(tmp_path):
+    run(tmp_path / "full", config(save_every=3, keep_last=5), DataLoaderBacked(length=100))
+    (tmp_path / "part" / "checkpoints").mkdir(parents=True)
+    os.replace(tmp_path / "full" / "checkpoints" / "step-3", tmp_path / "part" / "checkpoints" / "step-3")
+    run(tmp_path / "part", config(save_every=3), DataLoaderBacked(length=100), resume=True)
+    assert_same(final_weights(tmp_path / "full", 12), final_weights(tmp_path / "part", 12))
+
+
 def test_resume_without_loader_state_replays_batches(tmp_path):
     class Plain:  # no state_dict: the stream skips consumed batches
         def __init__(self):

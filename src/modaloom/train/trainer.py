@@ -65,11 +65,15 @@ class BatchStream:
             return batch
 
     def _draw(self) -> Batch:
-        if self.iterator is None:
-            self.iterator = iter(self.loader)
-        try:
-            return next(self.iterator)
-        except StopIteration:
+        if self.iterator is not None:
+            try:
+                return next(self.iterator)
+            except StopIteration:
+                pass
+        # A torch DataLoader draws its base seed from the global torch RNG when an iterator starts. That
+        # draw must not shift the dropout RNG, or a resumed run (which starts an iterator mid-epoch) would
+        # diverge from the uninterrupted one: start iterators on a forked RNG.
+        with torch.random.fork_rng(devices=[]):
             self.iterator = iter(self.loader)
             try:
                 return next(self.iterator)

@@ -1,0 +1,43 @@
+"""Run under torchrun (or alone): train the tiny stand-in with a fixed global batch; used by test_distributed."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+
+from modaloom.train import distributed as dist_utils
+from modaloom.train.config import TrainConfig
+from modaloom.train.trainer import Trainer
+from tests.train.standins import SyntheticLoader, TinyRegressor
+
+GLOBAL_BATCH = 8
+
+
+def check_gather(info: dist_utils.DistInfo) -> dict:
+    """gather_features: every rank sees all rows; the gradient matches the one-process gradient."""
+    rows = torch.arange(6, dtype=torch.float32).reshape(3, 2) + 10 * info.rank
+    x = rows.clone().requires_grad_(True)
+    gathered = dist_utils.gather_features(x)
+    weights = torch.arange(gathered.numel(), dtype=torch.float32).reshape(gathered.shape)
+    (gathered * weights).sum().backward()
+    return {"gathered": gathered.detach().tolist(), "grad": x.grad.tolist()}
+
+
+def main(out: str, mode: str) -> None:
+    info = dist_utils.setup()
+    torch.manual_seed(0)
+    model = TinyRegressor(dropout=0.0)
+    cfg = TrainConfig(steps=6, batch_size=GLOBAL_BATCH // info.world_size, lr=1e-2, progress=False,
+                      tensorboard=False, log_every=2, parallel=mode, keep_last=1)
+    loader = SyntheticLoader(batch_size=cfg.batch_size, rank=info.rank, world_size=info.world_size)
+    summary = Trainer(model, cfg, loader, out, info=info).fit()
+    report = {"rank": info.rank, "gather": check_gather(info), "steps": summary["steps"]}
+    with open(f"{out}/report-{info.rank}.json", "w") as fh:
+        json.dump(report, fh)
+    dist_utils.teardown()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "auto")
