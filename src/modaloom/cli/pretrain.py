@@ -42,8 +42,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seq-length", type=int, help="data.seq_length")
     parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="train.precision")
     parser.add_argument("--seed", type=int, help="train.seed")
-    parser.add_argument("--resume", nargs="?", const="latest", default=None, metavar="CHECKPOINT",
-                        help="continue the latest checkpoint in --out (or the one given)")
+    parser.add_argument("--resume", action="store_const", const="latest", default=None,
+                        help="continue from the latest complete checkpoint in --out (start fresh if none)")
+    parser.add_argument("--resume-from", dest="resume", metavar="CHECKPOINT",
+                        help="continue from this checkpoint directory (a step-N folder)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
                         help="any config key, e.g. train.warmup_steps=100 model.encoder.layers_num=4")
 
