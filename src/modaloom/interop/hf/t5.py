@@ -170,19 +170,14 @@ class T5Family(HFFamily):
             raise ConfigError("a T5 mapping needs a model with a decoder")
         rules = t5_rules(cfg.encoder.feed_forward == "gated")
         aliases = dict(TIED_EMBEDDINGS)
-        dropped: tuple[str, ...] = ()
         lm = _lm(cfg)
         if lm is not None:
-            out = f"targets.{lm.label}.head.output.weight"
-            if architecture == "T5ForConditionalGeneration":
-                if lm.tie_weights:
-                    aliases[P + "lm_head.weight"] = P + "shared.weight"
-                else:
-                    rules.append(Rule(P + "lm_head.weight", out))
-            elif not lm.tie_weights:
-                dropped = (r"targets\..*",)
+            if lm.tie_weights:
+                aliases[P + "lm_head.weight"] = P + "shared.weight"
+            else:  # optional: T5Model has no head
+                rules.append(Rule(P + "lm_head.weight", f"targets.{lm.label}.head.output.weight", optional=True))
         return Mapping(rules, counts={"i": cfg.encoder.layers_num, "j": cfg.decoder.layers_num},
-                       hf_aliases=aliases, ours_dropped=dropped)
+                       hf_aliases=aliases)
 
 
 register_family(T5Family())
