@@ -120,14 +120,15 @@ def check_post_norm_encoder(needs: Needs, cfg: ModelConfig, parts: list[str], po
     needs.true(enc.act in OUR_ACTIVATIONS, f"encoder.act {enc.act!r} has no HF name")
 
 
-def check_mlm(needs: Needs, cfg: ModelConfig, tied_out_size: int | None = None) -> None:
+def check_mlm(needs: Needs, cfg: ModelConfig, act: str | None = None) -> None:
+    """The mlm head's shape in BERT-like HF heads; ``act`` is the head activation (default: the encoder's)."""
     for t in cfg.targets:
         if t.type != "mlm":
             continue
         needs.equal(f"targets.{t.label}.transform", t.transform, True)
         needs.equal(f"targets.{t.label}.output_bias", t.output_bias, True)
         needs.equal(f"targets.{t.label}.norm", t.norm, "layernorm")
-        needs.equal(f"targets.{t.label}.act", t.act, cfg.encoder.act)
+        needs.equal(f"targets.{t.label}.act", t.act, act or cfg.encoder.act)
         needs.equal(f"targets.{t.label}.norm_eps", t.norm_eps, cfg.encoder.norm_eps)
         needs.equal(f"targets.{t.label}.scale_before_output", t.scale_before_output, False)
         needs.true(t.vocab_size in (0, cfg.embedding.vocab_size), f"targets.{t.label}.vocab_size differs")
@@ -213,13 +214,15 @@ class BertFamily(HFFamily):
 
     def mapping(self, cfg: ModelConfig, architecture: str) -> Mapping:
         rules = encoder_rules("bert")
-        aliases = {"cls.predictions.decoder.bias": "cls.predictions.bias"}
-        tied = mlm_tied(cfg)
+        aliases, unused = {}, {}
         mlm = renames(BERT_MLM_HEAD, "cls.predictions.", "targets.{mlm}.head.")
-        if tied:
+        if mlm_tied(cfg):
+            aliases["cls.predictions.decoder.bias"] = "cls.predictions.bias"
             aliases["cls.predictions.decoder.weight"] = "bert.embeddings.word_embeddings.weight"
-        else:
-            mlm.append(Rule("cls.predictions.decoder.weight", "targets.{mlm}.head.output.weight"))
+        else:  # transformers unties the bias too; the decoder's own bias is the one its forward uses
+            mlm = renames(BERT_MLM_HEAD[:-1], "cls.predictions.", "targets.{mlm}.head.") + renames(
+                wb("cls.predictions.decoder", "targets.{mlm}.head.output"))
+            unused["cls.predictions.bias"] = "cls.predictions.decoder.bias"
         pooler, nsp = renames(BERT_POOLER), renames(BERT_NSP)
         if architecture == "BertForPreTraining":
             rules += mlm + pooler + nsp
@@ -230,7 +233,7 @@ class BertFamily(HFFamily):
         else:  # BertModel: heads may be absent (import: random init; export: left out)
             rules += optional(mlm) + optional(pooler) + optional(nsp)
         return Mapping(rules, counts={"i": cfg.encoder.layers_num}, names=target_labels(cfg),
-                       hf_ignore=HF_IGNORE, hf_aliases=aliases)
+                       hf_ignore=HF_IGNORE, hf_aliases=aliases, hf_unused=unused)
 
 
 register_family(BertFamily())

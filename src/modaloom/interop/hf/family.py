@@ -27,6 +27,7 @@ from modaloom.model_config import ModelConfig
 
 _FAMILIES: dict[str, HFFamily] = {}
 _FRAMEWORK_MODULES = {"mapping", "family", "convert"}
+_BROKEN: dict[str, str] = {}  # family module -> why it failed to import (reported when its type is asked for)
 
 # HF activation name -> ours, and ours -> the HF name that computes the same function.
 HF_ACTIVATIONS = {
@@ -106,8 +107,12 @@ def _load_builtin_families() -> None:
     import modaloom.interop.hf as package
 
     for info in pkgutil.iter_modules(package.__path__):
-        if info.name not in _FRAMEWORK_MODULES and not info.name.startswith("_"):
+        if info.name in _FRAMEWORK_MODULES or info.name.startswith("_"):
+            continue
+        try:
             importlib.import_module(f"{package.__name__}.{info.name}")
+        except Exception as exc:  # one broken family must not take the others down
+            _BROKEN[info.name] = f"{type(exc).__name__}: {exc}"
 
 
 def families() -> dict[str, HFFamily]:
@@ -123,8 +128,9 @@ def supported_model_types() -> list[str]:
 def get_family(model_type: str) -> HFFamily:
     table = families()
     if model_type not in table:
+        broken = "".join(f"; family module {m!r} failed to import ({why})" for m, why in _BROKEN.items())
         raise ConfigError(
             f"unsupported HF architecture: model_type {model_type!r}{nearest(model_type, table)}; "
-            f"supported model_types: {choices_text(table)}"
+            f"supported model_types: {choices_text(table)}{broken}"
         )
     return table[model_type]

@@ -192,6 +192,9 @@ class Mapping:
     - ``hf_aliases``: HF key -> the HF key it is tied to (a tied output layer, a shared bias). On import an
       alias must equal its canonical key when both are stored; on export it gets the canonical tensor
       and is left out of the written file, as ``transformers`` does for tied weights.
+    - ``hf_unused``: HF key -> HF key: a parameter HF's forward never reads (e.g. BERT's
+      ``cls.predictions.bias`` when the decoder is untied); skipped on import, written as a copy of the
+      other key on export.
     - ``ours_dropped``: regular expressions of modaloom keys an export may leave out (the heads of a
       base-model architecture); they are reported.
     """
@@ -201,6 +204,7 @@ class Mapping:
     names: dict[str, str] = field(default_factory=dict)
     hf_ignore: tuple[str, ...] = ()
     hf_aliases: dict[str, str] = field(default_factory=dict)
+    hf_unused: dict[str, str] = field(default_factory=dict)
     ours_dropped: tuple[str, ...] = ()
 
     def expanded(self) -> list[tuple[tuple[str, ...], tuple[str, ...], Rule]]:
@@ -219,7 +223,7 @@ class Mapping:
         return out
 
     def ignored(self, key: str) -> bool:
-        return any(re.fullmatch(p, key) for p in self.hf_ignore)
+        return key in self.hf_unused or any(re.fullmatch(p, key) for p in self.hf_ignore)
 
     def dropped(self, key: str) -> bool:
         return any(re.fullmatch(p, key) for p in self.ours_dropped)
@@ -348,6 +352,9 @@ def ours_state_to_hf(mapping: Mapping, ours_state: dict[str, Tensor], ours_alias
     for alias, canonical in mapping.aliases().items():
         if alias in hf_shapes and canonical in out:
             out[alias] = out[canonical]
+    for unused, source in mapping.hf_unused.items():
+        if unused in hf_shapes and source in out:
+            out[unused] = out[source].clone()
     left = [k for k in ours_state if k not in consumed and k not in ours_aliases]
     optional_ours = {k for _, ours_keys, rule in mapping.expanded() if rule.optional for k in ours_keys}
     dropped = [k for k in left if mapping.dropped(k) or k in optional_ours]
