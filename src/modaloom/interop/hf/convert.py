@@ -157,9 +157,13 @@ def hf_to_modaloom(source: Any, architecture: str | None = None) -> Model:
     return convert_from_hf(source, architecture).model
 
 
-def _choose_family(cfg: ModelConfig, model_type: str | None) -> HFFamily:
+def _choose_family(cfg: ModelConfig, model_type: str | None, architecture: str | None) -> HFFamily:
     if model_type is not None:
         return get_family(model_type)
+    if architecture is not None:
+        for family in families().values():
+            if architecture in family.architectures:
+                return family
     reasons = []
     seen: set[int] = set()
     for name, family in families().items():
@@ -206,7 +210,7 @@ def modaloom_to_hf(model: Model, out_dir: str | Path, model_type: str | None = N
     class) defaults to the one matching the model's targets (e.g. BertForPreTraining for mlm + sp).
     """
     cfg = model.config
-    family = _choose_family(cfg, model_type)
+    family = _choose_family(cfg, model_type, architecture)
     architecture = architecture or family.architecture_for(cfg)
     family.check_architecture(architecture)
     hf_config = family.to_hf_config(cfg, architecture)
