@@ -2,8 +2,8 @@
 
 FLOPs per trained token follow the PaLM appendix estimate: ``6 * N`` for the matmul weights (forward 2N,
 backward 4N) plus ``12 * layers * hidden * seq`` for attention scores and weighted values. N counts the
-parameters of dimension >= 2 outside embedding tables (a lookup is not a matmul), so an output layer tied
-to the word embedding is not counted: the estimate is conservative.
+weights of linear and convolution layers only (a table lookup is not a matmul; an output layer tied to the
+word embedding is not counted), so the estimate is conservative.
 """
 
 from __future__ import annotations
@@ -20,15 +20,17 @@ _PEAK_CACHE: dict[str, float] = {}
 
 
 def matmul_parameters(model: nn.Module) -> int:
-    """Parameters used in matmuls: every weight of rank >= 2 that is not an embedding table."""
-    embedding_ids = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    """Parameters used in matmuls on every token: the weights of linear and convolution layers.
+
+    Embedding tables (however a model implements them) are not counted, nor is an output layer that
+    reuses the word embedding through ``F.linear`` (it often runs on a few masked positions only).
+    """
     seen: set[int] = set()
     total = 0
-    for p in model.parameters():
-        if id(p) in seen or id(p) in embedding_ids or p.ndim < 2:
-            continue
-        seen.add(id(p))
-        total += p.numel()
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) and id(module.weight) not in seen:
+            seen.add(id(module.weight))
+            total += module.weight.numel()
     return total
 
 

@@ -1,0 +1,21 @@
+import torch
+
+from modaloom.train.flops import flops_per_token, matmul_parameters, measure_matmul_peak
+from tests.train.standins import TinyRegressor
+
+
+def test_matmul_parameters_count_linear_weights_only():
+    model = TinyRegressor(vocab=50, hidden=16)
+    assert matmul_parameters(model) == 16 * 16 * 2 + 16  # two blocks and the head; not the embedding
+    assert flops_per_token(model, 128) == 6 * matmul_parameters(model)  # no config: no attention term
+
+
+def test_matmul_peak_is_positive_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    from modaloom.train import flops
+
+    flops._PEAK_CACHE.clear()
+    peak = measure_matmul_peak(torch.device("cpu"), size=256)
+    assert peak > 1e8
+    assert (tmp_path / "modaloom" / "matmul_peak.json").is_file()
+    assert measure_matmul_peak(torch.device("cpu"), size=256) == peak
