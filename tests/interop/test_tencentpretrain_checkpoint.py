@@ -13,6 +13,7 @@ from modaloom.interop.tencentpretrain import (
     SEGMENT_ROWS,
     convert_tencentpretrain,
     map_state,
+    modaloom_to_tencentpretrain,
     read_tencentpretrain_state,
     tencentpretrain_batch,
     tencentpretrain_model_config,
@@ -102,3 +103,16 @@ def test_unsafe_or_missing_file_is_refused(tmp_path):
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot read"):
         read_tencentpretrain_state(junk)
+
+
+def test_export_reproduces_the_tencentpretrain_state_dict(converted, tmp_path):
+    state = read_tencentpretrain_state(BIN)
+    exported = modaloom_to_tencentpretrain(converted)
+    assert set(exported) == set(state)
+    for key, value in state.items():
+        torch.testing.assert_close(exported[key], value, rtol=1e-6, atol=1e-7, msg=key)
+    path = tmp_path / "roundtrip.bin"
+    torch.save(exported, path)
+    again = convert_tencentpretrain(path, CONFIG)
+    for (name, a), b in zip(converted.state_dict().items(), again.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)

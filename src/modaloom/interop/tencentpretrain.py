@@ -202,6 +202,35 @@ def convert_tencentpretrain(bin_path: str | Path, config_path: str | Path) -> Mo
     return model.eval()
 
 
+def modaloom_to_tencentpretrain(model: Model, rescale_layernorm: bool = True) -> dict[str, torch.Tensor]:
+    """The TencentPretrain state dict (plain tensors, for ``torch.save``) of a model ``convert_tencentpretrain``
+    can read; the inverse of ``map_state``. TencentPretrain LayerNorms get gamma/beta names."""
+    cfg = model.config
+    _refuse_unconvertible({"encoder": {"type": cfg.encoder.type, "position": cfg.encoder.position},
+                           "decoder": None if cfg.decoder is None else
+                           {"type": cfg.decoder.type, "position": cfg.decoder.position},
+                           "embedding": {"parts": cfg.embedding.parts},
+                           "tgt_embedding": {"parts": cfg.tgt_embedding.parts} if cfg.tgt_embedding else None,
+                           "targets": [{"type": t.type} for t in cfg.targets]})
+    inverse = {ours: tp for tp, ours in _module_names(cfg).items()}
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in model.state_dict().items():
+        module, _, param = name.rpartition(".")
+        if module not in inverse:
+            raise CheckpointError(f"{name} has no TencentPretrain counterpart")
+        tp_module = inverse[module]
+        value = tensor.detach().clone().contiguous()
+        is_layernorm = isinstance(model.get_submodule(module), torch.nn.LayerNorm)
+        if is_layernorm and rescale_layernorm:
+            if param == "weight":
+                value = value / math.sqrt((value.shape[0] - 1) / value.shape[0])
+            param = {"weight": "gamma", "bias": "beta"}[param]
+        if tp_module.endswith("seg.embedding"):
+            value = value[torch.argsort(torch.tensor(SEGMENT_ROWS))]
+        out[f"{tp_module}.{param}"] = value
+    return out
+
+
 def tencentpretrain_batch(input_ids: torch.Tensor, segment_ids: torch.Tensor) -> dict[str, torch.Tensor]:
     """A modaloom batch from TencentPretrain inputs (segment 0 = padding, 1 = A, 2 = B)."""
     real = segment_ids > 0
@@ -212,5 +241,5 @@ def tencentpretrain_batch(input_ids: torch.Tensor, segment_ids: torch.Tensor) ->
     }
 
 
-__all__ = ["convert_tencentpretrain", "map_state", "read_tencentpretrain_state", "tencentpretrain_batch",
+__all__ = ["convert_tencentpretrain", "map_state", "modaloom_to_tencentpretrain", "read_tencentpretrain_state", "tencentpretrain_batch",
            "tencentpretrain_model_config"]
