@@ -1,0 +1,115 @@
+"""`modaloom convert --from F --to T SRC DST`: HuggingFace / TencentPretrain checkpoints <-> modaloom folders.
+
+- ``--from hf --to modaloom``: an HF model folder -> a modaloom model folder (``config.json`` +
+  ``model.safetensors``); the HF model_type and architecture are recorded under ``interop`` so that a
+  later ``--to hf`` writes the same HF class back.
+- ``--from modaloom --to hf``: a folder that ``transformers``' ``from_pretrained`` loads.
+- ``--from tencentpretrain``: a TencentPretrain ``.bin`` (read weights-only) with its JSON ``--config``.
+Tokenizer files found beside SRC are copied next to the converted weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from modaloom.errors import ConfigError
+
+HELP = "convert checkpoints between HuggingFace transformers, TencentPretrain and modaloom"
+
+SOURCES = ("hf", "modaloom", "tencentpretrain")
+TARGETS = ("hf", "modaloom")
+TOKENIZER_FILES = ("vocab.txt", "vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json",
+                   "special_tokens_map.json", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--from", dest="source_format", choices=SOURCES, required=True, help="format of SRC")
+    parser.add_argument("--to", dest="target_format", choices=TARGETS, required=True, help="format of DST")
+    parser.add_argument("src", help="source folder (hf, modaloom) or .bin file (tencentpretrain)")
+    parser.add_argument("dst", help="destination folder (written atomically)")
+    parser.add_argument("--config", help="TencentPretrain JSON config (with --from tencentpretrain)")
+    parser.add_argument("--model-type", help="HF model_type to export to (default: from the model, or inferred)")
+    parser.add_argument("--architecture", help="HF class, e.g. BertForMaskedLM (default: from the targets)")
+
+
+def _copy_tokenizer(src: Path, dst: Path) -> list[str]:
+    copied = []
+    folder = src if src.is_dir() else src.parent
+    for name in TOKENIZER_FILES:
+        if (folder / name).is_file() and not (dst / name).exists():
+            shutil.copy2(folder / name, dst / name)
+            copied.append(name)
+    return copied
+
+
+def _summary(label: str, keys: list[str]) -> str:
+    if not keys:
+        return ""
+    shown = ", ".join(keys[:4]) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+    return f"\n  {label} ({len(keys)}): {shown}"
+
+
+def _load_modaloom(src: Path) -> tuple[Any, dict[str, Any]]:
+    from modaloom.model import load
+
+    model = load(src)
+    data = json.loads((src / "config.json").read_text(encoding="utf-8"))
+    origin = data.get("interop", {}) if isinstance(data, dict) else {}
+    return model, origin if isinstance(origin, dict) else {}
+
+
+def _load_tencentpretrain(src: Path, config: str | None):
+    if not config:
+        raise ConfigError("--from tencentpretrain needs --config, the TencentPretrain JSON config of the model")
+    from modaloom.interop.tencentpretrain import convert_tencentpretrain
+
+    return convert_tencentpretrain(src, config)
+
+
+def run(args: argparse.Namespace) -> int:
+    src, dst = Path(args.src), Path(args.dst)
+    if args.source_format == args.target_format:
+        raise ConfigError(f"--from and --to are both {args.source_format!r}; nothing to convert")
+    if not src.exists():
+        raise ConfigError(f"source {src} does not exist")
+    if args.config and args.source_format != "tencentpretrain":
+        raise ConfigError("--config is only used with --from tencentpretrain")
+
+    if args.source_format == "hf":
+        from modaloom.interop.hf import convert_from_hf
+
+        conv = convert_from_hf(src, architecture=args.architecture)
+        conv.model.save(dst, extra={"interop": conv.origin()})
+        copied = _copy_tokenizer(src, dst)
+        print(f"converted HF {conv.model_type} ({conv.architecture}) -> {dst}: "
+              f"{conv.model.num_parameters():,} parameters"
+              + _summary("randomly initialised (not in the checkpoint)", conv.random_init)
+              + _summary("tokenizer files copied", copied))
+        return 0
+
+    if args.source_format == "modaloom":
+        model, origin = _load_modaloom(src)
+    else:
+        model, origin = _load_tencentpretrain(src, args.config), {}
+
+    if args.target_format == "modaloom":
+        model.save(dst, extra={"interop": {"from": "tencentpretrain", "source": str(src)}})
+        print(f"converted TencentPretrain {src} -> {dst}: {model.num_parameters():,} parameters")
+        return 0
+
+    from modaloom.interop.hf import modaloom_to_hf
+
+    model_type = args.model_type or (origin.get("model_type") if origin.get("from") == "hf" else None)
+    architecture = args.architecture
+    if architecture is None and model_type is not None and model_type == origin.get("model_type"):
+        architecture = origin.get("architecture")
+    export = modaloom_to_hf(model, dst, model_type=model_type, architecture=architecture)
+    copied = _copy_tokenizer(src, dst)
+    print(f"exported {src} -> HF {export.model_type} ({export.architecture}) at {dst}"
+          + _summary("left out (no place in this HF class)", export.dropped)
+          + _summary("tokenizer files copied", copied))
+    return 0
