@@ -199,7 +199,7 @@ def memory(args: argparse.Namespace) -> int:
     prepare("bert", 128, Path(args.work))
     results = {}
     for framework in ("modaloom", "transformers"):
-        cmd = [sys.executable, __file__, "--memory-worker", framework, "--work", args.work,
+        cmd = [sys.executable, __file__, "--memory-worker", framework, "--work", args.work, "--threads", str(args.threads),
                "--memory-steps", str(args.memory_steps)] + [x for o in args.override for x in ("--override", o)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
         results[framework] = json.loads(out)["peak_rss_mb"]
@@ -216,10 +216,13 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=30, help="steps per row and framework (the first untimed)")
     parser.add_argument("--work", default=str(Path.home() / ".cache" / "modaloom" / "bench"))
     parser.add_argument("--override", action="append", default=[], help="config override for both sides")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads for both sides (0: torch's default)")
     parser.add_argument("--memory", action="store_true", help="peak RSS mode (BERT-base, batch 8, seq 128)")
     parser.add_argument("--memory-steps", type=int, default=4)
     parser.add_argument("--memory-worker", choices=["modaloom", "transformers"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.memory_worker:
         memory_worker(args.memory_worker, args)
         return 0
