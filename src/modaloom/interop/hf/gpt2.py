@@ -105,6 +105,7 @@ class GPT2Family(HFFamily):
             attn_pdrop=enc.dropout if enc.attention_dropout is None else enc.attention_dropout,
             layer_norm_epsilon=enc.norm_eps, scale_attn_weights=enc.attention_scale,
             initializer_range=cfg.init_std, tie_word_embeddings=lm_tied(cfg),
+            bos_token_id=emb.vocab_size - 1, eos_token_id=emb.vocab_size - 1,  # GPT-2's <|endoftext|> is last
         )
 
     def architecture_for(self, cfg: ModelConfig) -> str:
