@@ -19,3 +19,10 @@ def test_matmul_peak_is_positive_and_cached(tmp_path, monkeypatch):
     assert peak > 1e8
     assert (tmp_path / "modaloom" / "matmul_peak.json").is_file()
     assert measure_matmul_peak(torch.device("cpu"), size=256) == peak
+
+
+def test_output_layer_tied_to_the_embedding_is_not_counted():
+    model = TinyRegressor(vocab=50, hidden=16)
+    model.out = torch.nn.Linear(16, 50, bias=False)
+    model.out.weight = model.embed.weight
+    assert matmul_parameters(model) == 16 * 16 * 2 + 16

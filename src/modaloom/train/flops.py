@@ -25,7 +25,8 @@ def matmul_parameters(model: nn.Module) -> int:
     Embedding tables (however a model implements them) are not counted, nor is an output layer that
     reuses the word embedding through ``F.linear`` (it often runs on a few masked positions only).
     """
-    seen: set[int] = set()
+    first_names = {id(p): name for name, p in model.named_parameters()}  # a tied weight: its first name
+    seen = {pid for pid, name in first_names.items() if "embed" in name.lower()}
     total = 0
     for module in model.modules():
         if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) and id(module.weight) not in seen:
