@@ -43,6 +43,10 @@ class EmbeddingConfig:
     conv_kernel_sizes: list[int] = field(default_factory=lambda: [5, 5])
     # dual: one embedding config per stream
     streams: list[EmbeddingConfig] = field(default_factory=list)
+    # batch keys a stream reads instead of the defaults (e.g. input_ids_b for the second tower of a
+    # siamese text model); "" keeps the part's default (input_ids / pixel_values / input_features)
+    input_key: str = ""
+    mask_key: str = ""
 
     @property
     def num_patches(self) -> int:
@@ -159,6 +163,11 @@ class TargetConfig:
     channels: int = 3
     norm_pix_loss: bool = False
     image_vocab_size: int = 0  # >0: BEiT-style discrete visual tokens instead of pixel regression
+    # MAE's light decoder over visible + mask tokens (used when the embedding drops masked patches)
+    decoder_layers_num: int = 0
+    decoder_hidden_size: int = 512
+    decoder_heads_num: int = 16
+    decoder_feedforward_size: int = 2048
 
     @property
     def label(self) -> str:
