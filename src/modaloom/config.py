@@ -33,9 +33,17 @@ def is_tencentpretrain(data: dict[str, Any]) -> bool:
     return isinstance(data.get("encoder"), str) or "target" in data or "stream_0" in data
 
 
+DEEPSPEED_KEYS = ("zero_optimization", "train_micro_batch_size_per_gpu", "train_batch_size")
+
+
 def config_dict(path: str | Path) -> tuple[dict[str, Any], Source]:
     """The nested dict of a config file (TencentPretrain configs translated), with line info."""
     data, source = load_document(path)
+    if any(key in data for key in DEEPSPEED_KEYS):
+        raise ConfigError(
+            f"{path}: this is a DeepSpeed engine config, not a model config; modaloom trains with torchrun "
+            f"DDP/FSDP2 (see docs/training.md) and needs a model config such as configs/bert/base.yaml"
+        )
     if is_tencentpretrain(data):
         from modaloom.interop.tencentpretrain_config import translate
 

@@ -95,6 +95,7 @@ class EncoderConfig:
     dropout: float = 0.1
     attention_dropout: float | None = None  # default: dropout
     share_layers: bool = False  # ALBERT: one layer applied layers_num times
+    input_projection: bool | None = None  # linear from embedding to hidden size; default: when sizes differ
     # RNN and gated CNN encoders
     kernel_size: int = 4
     block_size: int = 2

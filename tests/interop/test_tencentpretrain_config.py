@@ -25,9 +25,9 @@ REFUSED = {
     "sbert/large_config.json": "siamese",
     "rnn/siamese_lstm_config.json": "siamese",
     # DeepSpeed engine settings, not model configs: the nested schema refuses their first key.
-    "deepspeed_config.json": "unknown key",
-    "deepspeed_mp_config.json": "unknown key",
-    "deepspeed_zero3_config.json": "unknown key",
+    "deepspeed_config.json": "DeepSpeed engine config",
+    "deepspeed_mp_config.json": "DeepSpeed engine config",
+    "deepspeed_zero3_config.json": "DeepSpeed engine config",
 }
 
 

@@ -179,3 +179,23 @@ def test_tie_weights_without_word_part_is_refused():
 def test_load_rejects_non_model_folder(tmp_path):
     with pytest.raises(CheckpointError, match="not a modaloom model folder"):
         modaloom.load(tmp_path)
+
+
+def test_explicit_input_projection_for_equal_sizes():
+    cfg = json.loads(json.dumps(TINY_BERT))
+    cfg["encoder"]["input_projection"] = True
+    model = build_model(cfg)
+    assert model.encoder.stack.input_projection.weight.shape == (16, 16)
+    cfg["embedding"]["emb_size"] = 8
+    cfg["encoder"]["input_projection"] = False
+    with pytest.raises(ConfigError, match="input_projection is false"):
+        build_model(cfg)
+
+
+def test_mlm_labels_may_cover_only_the_text_prefix():
+    model = build_model(TINY_BERT).eval()
+    batch = bert_batch()
+    hidden, mask = model.encode(batch)
+    short = {"mlm_labels": batch["mlm_labels"][:, :4]}
+    out = model.targets["mlm"](hidden, mask, short, {})
+    assert out.metrics["mlm_count"].item() == 2

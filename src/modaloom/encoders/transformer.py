@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from modaloom.encoders.base import Encoder
+from modaloom.errors import ConfigError
 from modaloom.layers.attention import KVCache
 from modaloom.layers.masks import additive_mask
 from modaloom.layers.norms import make_norm
@@ -24,9 +25,13 @@ class TransformerStack(nn.Module):
                  memory_size: int | None = None, bidirectional_bias: bool = True) -> None:
         super().__init__()
         self.cfg = cfg
-        self.input_projection = (
-            nn.Linear(input_size, cfg.hidden_size) if input_size != cfg.hidden_size else None
-        )
+        project = input_size != cfg.hidden_size if cfg.input_projection is None else cfg.input_projection
+        if input_size != cfg.hidden_size and not project:
+            raise ConfigError(
+                f"encoder.input_projection is false but the embedding size {input_size} differs from "
+                f"hidden_size {cfg.hidden_size}"
+            )
+        self.input_projection = nn.Linear(input_size, cfg.hidden_size) if project else None
         count = 1 if cfg.share_layers else cfg.layers_num
         self.layers = nn.ModuleList(
             TransformerLayer(cfg, cross_attention=cross_attention, memory_size=memory_size) for _ in range(count)

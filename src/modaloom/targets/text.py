@@ -60,6 +60,8 @@ class MaskedLanguageModel(Target):
         labels = batch.get("mlm_labels")
         if labels is None:
             return TargetOutput(logits=self.head(hidden))
+        if labels.shape[1] < hidden.shape[1]:
+            hidden = hidden[:, :labels.shape[1]]  # labels cover the text part of a text+image sequence
         selected = labels != IGNORE
         logits = self.head(hidden[selected])
         loss, metrics = classification_metrics(self.cfg.label, logits, labels[selected], self.cfg.label_smoothing)

@@ -25,6 +25,7 @@ class LmProcessor(Processor):
     input_kind = "line"
     required_tokens = ("bos", "eos", "pad")
     extra = 1  # tokens beyond seq_length stored per record (1: the shifted label)
+    packed_length_delta = -1  # an example is one token shorter than its stored ids (the label shift)
 
     def texts(self, record: SourceRecord) -> list[str]:
         return [record.value]
@@ -59,6 +60,7 @@ class BilmProcessor(LmProcessor):
 
     name = "bilm"
     extra = 2
+    packed_length_delta = -2
 
     def make_example(self, stored: Mapping[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
         ids = np.asarray(stored["input_ids"], dtype=np.int64)
