@@ -10,7 +10,7 @@ import torch
 from modaloom import registry
 from modaloom.config import load_config
 from modaloom.model import Model
-from modaloom.model_config import ModelConfig
+from modaloom.model_config import EmbeddingConfig, EncoderConfig, ModelConfig
 
 ZOO = Path(__file__).resolve().parents[2] / "configs"
 ZOO_FILES = sorted(ZOO.rglob("*.yaml"))
@@ -33,7 +33,7 @@ PUBLISHED_M = {
     "gpt2/large": 774.0, "gpt2/xl": 1557.6, "t5/small": 60.5, "t5/base": 222.9, "t5/large": 737.7,
     "t5-v1_1/small": 77.0, "t5-v1_1/base": 247.6, "t5-v1_1/large": 783.2, "bart/base": 139.4,
     "bart/large": 406.3, "llama/7b": 6738.4, "llama/13b": 13015.9, "vit/b16": 86.6, "vit/b32": 88.2,
-    "vit/l16": 304.3, "clip/vit-b32": 151.3, "clip/vit-b16": 149.6,
+    "vit/l16": 304.3, "mae/base": 111.9, "clip/vit-b32": 151.3, "clip/vit-b16": 149.6,
 }
 FORWARD_LIMIT = 15e6  # full-size forward/backward only below this size; the others run shrunk
 
@@ -86,26 +86,75 @@ def test_zoo_model_builds_on_meta(path: Path):
         assert abs(count - published) / published < 0.02, f"{count / 1e6:.1f}M vs published {published / 1e6:.1f}M"
 
 
+def streams(emb: EmbeddingConfig | None) -> list[EmbeddingConfig]:
+    """The embedding configs that hold parts: the streams of a dual embedding, else the embedding itself."""
+    if emb is None:
+        return []
+    return list(emb.streams) if emb.streams else [emb]
+
+
+def text_vocab(cfg: ModelConfig) -> int:
+    """Vocabulary of the source text (0 when the source has no text: images, speech)."""
+    return max((s.vocab_size for s in streams(cfg.embedding) if {"word", "word_patch"} & set(s.parts)), default=0)
+
+
+def image_stream(cfg: ModelConfig) -> EmbeddingConfig | None:
+    images = [s for s in streams(cfg.embedding) if {"patch", "masked_patch", "word_patch"} & set(s.parts)]
+    return images[0] if images else None
+
+
+def patch_mask(batch: int, patches: int, g: torch.Generator) -> torch.Tensor:
+    """(B, N) bool, true = masked: 3/4 of the patches (MAE's ratio), the same number in every row."""
+    masked = patches * 3 // 4
+    order = torch.stack([torch.randperm(patches, generator=g) for _ in range(batch)])
+    return order < masked
+
+
 def random_batch(cfg: ModelConfig, batch: int = 2, length: int = 8) -> dict[str, torch.Tensor]:
+    """Every batch key the model's parts and targets read (docs/architecture.md), with labels for each target."""
     g = torch.Generator().manual_seed(0)
-    vocab = cfg.embedding.vocab_size
-    out = {"input_ids": torch.randint(0, vocab, (batch, length), generator=g),
-           "attention_mask": torch.ones(batch, length, dtype=torch.long)}
-    out["attention_mask"][1, -2:] = 0
-    if "seg" in cfg.embedding.parts and cfg.embedding.type_vocab_size > 1:
+    out: dict[str, torch.Tensor] = {}
+    vocab = text_vocab(cfg)
+    if vocab:
+        out["input_ids"] = torch.randint(0, vocab, (batch, length), generator=g)
+        out["attention_mask"] = torch.ones(batch, length, dtype=torch.long)
+        out["attention_mask"][1, -2:] = 0
+    if any("seg" in s.parts and s.type_vocab_size > 1 and "word_patch" not in s.parts for s in streams(cfg.embedding)):
         out["segment_ids"] = torch.cat([torch.zeros(batch, length // 2), torch.ones(batch, length // 2)], 1).long()
+    image = image_stream(cfg)
+    if image is not None:
+        shape = (batch, image.channels, image.image_height, image.image_width)
+        out["pixel_values"] = torch.randn(shape, generator=g)
+        if {"masked_patch", "drop_masked"} & set(image.parts):
+            out["patch_mask"] = patch_mask(batch, image.num_patches, g)
+    speech = [s for s in streams(cfg.embedding) if "speech" in s.parts]
+    if speech:
+        frames = 4 * length
+        out["input_features"] = torch.randn(batch, frames, speech[0].audio_feature_size, generator=g)
+        out["feature_mask"] = torch.ones(batch, frames, dtype=torch.long)
+        out["feature_mask"][1, -5:] = 0
     if cfg.decoder is not None:
-        out["decoder_input_ids"] = torch.randint(0, cfg.tgt_embedding.vocab_size, (batch, length - 2), generator=g)
+        tgt_vocab = cfg.tgt_embedding.vocab_size or vocab
+        out["decoder_input_ids"] = torch.randint(0, tgt_vocab, (batch, length - 2), generator=g)
     for t in cfg.targets:
-        if t.type == "mlm":
+        if t.type == "mlm":  # text positions only, as the data processors make them (also for ViLT)
             labels = torch.full((batch, length), -100)
             labels[:, 1] = out["input_ids"][:, 1]
             out["mlm_labels"] = labels
         elif t.type in ("sp", "sop", "nsp"):
-            out["sp_labels"] = torch.tensor([0, 1])
-        elif t.type == "lm":
-            source = out.get("decoder_input_ids", out["input_ids"])
+            out["sp_labels"] = torch.arange(batch) % 2
+        elif t.type == "itm":
+            out["itm_labels"] = torch.arange(batch) % 2
+        elif t.type == "cls":
+            out["labels"] = torch.arange(batch) % t.labels_num
+        elif t.type in ("lm", "bilm"):
+            source = out.get("decoder_input_ids", out.get("input_ids"))
             out["lm_labels"] = torch.roll(source, -1, dims=1)
+            if t.type == "bilm":
+                out["bilm_labels_backward"] = torch.roll(source, 1, dims=1)
+        elif t.type == "mae" and t.image_vocab_size:
+            labels = torch.randint(0, t.image_vocab_size, out["patch_mask"].shape, generator=g)
+            out["image_token_labels"] = labels.masked_fill(~out["patch_mask"], -100)
     return out
 
 
@@ -113,19 +162,48 @@ SMALL = [p for p in ZOO_FILES if not missing_parts(load_config(p).model)
          and meta_model(load_config(p).model).num_parameters() < FORWARD_LIMIT]
 
 
+def shrink_embedding(emb: EmbeddingConfig, hidden_size: int) -> None:
+    """Toy widths; images keep their part layout with a grid of at most 4 x 4 patches of 8 x 8 pixels."""
+    emb.vocab_size = min(emb.vocab_size, 300) if emb.vocab_size else 0
+    emb.emb_size = 32 if emb.emb_size != hidden_size else 64
+    emb.max_seq_length = min(emb.max_seq_length, 64)
+    if {"patch", "masked_patch", "word_patch"} & set(emb.parts):
+        rows, columns = emb.image_height // emb.patch_size, emb.image_width // emb.patch_size
+        emb.patch_size = 8
+        emb.image_height, emb.image_width = 8 * min(rows, 4), 8 * min(columns, 4)
+        assert emb.max_seq_length >= emb.num_patches + int(emb.cls_token) + 8  # patches, class token, text
+    if "speech" in emb.parts:
+        emb.audio_feature_size = 16
+        emb.conv_channels = [64] * len(emb.conv_channels)
+
+
+def shrink_encoder(enc: EncoderConfig) -> None:
+    enc.hidden_size, enc.heads_num, enc.feedforward_size = 64, 4, 96
+    enc.layers_num = 2
+    enc.head_size = 16 if enc.head_size else 0
+    enc.kv_heads_num = 2 if enc.kv_heads_num else 0
+
+
 def shrink(cfg: ModelConfig) -> ModelConfig:
-    """The same architecture (norms, positions, masks, tying, heads) at toy sizes."""
-    for emb in (cfg.embedding, cfg.tgt_embedding):
-        if emb is not None:
-            emb.vocab_size = min(emb.vocab_size, 300) if emb.vocab_size else 0
-            emb.emb_size = 32 if emb.emb_size != cfg.encoder.hidden_size else 64
-            emb.max_seq_length = min(emb.max_seq_length, 64)
-    for enc in (cfg.encoder, cfg.decoder):
-        if enc is not None:
-            enc.hidden_size, enc.heads_num, enc.feedforward_size = 64, 4, 96
-            enc.layers_num = 2
-            enc.head_size = 16 if enc.head_size else 0
-            enc.kv_heads_num = 2 if enc.kv_heads_num else 0
+    """The same architecture (norms, positions, masks, tying, heads, streams) at toy sizes."""
+    if cfg.embedding.streams:  # dual: stream i of the embedding feeds stream i of the encoder
+        for emb, enc in zip(cfg.embedding.streams, cfg.encoder.streams, strict=True):
+            shrink_embedding(emb, enc.hidden_size)
+            shrink_encoder(enc)
+    else:
+        shrink_embedding(cfg.embedding, cfg.encoder.hidden_size)
+        shrink_encoder(cfg.encoder)
+    if cfg.decoder is not None:
+        shrink_embedding(cfg.tgt_embedding, cfg.decoder.hidden_size)
+        shrink_encoder(cfg.decoder)
+    image = image_stream(cfg)
+    for t in cfg.targets:
+        t.feature_size = min(t.feature_size, 32)
+        if t.type == "mae":
+            t.patch_size = image.patch_size
+            t.image_vocab_size = min(t.image_vocab_size, 300)
+            t.decoder_layers_num = min(t.decoder_layers_num, 2)
+            t.decoder_hidden_size, t.decoder_heads_num, t.decoder_feedforward_size = 32, 4, 64
     return cfg
 
 
