@@ -159,6 +159,7 @@ class TargetConfig:
     learnable_scale: bool = True
     gather: bool = True  # gather features across ranks when distributed
     poolings: list[str] = field(default_factory=lambda: ["first", "first"])  # per stream
+    eos_id: int | None = None  # 'eos' pooling: first position of this id; None: the largest id (CLIP legacy)
     # masked patches (mae)
     patch_size: int = 16
     channels: int = 3

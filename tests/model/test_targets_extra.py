@@ -110,3 +110,12 @@ def test_clr_on_a_model_without_gather_matches_gathered_when_alone():
     out = model(batch)
     model.targets["clr"].cfg.gather = True
     assert torch.allclose(model(batch).loss, out.loss)
+
+
+def test_eos_pooling_by_id_or_largest_id():
+    from modaloom.targets.base import pool
+
+    hidden = torch.arange(2 * 4 * 1, dtype=torch.float32).view(2, 4, 1)
+    ids = torch.tensor([[5, 9, 3, 0], [5, 3, 7, 9]])
+    assert pool(hidden, None, "eos", input_ids=ids).flatten().tolist() == [1.0, 7.0]
+    assert pool(hidden, None, "eos", input_ids=ids, eos_id=3).flatten().tolist() == [2.0, 5.0]

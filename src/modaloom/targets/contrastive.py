@@ -71,7 +71,7 @@ class Contrastive(Target):
         out = []
         for i, how in enumerate(self.cfg.poolings):
             ids = batch.get(self.id_keys[i]) if how == "eos" else None
-            pooled = pool(hidden[i], masks[i], how, input_ids=ids)
+            pooled = pool(hidden[i], masks[i], how, input_ids=ids, eos_id=self.cfg.eos_id)
             if self.projections is not None:
                 pooled = self.projections[i](pooled)
             out.append(F.normalize(pooled.float(), dim=-1))
