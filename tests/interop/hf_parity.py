@@ -20,6 +20,13 @@ def perturb(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return model.eval()
 
 
+def assert_same_state(reloaded: dict[str, torch.Tensor], original: dict[str, torch.Tensor]) -> None:
+    """Same keys and bit-identical tensors."""
+    assert sorted(reloaded) == sorted(original)
+    for key, value in original.items():
+        assert torch.equal(reloaded[key], value), key
+
+
 def text_inputs(vocab: int, pad_id: int, segments: bool = True, seed: int = 0):
     """Two rows of length 9, the second right-padded from position 6; ids avoid the pad id."""
     gen = torch.Generator().manual_seed(seed)

@@ -8,24 +8,9 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from modaloom.interop.hf import convert_from_hf, hf_to_modaloom, modaloom_to_hf  # noqa: E402
+from tests.interop.hf_parity import assert_same_state, perturb  # noqa: E402
 
 TOL = 1e-4
-
-
-def perturb(model: torch.nn.Module, seed: int = 0) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.1)
-        for name, b in model.named_buffers():
-            if name == "final_logits_bias":  # zeros at init: make a swapped or dropped bias visible
-                b.copy_(torch.randn(b.shape, generator=gen))
-
-
-def assert_same_state(reloaded: dict[str, torch.Tensor], original: dict[str, torch.Tensor]) -> None:
-    assert sorted(reloaded) == sorted(original)
-    for key, value in original.items():
-        assert torch.equal(reloaded[key], value), key
 
 
 def bart_config(**kwargs):

@@ -5,28 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from modaloom import registry
-
 transformers = pytest.importorskip("transformers")
-if "speech" not in registry.names("embedding"):
-    pytest.skip("the speech embedding part is not registered yet", allow_module_level=True)
 
 from modaloom.interop.hf import hf_to_modaloom, modaloom_to_hf  # noqa: E402
+from tests.interop.hf_parity import assert_same_state, perturb  # noqa: E402
 
 TOL = 1e-4
-
-
-def perturb(model: torch.nn.Module, seed: int = 0) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.1)
-
-
-def assert_same_state(reloaded: dict[str, torch.Tensor], original: dict[str, torch.Tensor]) -> None:
-    assert sorted(reloaded) == sorted(original)
-    for key, value in original.items():
-        assert torch.equal(reloaded[key], value), key
 
 
 def make_s2t():

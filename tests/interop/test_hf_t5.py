@@ -9,22 +9,9 @@ transformers = pytest.importorskip("transformers")
 
 from modaloom.errors import ConfigError  # noqa: E402
 from modaloom.interop.hf import hf_to_modaloom, modaloom_to_hf  # noqa: E402
+from tests.interop.hf_parity import assert_same_state, perturb  # noqa: E402
 
 TOL = 1e-4
-
-
-def perturb(model: torch.nn.Module, seed: int = 0) -> None:
-    """Random norms and biases too, so that a swapped or missing tensor cannot go unnoticed."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=gen) * 0.1)
-
-
-def assert_same_state(reloaded: dict[str, torch.Tensor], original: dict[str, torch.Tensor]) -> None:
-    assert sorted(reloaded) == sorted(original)
-    for key, value in original.items():
-        assert torch.equal(reloaded[key], value), key
 
 
 def make_t5(v1_1: bool) -> torch.nn.Module:
