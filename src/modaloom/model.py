@@ -8,9 +8,6 @@ by config flags. Saved models are a folder with ``config.json`` and ``model.safe
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +18,7 @@ from safetensors.torch import save_model
 from torch import nn
 
 from modaloom import registry
+from modaloom.atomic import replace_directory
 from modaloom.config_schema import Source, build, to_dict
 from modaloom.decoders.transformer import TransformerDecoder
 from modaloom.embeddings.base import build_embedding
@@ -160,26 +158,10 @@ class Model(nn.Module):
     def save(self, directory: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """Write ``config.json`` and ``model.safetensors`` into ``directory`` atomically (temp dir + rename)."""
         directory = Path(directory)
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-        try:
+        with replace_directory(directory) as tmp:  # files other tools put beside the model are kept
             payload = {"model": to_dict(self.config), **(extra or {})}
             (tmp / CONFIG_NAME).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
             save_model(self, str(tmp / WEIGHTS_NAME))
-            if directory.exists():
-                # Keep files other tools put beside the model (tokenizer, task heads).
-                for item in directory.iterdir():
-                    if item.name not in (CONFIG_NAME, WEIGHTS_NAME) and not (tmp / item.name).exists():
-                        os.replace(item, tmp / item.name)
-                old = directory.with_name(f".{directory.name}.old")
-                os.replace(directory, old)
-                os.replace(tmp, directory)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, directory)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return directory
 
     def load_weights(self, path: str | Path, strict: bool = True) -> None:

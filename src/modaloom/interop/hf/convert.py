@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from modaloom.atomic import replace_directory
 from modaloom.config_schema import to_dict
 from modaloom.errors import CheckpointError, ConfigError, ModaloomError
 from modaloom.interop.hf.family import HFFamily, families, get_family
@@ -181,25 +180,10 @@ def _choose_family(cfg: ModelConfig, model_type: str | None, architecture: str |
 def _write_atomically(directory: Path, hf_config: Any, state: dict[str, torch.Tensor]) -> None:
     from safetensors.torch import save_file
 
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with replace_directory(directory) as tmp:
         hf_config.save_pretrained(str(tmp))
         save_file({k: v.detach().contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"),
                   metadata={"format": "pt"})
-        if directory.exists():
-            for item in directory.iterdir():  # keep tokenizer files and the like
-                if not (tmp / item.name).exists():
-                    os.replace(item, tmp / item.name)
-            old = directory.with_name(f".{directory.name}.old")
-            os.replace(directory, old)
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def modaloom_to_hf(model: Model, out_dir: str | Path, model_type: str | None = None,
