@@ -89,9 +89,9 @@ def vit_pair(size: str):
                                              intermediate_size=4 * h, num_labels=10))
     ours = build_model({
         "embedding": {"parts": ["patch", "pos"], "emb_size": h, "max_seq_length": 197, "norm": "none",
-                      "patch_size": 16},
+                      "patch_size": 16, "dropout": 0.0},  # ViTConfig's dropouts default to 0.0
         "encoder": {"hidden_size": h, "layers_num": layers, "heads_num": heads, "feedforward_size": 4 * h,
-                    "norm_position": "pre"},
+                    "norm_position": "pre", "dropout": 0.0},
         "targets": [{"type": "cls", "labels_num": 10, "pooler": False}],
     })
     pixels = torch.randn(B, 3, 224, 224)
@@ -111,9 +111,10 @@ def clip_pair(size: str):
                        "intermediate_size": 4 * vh, "patch_size": 32},
         projection_dim=512,
     ))
-    text = {"parts": ["word", "pos"], "vocab_size": 49408, "emb_size": th, "max_seq_length": 77, "norm": "none"}
+    text = {"parts": ["word", "pos"], "vocab_size": 49408, "emb_size": th, "max_seq_length": 77, "norm": "none",
+            "dropout": 0.0}
     image = {"parts": ["patch", "pos"], "emb_size": vh, "max_seq_length": 50, "patch_size": 32,
-             "patch_bias": False, "norm": "layernorm", "norm_eps": 1e-5}
+             "patch_bias": False, "norm": "layernorm", "norm_eps": 1e-5, "dropout": 0.0}
     layer = {"act": "quick_gelu", "norm_position": "pre", "norm_eps": 1e-5, "dropout": 0.0}
     ours = build_model({
         "embedding": {"parts": ["dual"], "streams": [text, image]},

@@ -61,7 +61,7 @@ class Embedding(nn.Module):
                 )
             self.parts[name] = cls(cfg)
         self.norm = make_norm(cfg.norm, cfg.emb_size, cfg.norm_eps)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
 
     @property
     def output_size(self) -> int:

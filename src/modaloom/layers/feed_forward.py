@@ -16,7 +16,7 @@ class FeedForward(nn.Module):
         self.linear_gate = nn.Linear(hidden_size, inner_size, bias=bias) if gated else None
         self.linear_out = nn.Linear(inner_size, hidden_size, bias=bias)
         self.act = activation(act)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.linear_gate is not None:

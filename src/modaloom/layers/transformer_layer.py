@@ -34,7 +34,7 @@ class TransformerLayer(nn.Module):
             cfg.hidden_size, cfg.feedforward_size, cfg.act, gated=cfg.feed_forward == "gated", bias=cfg.bias,
         )
         self.feed_forward_norm = make_norm(cfg.norm, cfg.hidden_size, cfg.norm_eps, norm_bias)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = nn.Dropout(cfg.dropout) if cfg.dropout > 0 else nn.Identity()
 
     def _residual(self, x: torch.Tensor, norm: nn.Module, fn) -> torch.Tensor:
         if self.pre_norm:
