@@ -73,7 +73,12 @@ def _device_key(device: torch.device, dtype: torch.dtype) -> str:
 
 
 def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32, size: int = 2048) -> float:
-    """Best achieved FLOP/s of a square matmul on ``device``: measured once, cached per machine."""
+    """Best achieved FLOP/s of a square matmul on ``device``.
+
+    Measured once per process and combined with the best figure cached for this machine (the maximum of
+    the two is kept), so that a measurement taken while the machine was busy cannot stick: a peak that is
+    too low would report an MFU above 1.
+    """
     key = _device_key(device, dtype)
     if key in _PEAK_CACHE:
         return _PEAK_CACHE[key]
@@ -82,19 +87,16 @@ def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32
         cached = json.loads(path.read_text())
     except (OSError, ValueError):
         cached = {}
-    if key in cached:
-        _PEAK_CACHE[key] = float(cached[key])
-        return _PEAK_CACHE[key]
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     best = float("inf")
-    for _ in range(4):
+    for _ in range(5):
         _sync(device)
         start = time.perf_counter()
         torch.mm(a, b)
         _sync(device)
         best = min(best, time.perf_counter() - start)
-    peak = 2.0 * size**3 / best
+    peak = max(2.0 * size**3 / best, float(cached.get(key, 0.0)))
     _PEAK_CACHE[key] = peak
     cached[key] = peak
     try:
