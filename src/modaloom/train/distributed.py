@@ -70,7 +70,10 @@ def current() -> DistInfo:
 
 
 def teardown() -> None:
+    """Leave the process group together: a rank that destroys it while another still talks to it can
+    abort the whole job (gloo raises SIGABRT, "terminate called without an active exception")."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 
