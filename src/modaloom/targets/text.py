@@ -70,7 +70,13 @@ class MaskedLanguageModel(Target):
 
 @register("target", "sp", "nsp", "sop")
 class SentencePrediction(Target):
-    """Next-sentence / sentence-order prediction from the first token through a tanh pooler."""
+    """Next-sentence / sentence-order prediction from the first token through a tanh pooler.
+
+    Parameters: ``pooler`` (dense + tanh, when ``pooler``) and ``output`` (hidden -> 2). Binary heads on
+    other labels (image-text matching) subclass it with another ``label_key``.
+    """
+
+    label_key = "sp_labels"
 
     def __init__(self, cfg: TargetConfig, model_cfg: ModelConfig, hidden_size: int) -> None:
         super().__init__(cfg, model_cfg, hidden_size)
@@ -82,10 +88,10 @@ class SentencePrediction(Target):
         if self.pooler is not None:
             h = torch.tanh(self.pooler(h))
         logits = self.output(h)
-        labels = batch.get(ctx.get("sp_label_key", "sp_labels"))
+        labels = batch.get(self.label_key)
         if labels is None:
             return TargetOutput(logits=logits)
-        loss, metrics = classification_metrics(self.cfg.label, logits, labels)
+        loss, metrics = classification_metrics(self.cfg.label, logits, labels, self.cfg.label_smoothing)
         return TargetOutput(loss, metrics, logits)
 
 
