@@ -27,6 +27,19 @@ def assert_same_state(reloaded: dict[str, torch.Tensor], original: dict[str, tor
         assert torch.equal(reloaded[key], value), key
 
 
+def seq2seq_diffs(hf, model, ids: torch.Tensor, mask: torch.Tensor, dec: torch.Tensor) -> dict[str, float]:
+    """Max abs differences of encoder states (real positions), decoder states and LM logits."""
+    with torch.no_grad():
+        ref = hf(input_ids=ids, attention_mask=mask, decoder_input_ids=dec, output_hidden_states=True)
+        out = model({"input_ids": ids, "attention_mask": mask, "decoder_input_ids": dec})
+        enc, _ = model.encode({"input_ids": ids, "attention_mask": mask})
+    return {
+        "encoder": (enc - ref.encoder_last_hidden_state)[mask.bool()].abs().max().item(),
+        "decoder": (out.hidden - ref.decoder_hidden_states[-1]).abs().max().item(),
+        "logits": (out.logits["lm"] - ref.logits).abs().max().item(),
+    }
+
+
 def text_inputs(vocab: int, pad_id: int, segments: bool = True, seed: int = 0):
     """Two rows of length 9, the second right-padded from position 6; ids avoid the pad id."""
     gen = torch.Generator().manual_seed(seed)

@@ -8,7 +8,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from modaloom.interop.hf import convert_from_hf, hf_to_modaloom, modaloom_to_hf  # noqa: E402
-from tests.interop.hf_parity import assert_same_state, perturb  # noqa: E402
+from tests.interop.hf_parity import assert_same_state, perturb, seq2seq_diffs  # noqa: E402
 
 TOL = 1e-4
 
@@ -28,16 +28,7 @@ def inputs():
 
 
 def compare(hf, model) -> dict[str, float]:
-    ids, mask, dec = inputs()
-    with torch.no_grad():
-        ref = hf(input_ids=ids, attention_mask=mask, decoder_input_ids=dec, output_hidden_states=True)
-        out = model({"input_ids": ids, "attention_mask": mask, "decoder_input_ids": dec})
-        enc, _ = model.encode({"input_ids": ids, "attention_mask": mask})
-    return {
-        "encoder": (enc - ref.encoder_last_hidden_state)[mask.bool()].abs().max().item(),
-        "decoder": (out.hidden - ref.decoder_hidden_states[-1]).abs().max().item(),
-        "logits": (out.logits["lm"] - ref.logits).abs().max().item(),
-    }
+    return seq2seq_diffs(hf, model, *inputs())
 
 
 @pytest.mark.parametrize("scale_embedding", [False, True])
