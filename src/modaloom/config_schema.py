@@ -165,14 +165,18 @@ def _convert(tp: Any, value: Any, path: str, source: Source) -> Any:
 def build(cls: type[T], data: dict[str, Any], source: Source | None = None, path: str = "") -> T:
     """Fill dataclass ``cls`` from ``data``, checking keys, types and choices; then run its ``validate``."""
     source = source or Source()
+    select = getattr(cls, "select_class", None)
+    if select is not None:  # a section whose fields come from the parts it selects (model_config.Section)
+        cls = select(data, source.where(path))
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         sub = f"{path}.{key}" if path else key
         if key not in fields:
+            owner = f" for {cls.describe()}" if hasattr(cls, "describe") else ""
             raise ConfigError(
-                f"{source.where(sub)}: unknown key {key!r}{nearest(key, fields)}; "
+                f"{source.where(sub)}: unknown key {key!r}{owner}{nearest(key, fields)}; "
                 f"valid keys: {choices_text(fields)}"
             )
         converted = _convert(hints[key], value, sub, source)
@@ -196,7 +200,7 @@ def build(cls: type[T], data: dict[str, Any], source: Source | None = None, path
 def to_dict(obj: Any) -> Any:
     """A dataclass tree as plain JSON-ready values."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):

@@ -20,11 +20,11 @@ from torch import nn
 from modaloom import registry
 from modaloom.atomic import replace_directory
 from modaloom.config_schema import Source, build, to_dict
-from modaloom.decoders.transformer import TransformerDecoder
+from modaloom.context import ForwardContext
 from modaloom.embeddings.base import build_embedding
 from modaloom.encoders.base import build_encoder
 from modaloom.errors import CheckpointError, ConfigError
-from modaloom.model_config import ModelConfig
+from modaloom.model_config import CONFIG_FORMAT, ModelConfig, model_section_from_saved
 
 Batch = dict[str, torch.Tensor]
 CONFIG_NAME = "config.json"
@@ -49,7 +49,8 @@ class Model(nn.Module):
         self.decoder = None
         if cfg.decoder is not None:
             self.tgt_embedding = build_embedding(cfg.tgt_embedding)
-            self.decoder = TransformerDecoder(cfg.decoder, self.tgt_embedding.output_size, self.encoder.output_size)
+            decoder_cls = registry.get("decoder", cfg.decoder.type, where="decoder.type")
+            self.decoder = decoder_cls(cfg.decoder, self.tgt_embedding.output_size, self.encoder.output_size)
         self.targets = nn.ModuleDict()
         for i, tcfg in enumerate(cfg.targets):
             cls = registry.get("target", tcfg.type, where=f"targets.{i}.type")
@@ -87,7 +88,7 @@ class Model(nn.Module):
                 raise ConfigError("share_embedding needs a word part in both embedding and tgt_embedding")
             dst.weight = src.weight
         for label, target in self.targets.items():
-            if not target.cfg.tie_weights:
+            if not getattr(target.cfg, "tie_weights", False):
                 continue
             output = target.tied_output()
             use_tgt = self.tgt_embedding is not None and target.cfg.source != "encoder"
@@ -104,25 +105,22 @@ class Model(nn.Module):
             output.weight = table.weight
 
     # ----------------------------------------------------------------------------------------- forward
-    def encode(self, batch: Batch, ctx: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    def encode(self, batch: Batch, ctx: ForwardContext | None = None) -> tuple[Any, Any]:
         """Embedding + encoder: (hidden, real-token mask)."""
-        ctx = {} if ctx is None else ctx
+        ctx = ForwardContext() if ctx is None else ctx
         x, mask = self.embedding(batch, ctx)
         return self.encoder(x, mask, batch, ctx), mask
 
     def decode(self, batch: Batch, memory: torch.Tensor, memory_mask: torch.Tensor | None,
-               ctx: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+               ctx: ForwardContext) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Target embedding + decoder over ``decoder_input_ids`` attending to ``memory``."""
-        dctx = dict(ctx, input_key="decoder_input_ids", mask_key="decoder_attention_mask",
-                    past_length=ctx.get("decoder_past_length", 0))
-        dctx["segment_ids"] = None
-        y, ymask = self.tgt_embedding(batch, dctx)
-        if ymask is not None and ctx.get("decoder_caches"):
+        y, ymask = self.tgt_embedding(batch, ctx.for_decoder())
+        if ymask is not None and ctx.decoder_caches:
             ymask = None  # cached generation feeds one real token at a time
         return self.decoder(y, ymask, memory, memory_mask, ctx), ymask
 
-    def forward(self, batch: Batch, ctx: dict[str, Any] | None = None) -> ModelOutput:
-        ctx = {} if ctx is None else ctx
+    def forward(self, batch: Batch, ctx: ForwardContext | None = None) -> ModelOutput:
+        ctx = ForwardContext() if ctx is None else ctx
         hidden, mask = self.encode(batch, ctx)
         enc_hidden, enc_mask = hidden, mask
         if self.decoder is not None and "decoder_input_ids" in batch:
@@ -159,7 +157,7 @@ class Model(nn.Module):
         """Write ``config.json`` and ``model.safetensors`` into ``directory`` atomically (temp dir + rename)."""
         directory = Path(directory)
         with replace_directory(directory) as tmp:  # files other tools put beside the model are kept
-            payload = {"model": to_dict(self.config), **(extra or {})}
+            payload = {"format": CONFIG_FORMAT, "model": to_dict(self.config), **(extra or {})}
             (tmp / CONFIG_NAME).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
             save_model(self, str(tmp / WEIGHTS_NAME))
         return directory
@@ -240,6 +238,11 @@ def build_model(cfg: ModelConfig | dict[str, Any]) -> Model:
     return Model(cfg)
 
 
+def saved_model_config(data: dict[str, Any], origin: str) -> ModelConfig:
+    """The ModelConfig of a saved ``config.json`` (any format this version or an earlier one wrote)."""
+    return build(ModelConfig, model_section_from_saved(data), Source(origin), "model")
+
+
 def load(directory: str | Path, map_location: str | torch.device | None = None) -> Model:
     """Restore a model saved with ``Model.save`` (or exported by ``modaloom convert``)."""
     directory = Path(directory)
@@ -247,8 +250,7 @@ def load(directory: str | Path, map_location: str | torch.device | None = None) 
     if not config_path.is_file():
         raise CheckpointError(f"{directory} is not a modaloom model folder: no {CONFIG_NAME}")
     data = json.loads(config_path.read_text(encoding="utf-8"))
-    model_section = data.get("model", data)
-    cfg = build(ModelConfig, model_section, Source(str(config_path)), "model")
+    cfg = saved_model_config(data, str(config_path))
     model = Model(cfg)
     model.load_weights(directory / WEIGHTS_NAME)
     if map_location is not None:

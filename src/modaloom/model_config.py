@@ -1,185 +1,206 @@
 """The model section of a config: embedding, encoder, target embedding, decoder and targets.
 
-Each section names registered parts and carries their hyper-parameters. Sizes a later part can derive
-from an earlier one (a target's hidden size and vocabulary) are filled in by ``ModelConfig.resolve``.
+Each section holds the fields every part of its kind shares (``EmbeddingConfig``: parts, emb_size, norm ...;
+``EncoderConfig``: type, hidden_size, layers_num, dropout; ``TargetConfig``: type, weight, name, source)
+plus the options of the parts it selects. A part declares its options as a dataclass named ``Options``
+beside its class (``TransformerEncoder.Options``, ``PatchEmbedding.Options``, ``Contrastive.Options``,
+``InfoNCE.Options``); a section's class is composed from its base and the selected parts' options, so
+``EncoderConfig(type="transformer", heads_num=12)`` is an ``EncoderConfig[TransformerOptions]`` and an
+unknown key is checked against that part's own keys. Files keep the flat layout they always had.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
+from modaloom import registry
 from modaloom.config_schema import choice
 from modaloom.errors import ConfigError
 
 ACTIVATIONS = ("gelu", "gelu_fast", "gelu_new", "quick_gelu", "relu", "silu", "swish", "tanh")
 NORMS = ("layernorm", "rms", "t5", "none")
+POOLINGS = ("first", "last", "mean", "max", "eos", "none")
+# Written into saved configs; a model folder without it was written before options moved beside the parts.
+CONFIG_FORMAT = 2
+
+_COMPOSED: dict[tuple[type, tuple[type, ...]], type] = {}
+
+
+def _rebuild(base: type, values: dict[str, Any]) -> Any:
+    return base(**values)
+
+
+class Section:
+    """Mixin of section bases whose class is chosen by the parts they select (see the module docstring).
+
+    Subclasses set ``kind`` (the registry kind of their parts) and implement ``selected_options``.
+    """
+
+    kind: ClassVar[str] = ""
+    options: ClassVar[tuple[type, ...]] = ()
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        if "kind" in cls.__dict__:  # a base: pick the composed class for the selected parts
+            cls = cls.compose(cls.selected_options(kwargs, cls.__name__))
+        return object.__new__(cls)
+
+    def __reduce__(self) -> Any:
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
+        return _rebuild, (self.section_base(), values)
+
+    @classmethod
+    def section_base(cls) -> type:
+        return next(c for c in cls.__mro__ if "kind" in c.__dict__)
+
+    @classmethod
+    def selected_options(cls, data: dict[str, Any], where: str) -> tuple[type, ...]:
+        raise NotImplementedError
+
+    @classmethod
+    def compose(cls, options: tuple[type, ...]) -> type:
+        """The dataclass with this base's fields plus every class in ``options`` (cached)."""
+        key = (cls, options)
+        if key not in _COMPOSED:
+            name = f"{cls.__name__}[{', '.join(o.__name__ for o in options)}]" if options else cls.__name__
+            composed = dataclasses.make_dataclass(name, [], bases=(*options, cls))
+            composed.__module__ = cls.__module__
+            composed.options = options
+            _COMPOSED[key] = composed
+        return _COMPOSED[key]
+
+    @classmethod
+    def select_class(cls, data: dict[str, Any], where: str) -> type:
+        """Used by ``config_schema.build``: the composed class for a config mapping."""
+        if "kind" not in cls.__dict__:
+            return cls
+        return cls.compose(cls.selected_options(data, where))
+
+    def check_options(self) -> None:
+        """Run each selected part's own ``check`` (option-level validation beside the part)."""
+        for options in type(self).options:
+            check = getattr(options, "check", None)
+            if check is not None:
+                check(self)
+
+    @classmethod
+    def describe(cls) -> str:
+        names = ", ".join(o.__name__ for o in cls.options) or "no part options"
+        return f"{cls.section_base().__name__} with {names}"
+
+
+def part_options(kind: str, name: Any, where: str) -> type:
+    """The ``Options`` dataclass of a registered part (an empty one when the part declares none)."""
+    if not isinstance(name, str):
+        raise ConfigError(f"{where}: expected a part name (a string), got {name!r}")
+    return getattr(registry.get(kind, name, where=where), "Options", NoOptions)
 
 
 @dataclass
-class EmbeddingConfig:
+class NoOptions:
+    """For parts without options of their own."""
+
+
+@dataclass
+class EmbeddingConfig(Section):
     """A named sum of embedding parts, then an optional norm and dropout (or two streams for ``dual``)."""
 
+    kind: ClassVar[str] = "embedding"
+
     parts: list[str] = field(default_factory=lambda: ["word", "pos"])
-    vocab_size: int = 0
     emb_size: int = 768
-    max_seq_length: int = 512
-    position_offset: int = 0  # learned positions start at this row (2 for RoBERTa/BART)
-    type_vocab_size: int = 2
-    pad_id: int = 0
-    scale_embedding: bool = False  # multiply token embeddings by sqrt(emb_size) (BART, S2T)
+    max_seq_length: int = 512  # the longest sequence the model takes (positions, generation, data checks)
     norm: str = choice("layernorm", *NORMS)
     norm_eps: float = 1e-12
     dropout: float = 0.1
-    # images
-    image_height: int = 224
-    image_width: int = 224
-    channels: int = 3
-    patch_size: int = 16
-    cls_token: bool = True
-    patch_bias: bool = True
-    # audio (filterbank frames -> strided 1-D convolutions)
-    audio_feature_size: int = 80
-    conv_channels: list[int] = field(default_factory=lambda: [1024])
-    conv_kernel_sizes: list[int] = field(default_factory=lambda: [5, 5])
-    # dual: one embedding config per stream
-    streams: list[EmbeddingConfig] = field(default_factory=list)
     # batch keys a stream reads instead of the defaults (e.g. input_ids_b for the second tower of a
     # siamese text model); "" keeps the part's default (input_ids / pixel_values / input_features)
     input_key: str = ""
     mask_key: str = ""
 
-    @property
-    def num_patches(self) -> int:
-        return (self.image_height // self.patch_size) * (self.image_width // self.patch_size)
+    @classmethod
+    def selected_options(cls, data: dict[str, Any], where: str) -> tuple[type, ...]:
+        parts = data.get("parts", ["word", "pos"])
+        if not isinstance(parts, (list, tuple)):
+            raise ConfigError(f"{where}.parts: expected a list of part names, got {parts!r}")
+        found: list[type] = []
+        for i, name in enumerate(parts):
+            options = part_options("embedding", name, f"{where}.parts.{i}")
+            if options is not NoOptions and options not in found:
+                found.append(options)
+        return tuple(found)
 
     def validate(self) -> None:
         if not self.parts:
             raise ConfigError("embedding.parts is empty; name at least one part, e.g. [word, pos]")
-        if "dual" in self.parts and len(self.streams) != 2:
-            raise ConfigError(f"a dual embedding needs exactly 2 streams, got {len(self.streams)}")
-        if any(p in self.parts for p in ("patch", "word_patch", "masked_patch")):
-            if self.image_height % self.patch_size or self.image_width % self.patch_size:
-                raise ConfigError(
-                    f"image size {self.image_height}x{self.image_width} is not divisible by "
-                    f"patch_size {self.patch_size}"
-                )
-        if len(self.conv_kernel_sizes) < 1:
-            raise ConfigError("conv_kernel_sizes needs at least one kernel size")
+        self.check_options()
 
 
 @dataclass
-class EncoderConfig:
-    """A stack mapping embeddings to hidden states; also used for the decoder (``type: transformer``)."""
+class StackFields:
+    """Fields every encoder and decoder shares."""
 
     type: str = "transformer"
     hidden_size: int = 768
     layers_num: int = 12
-    heads_num: int = 12
-    head_size: int = 0  # 0: hidden_size // heads_num
-    kv_heads_num: int = 0  # 0: same as heads_num; fewer gives grouped-query attention
-    feedforward_size: int = 3072
-    act: str = choice("gelu", *ACTIVATIONS)
-    feed_forward: str = choice("dense", "dense", "gated")
-    norm: str = choice("layernorm", *NORMS)
-    norm_eps: float = 1e-12
-    norm_position: str = choice("post", "post", "pre")
-    final_norm: bool | None = None  # default: true for pre-norm stacks
-    mask: str = choice("fully_visible", "fully_visible", "causal", "prefix")
-    position: str = choice("none", "none", "rotary", "relative", "alibi")
-    rotary_base: float = 10000.0
-    rotary_dim: int = 0  # 0: the full head size
-    relative_buckets: int = 32
-    relative_max_distance: int = 128
-    bias: bool = True
-    attention_scale: bool = True  # false for T5 (no 1/sqrt(d) scaling)
     dropout: float = 0.1
-    attention_dropout: float | None = None  # default: dropout
-    share_layers: bool = False  # ALBERT: one layer applied layers_num times
-    input_projection: bool | None = None  # linear from embedding to hidden size; default: when sizes differ
-    # RNN and gated CNN encoders
-    kernel_size: int = 4
-    block_size: int = 2
-    # dual: one encoder config per stream
-    streams: list[EncoderConfig] = field(default_factory=list)
 
-    @property
-    def head_dim(self) -> int:
-        return self.head_size or self.hidden_size // max(self.heads_num, 1)
-
-    @property
-    def use_final_norm(self) -> bool:
-        return self.norm_position == "pre" if self.final_norm is None else self.final_norm
+    @classmethod
+    def selected_options(cls, data: dict[str, Any], where: str) -> tuple[type, ...]:
+        options = part_options(cls.kind, data.get("type", "transformer"), f"{where}.type")
+        return () if options is NoOptions else (options,)
 
     def validate(self) -> None:
-        if self.type == "dual":
-            if len(self.streams) != 2:
-                raise ConfigError(f"a dual encoder needs exactly 2 streams, got {len(self.streams)}")
-            return
-        if self.type in ("transformer",):
-            if self.heads_num <= 0:
-                raise ConfigError(f"heads_num must be positive, got {self.heads_num}")
-            if not self.head_size and self.hidden_size % self.heads_num:
-                raise ConfigError(
-                    f"hidden_size {self.hidden_size} is not divisible by heads_num {self.heads_num}; "
-                    f"change one of them or set head_size"
-                )
-            kv = self.kv_heads_num or self.heads_num
-            if self.heads_num % kv:
-                raise ConfigError(f"heads_num {self.heads_num} is not a multiple of kv_heads_num {kv}")
         if self.layers_num <= 0:
             raise ConfigError(f"layers_num must be positive, got {self.layers_num}")
+        self.check_options()
 
 
 @dataclass
-class TargetConfig:
-    """One objective with its head. Sizes left at 0 are derived from the embedding and encoder."""
+class EncoderConfig(StackFields, Section):
+    """A stack mapping embeddings to hidden states, chosen by ``type`` (transformer, lstm, gatedcnn, dual ...)."""
+
+    kind: ClassVar[str] = "encoder"
+
+
+@dataclass
+class DecoderConfig(StackFields, Section):
+    """The decoder of an encoder-decoder model, chosen by ``type`` in the ``decoder`` registry."""
+
+    kind: ClassVar[str] = "decoder"
+
+
+@dataclass
+class TargetConfig(Section):
+    """One objective with its head, chosen by ``type``; a target with a ``loss`` option adds that loss's options."""
+
+    kind: ClassVar[str] = "target"
 
     type: str = "mlm"
     weight: float = 1.0
     name: str = ""  # metric prefix; default: the type
-    hidden_size: int = 0
-    vocab_size: int = 0
-    act: str = choice("gelu", *ACTIVATIONS)
-    norm: str = choice("layernorm", *NORMS)
-    norm_eps: float = 1e-12
-    transform: bool = True  # MLM: dense + act + norm before the output layer (BERT); false for none
-    tie_weights: bool = False  # output layer shares the word embedding's weight
-    output_bias: bool = True
-    scale_before_output: bool = False  # multiply by hidden_size**-0.5 before the output layer (tied T5)
     source: str = choice("auto", "auto", "encoder", "decoder")  # which states the target reads
-    labels_num: int = 2
-    pooling: str = choice("first", "first", "last", "mean", "max", "eos", "none")
-    pooler: bool = True  # dense + tanh on the pooled vector (BERT NSP / classification)
-    label_smoothing: float = 0.0
-    # contrastive (clr)
-    feature_size: int = 512
-    projection: bool = True
-    projection_bias: bool = False
-    logit_scale_init: float = 2.6592  # log(1 / 0.07), as CLIP
-    learnable_scale: bool = True
-    gather: bool = True  # gather features across ranks when distributed
-    poolings: list[str] = field(default_factory=lambda: ["first", "first"])  # per stream
-    eos_id: int | None = None  # 'eos' pooling: first position of this id; None: the largest id (CLIP legacy)
-    # masked patches (mae)
-    patch_size: int = 16
-    channels: int = 3
-    norm_pix_loss: bool = False
-    image_vocab_size: int = 0  # >0: BEiT-style discrete visual tokens instead of pixel regression
-    # MAE's light decoder over visible + mask tokens (used when the embedding drops masked patches)
-    decoder_layers_num: int = 0
-    decoder_hidden_size: int = 512
-    decoder_heads_num: int = 16
-    decoder_feedforward_size: int = 2048
 
     @property
     def label(self) -> str:
         return self.name or self.type
 
+    @classmethod
+    def selected_options(cls, data: dict[str, Any], where: str) -> tuple[type, ...]:
+        options = part_options("target", data.get("type", "mlm"), f"{where}.type")
+        found = [] if options is NoOptions else [options]
+        loss_field = next((f for f in dataclasses.fields(options) if f.name == "loss"), None)
+        if loss_field is not None:
+            loss = part_options("loss", data.get("loss", loss_field.default), f"{where}.loss")
+            if loss is not NoOptions:
+                found.append(loss)
+        return tuple(found)
+
     def validate(self) -> None:
         if self.weight < 0:
             raise ConfigError(f"target weight must be >= 0, got {self.weight}")
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        self.check_options()
 
 
 @dataclass
@@ -189,7 +210,7 @@ class ModelConfig:
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     tgt_embedding: EmbeddingConfig | None = None
-    decoder: EncoderConfig | None = None
+    decoder: DecoderConfig | None = None
     targets: list[TargetConfig] = field(default_factory=lambda: [TargetConfig()])
     share_embedding: bool = False  # target embedding shares the source word embedding (T5, BART)
     init_std: float = 0.02
@@ -200,16 +221,57 @@ class ModelConfig:
             raise ConfigError("tgt_embedding and decoder go together: give both or neither")
         if not self.targets:
             raise ConfigError("a model needs at least one target")
-        if self.decoder is not None and self.decoder.type != "transformer":
-            raise ConfigError(f"decoder type {self.decoder.type!r} is unknown; valid choices: transformer")
         seen = set()
         for t in self.targets:
             if t.label in seen:
                 raise ConfigError(f"two targets are named {t.label!r}; give one a distinct 'name'")
             seen.add(t.label)
         if self.share_embedding and self.tgt_embedding is not None:
-            if self.tgt_embedding.vocab_size not in (0, self.embedding.vocab_size):
-                raise ConfigError(
-                    f"share_embedding needs equal vocabularies, got {self.embedding.vocab_size} and "
-                    f"{self.tgt_embedding.vocab_size}"
-                )
+            sizes = (getattr(self.embedding, "vocab_size", 0), getattr(self.tgt_embedding, "vocab_size", 0))
+            if sizes[1] not in (0, sizes[0]):
+                raise ConfigError(f"share_embedding needs equal vocabularies, got {sizes[0]} and {sizes[1]}")
+
+
+def vocab_size_of(section: EmbeddingConfig | None) -> int:
+    """The vocabulary of an embedding section (0 when none of its parts has a word table)."""
+    return int(getattr(section, "vocab_size", 0) or 0) if section is not None else 0
+
+
+def model_section_from_saved(data: dict[str, Any]) -> dict[str, Any]:
+    """The model section of a saved ``config.json`` (model folder or checkpoint).
+
+    Folders written before ``CONFIG_FORMAT`` 2 listed every key of every part in each section (a ViT's
+    embedding carried ``vocab_size``, a BERT target ``feature_size``); keys the selected parts do not have
+    had no effect then and are dropped, so those folders load with the same numbers.
+    """
+    section = data.get("model", data)
+    if int(data.get("format", 1)) >= CONFIG_FORMAT:
+        return section
+    return _prune_legacy_model(section)
+
+
+def _prune_legacy_model(model: dict[str, Any]) -> dict[str, Any]:
+    out = dict(model)
+    for key, base in (("embedding", EmbeddingConfig), ("tgt_embedding", EmbeddingConfig),
+                      ("encoder", EncoderConfig), ("decoder", DecoderConfig)):
+        if isinstance(out.get(key), dict):
+            out[key] = _prune_legacy_section(base, out[key], f"model.{key}")
+    if isinstance(out.get("targets"), list):
+        out["targets"] = [_prune_legacy_section(TargetConfig, t, f"model.targets.{i}") if isinstance(t, dict) else t
+                          for i, t in enumerate(out["targets"])]
+    return out
+
+
+def _prune_legacy_section(base: type, section: dict[str, Any], where: str) -> dict[str, Any]:
+    cls = base.select_class(section, where)
+    keep = {f.name for f in dataclasses.fields(cls) if f.init}
+    out = {k: v for k, v in section.items() if k in keep}
+    if isinstance(out.get("streams"), list):
+        out["streams"] = [_prune_legacy_section(base, s, f"{where}.streams.{i}") if isinstance(s, dict) else s
+                          for i, s in enumerate(out["streams"])]
+    return out
+
+
+def streams_of(section: Any) -> list[Any]:
+    """The per-stream sections of a dual embedding or encoder section ([] for any other part)."""
+    return list(getattr(section, "streams", None) or [])

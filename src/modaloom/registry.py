@@ -1,6 +1,6 @@
 """One registry for every named, pluggable part: kind -> name -> class.
 
-Kinds used across the package: "embedding" (embedding parts), "encoder", "decoder", "target",
+Kinds used across the package: "embedding" (embedding parts), "encoder", "decoder", "target", "loss",
 "processor", "tokenizer", "optimizer", "scheduler", "task". Modules register themselves with
 ``@register(kind, name)``; configs refer to them by name.
 """
@@ -23,6 +23,7 @@ _BUILTIN_MODULES: dict[str, tuple[str, ...]] = {
     "encoder": ("modaloom.encoders",),
     "decoder": ("modaloom.decoders",),
     "target": ("modaloom.targets",),
+    "loss": ("modaloom.losses",),
     "processor": ("modaloom.data.processors",),
     "tokenizer": ("modaloom.data.tokenizers",),
     "optimizer": ("modaloom.train.optim",),

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from modaloom import registry
+from modaloom.context import ForwardContext
 
 transformers = pytest.importorskip("transformers")
 if not {"patch", "dual"} <= set(registry.names("embedding")) or "clr" not in registry.names("target"):
@@ -47,13 +48,13 @@ def inputs():
 def compare(hf, model) -> dict[str, float]:
     batch = inputs()
     real = batch["attention_mask"].bool()
-    ctx: dict = {}
+    ctx = ForwardContext()
     with torch.no_grad():
         ref = hf(**batch)
         pooled = hf.vision_model(pixel_values=batch["pixel_values"]).pooler_output  # before the projection
         out = model(batch, ctx)
         hidden, _ = model.encode(batch)
-    text_features, image_features = ctx["clr_features"]
+    text_features, image_features = ctx.features["clr"]
     return {
         "text hidden": max_diff(hidden[0], ref.text_model_output.last_hidden_state, real),
         "image pooled": max_diff(hidden[1][:, 0], pooled),

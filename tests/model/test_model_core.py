@@ -8,6 +8,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import modaloom
+from modaloom.context import ForwardContext
 from modaloom.errors import CheckpointError, ConfigError
 from modaloom.model import build_model
 
@@ -133,7 +134,7 @@ def test_encoder_decoder_cached_decoding_matches_full_pass():
     self_caches, cross_caches = model.decoder.new_caches()
     steps = []
     for t in range(5):
-        ctx = {"decoder_caches": self_caches, "cross_caches": cross_caches, "decoder_past_length": t}
+        ctx = ForwardContext(decoder_caches=self_caches, cross_caches=cross_caches, decoder_past_length=t)
         hidden, _ = model.decode({"decoder_input_ids": dec[:, t:t + 1]}, memory, mmask, ctx)
         steps.append(model.targets["lm"](hidden, None, {}, ctx).logits)
     assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
@@ -153,7 +154,7 @@ def test_causal_encoder_cache_matches_full_pass():
     caches = model.encoder.new_caches()
     steps = []
     for t in range(6):
-        ctx = {"encoder_caches": caches, "past_length": t}
+        ctx = ForwardContext(encoder_caches=caches, past_length=t)
         hidden, _ = model.encode({"input_ids": ids[:, t:t + 1]}, ctx)
         steps.append(model.targets["lm"](hidden, None, {}, ctx).logits)
     assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
@@ -172,6 +173,9 @@ def test_tie_weights_without_word_part_is_refused():
     cfg["targets"] = [{"type": "lm", "tie_weights": True, "transform": False}]
     build_model(cfg)  # fine: has a word part
     cfg["embedding"]["parts"] = ["pos"]
+    with pytest.raises(ConfigError, match="unknown key 'vocab_size' for EmbeddingConfig with PositionOptions"):
+        build_model(cfg)  # the word part's options are checked against the parts chosen
+    del cfg["embedding"]["vocab_size"]
     with pytest.raises(ConfigError, match="starts with 'pos'"):
         build_model(cfg)
 

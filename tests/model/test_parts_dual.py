@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from modaloom.context import ForwardContext
 from modaloom.errors import ConfigError
 from modaloom.model import build_model
 
@@ -50,10 +51,10 @@ def test_clip_shapes_names_and_gradients():
 
 def test_clr_loss_is_symmetric_cross_entropy_of_scaled_cosines():
     model = build_model(clip_config())
-    ctx: dict = {}
+    ctx = ForwardContext()
     b = clip_batch()
     out = model(b, ctx)
-    f0, f1 = ctx["clr_features"]
+    f0, f1 = ctx.features["clr"]
     assert torch.allclose(f0.norm(dim=-1), torch.ones(3))
     logits = math.exp(2.6592) * f0 @ f1.T
     labels = torch.arange(3)
@@ -67,11 +68,11 @@ def test_clr_loss_is_symmetric_cross_entropy_of_scaled_cosines():
 def test_eos_pooling_reads_the_largest_id():
     model = build_model(clip_config())
     b = clip_batch()
-    ctx: dict = {}
+    ctx = ForwardContext()
     model(b, ctx)
     (h0, _), _ = model.encode(b)
     pooled = model.targets["clr"].projections[0](h0[:, 4])
-    assert torch.allclose(ctx["clr_features"][0], F.normalize(pooled, dim=-1), atol=1e-6)
+    assert torch.allclose(ctx.features["clr"][0], F.normalize(pooled, dim=-1), atol=1e-6)
 
 
 def test_logit_scale_is_clamped_at_100():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from modaloom.context import ForwardContext
 from modaloom.encoders import build_encoder
 from modaloom.encoders.rnn import reversed_real_order
 from modaloom.errors import ConfigError
@@ -28,16 +29,16 @@ def inputs(length: int = 6) -> torch.Tensor:
 def test_padding_on_either_side_does_not_change_real_outputs(kind):
     enc = make(kind)
     x = inputs()
-    plain = enc(x, None, {}, {})
+    plain = enc(x, None, {}, ForwardContext())
     assert plain.shape == (2, 6, 12)
     right = torch.cat([x, torch.randn(2, 3, 8)], 1)
     right_mask = torch.tensor([[1] * 6 + [0] * 3] * 2)
-    out = enc(right, right_mask, {}, {})
+    out = enc(right, right_mask, {}, ForwardContext())
     assert torch.allclose(out[:, :6], plain, atol=1e-5)
     assert not out[:, 6:].abs().sum()
     left = torch.cat([torch.randn(2, 2, 8), x], 1)
     left_mask = torch.tensor([[0] * 2 + [1] * 6] * 2)
-    assert torch.allclose(enc(left, left_mask, {}, {})[:, 2:], plain, atol=1e-5)
+    assert torch.allclose(enc(left, left_mask, {}, ForwardContext())[:, 2:], plain, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["birnn", "bilstm", "bigru"])
@@ -46,7 +47,7 @@ def test_bidirectional_halves_see_only_their_side(kind):
     x = inputs()
     changed = x.clone()
     changed[:, 3] += 1.0
-    a, b = enc(x, None, {}, {}), enc(changed, None, {}, {})
+    a, b = enc(x, None, {}, ForwardContext()), enc(changed, None, {}, ForwardContext())
     forward_same = torch.isclose(a[..., :6], b[..., :6], atol=1e-6).all(-1).all(0)
     backward_same = torch.isclose(a[..., 6:], b[..., 6:], atol=1e-6).all(-1).all(0)
     assert forward_same.tolist() == [True, True, True, False, False, False]
@@ -69,10 +70,10 @@ def test_gated_cnn_is_causal_and_ignores_padding():
     x = inputs()
     changed = x.clone()
     changed[:, 4] += 1.0
-    a, b = enc(x, None, {}, {}), enc(changed, None, {}, {})
+    a, b = enc(x, None, {}, ForwardContext()), enc(changed, None, {}, ForwardContext())
     assert torch.allclose(a[:, :4], b[:, :4]) and not torch.allclose(a[:, 4], b[:, 4])
     left = torch.cat([torch.randn(2, 2, 8), x], 1)
-    out = enc(left, torch.tensor([[0, 0] + [1] * 6] * 2), {}, {})
+    out = enc(left, torch.tensor([[0, 0] + [1] * 6] * 2), {}, ForwardContext())
     assert torch.allclose(out[:, 2:], a, atol=1e-5)
 
 
@@ -83,8 +84,8 @@ def test_gated_cnn_residual_every_block():
     x = inputs()
     first = deep.layers[0](x.transpose(1, 2))
     expected = deep.layers[2](deep.layers[1](first)) + first
-    assert torch.allclose(deep(x, None, {}, {}), expected.transpose(1, 2), atol=1e-6)
-    assert enc(x, None, {}, {}).shape == (2, 6, 12)
+    assert torch.allclose(deep(x, None, {}, ForwardContext()), expected.transpose(1, 2), atol=1e-6)
+    assert enc(x, None, {}, ForwardContext()).shape == (2, 6, 12)
 
 
 def lm_batch(vocab: int = 30) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from modaloom.context import ForwardContext
 from modaloom.embeddings.speech import subsampled_lengths
 from modaloom.errors import ConfigError, DataError
 from modaloom.model import build_model
@@ -45,7 +46,7 @@ def test_matches_transformers_conv_subsampler_weight_for_weight():
     part = model.embedding.parts["speech"]
     part.convs.load_state_dict(reference.conv_layers.state_dict())
     b = batch()
-    ours, mask = part(None, None, b, {})
+    ours, mask = part(None, None, b, ForwardContext())
     assert torch.allclose(ours, reference(b["input_features"]), atol=1e-5)
     assert mask.sum(1).tolist() == [6, 4]  # 21 -> 11 -> 6 frames; 13 -> 7 -> 4
 
@@ -60,9 +61,9 @@ def test_scaling_and_no_mask_without_feature_mask():
     model = build_model(s2t_config())
     part = model.embedding.parts["speech"]
     b = batch()
-    scaled, mask = part(None, None, {"input_features": b["input_features"]}, {})
+    scaled, mask = part(None, None, {"input_features": b["input_features"]}, ForwardContext())
     part.scale = 1.0
-    plain, _ = part(None, None, {"input_features": b["input_features"]}, {})
+    plain, _ = part(None, None, {"input_features": b["input_features"]}, ForwardContext())
     assert mask is None
     assert torch.allclose(scaled, plain * 4.0)  # sqrt(16)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from modaloom.context import ForwardContext
 from modaloom.errors import ConfigError, DataError
 from modaloom.model import build_model
 from modaloom.targets.mae import patchify
@@ -41,7 +42,7 @@ def test_patch_embedding_is_class_token_then_linear_patches_plus_positions():
     model = build_model(dict(embedding=embedding(["patch", "pos"]), encoder=encoder(), targets=[dict(type="cls")]))
     part = model.embedding.parts["patch"]
     x = pixels()
-    out, mask = model.embedding({"pixel_values": x}, {})
+    out, mask = model.embedding({"pixel_values": x}, ForwardContext())
     assert out.shape == (2, N + 1, 16) and mask is None
     flat = patchify(x, 4)  # (B, N, p*p*C) in (row, column, channel) order
     weight = part.projection.weight.permute(0, 2, 3, 1).reshape(16, -1)  # (E, p, p, C) -> (E, p*p*C)
@@ -63,7 +64,7 @@ def test_patch_without_bias_or_class_token():
     model = build_model(dict(embedding=embedding(["patch", "pos"], patch_bias=False, cls_token=False),
                              encoder=encoder(), targets=[dict(type="cls", pooling="mean")]))
     assert model.embedding.parts["patch"].projection.bias is None
-    out, _ = model.embedding({"pixel_values": pixels()}, {})
+    out, _ = model.embedding({"pixel_values": pixels()}, ForwardContext())
     assert out.shape == (2, N, 16)
 
 
@@ -81,8 +82,8 @@ def test_masked_patch_replaces_masked_patches_with_the_mask_token():
                targets=[dict(type="mae", patch_size=4, image_vocab_size=7)])
     model = build_model(cfg)
     x = pixels()
-    plain, _ = model.embedding({"pixel_values": x}, {})
-    masked, _ = model.embedding({"pixel_values": x, "patch_mask": PATCH_MASK}, {})
+    plain, _ = model.embedding({"pixel_values": x}, ForwardContext())
+    masked, _ = model.embedding({"pixel_values": x, "patch_mask": PATCH_MASK}, ForwardContext())
     part, positions = model.embedding.parts["masked_patch"], model.embedding.parts["pos"].weight
     body, plain_body = masked[:, 1:], plain[:, 1:]
     assert torch.allclose(body[PATCH_MASK], (part.mask_token + positions[1:]).expand(2, N, 16)[PATCH_MASK])
@@ -107,12 +108,12 @@ def test_drop_masked_keeps_visible_patches_with_their_own_positions():
                              targets=[dict(type="cls")]))
     mask = torch.tensor([[1, 0, 1, 0, 1, 0], [0, 0, 1, 1, 1, 0]], dtype=torch.bool)
     x = pixels()
-    full, _ = build_embedding_without_drop(model)({"pixel_values": x}, {})
-    ctx: dict = {}
+    full, _ = build_embedding_without_drop(model)({"pixel_values": x}, ForwardContext())
+    ctx = ForwardContext()
     kept, mask_out = model.embedding({"pixel_values": x, "patch_mask": mask}, ctx)
     assert mask_out is None and kept.shape == (2, 1 + 3, 16)
-    assert ctx["kept_patch_index"].tolist() == [[1, 3, 5], [0, 1, 5]]
-    for row, index in enumerate(ctx["kept_patch_index"]):
+    assert ctx.kept_patch_index.tolist() == [[1, 3, 5], [0, 1, 5]]
+    for row, index in enumerate(ctx.kept_patch_index):
         assert torch.equal(kept[row, 1:], full[row, 1 + index])
         assert torch.equal(kept[row, 0], full[row, 0])
 
@@ -191,15 +192,15 @@ def test_word_patch_sequence_mask_segments_and_stable_image_positions():
     ids = torch.tensor([[5, 6, 7], [8, 9, 0]])
     attention = torch.tensor([[1, 1, 1], [1, 1, 0]])
     x = pixels()
-    ctx: dict = {}
+    ctx = ForwardContext()
     out, mask = model.embedding({"input_ids": ids, "attention_mask": attention, "pixel_values": x}, ctx)
     assert out.shape == (2, 5 + 1 + N, 16)
     assert mask.tolist()[1] == [True, True, False, False, False] + [True] * (N + 1)
-    assert ctx["segment_ids"].tolist()[0] == [0] * 5 + [1] * (N + 1)
-    longer, _ = model.embedding({"input_ids": torch.cat([ids, ids[:, :2]], 1), "pixel_values": x}, {})
+    assert ctx.segment_ids.tolist()[0] == [0] * 5 + [1] * (N + 1)
+    longer, _ = model.embedding({"input_ids": torch.cat([ids, ids[:, :2]], 1), "pixel_values": x}, ForwardContext())
     assert torch.allclose(out[:, 5:], longer[:, 5:])  # image tokens do not move with the text length
     with pytest.raises(DataError, match="6 text tokens exceed the 5"):
-        model.embedding({"input_ids": torch.ones(2, 6, dtype=torch.long), "pixel_values": x}, {})
+        model.embedding({"input_ids": torch.ones(2, 6, dtype=torch.long), "pixel_values": x}, ForwardContext())
 
 
 def test_vilt_trains_with_mlm_and_itm():

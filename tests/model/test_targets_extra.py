@@ -10,6 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from modaloom.context import ForwardContext
 from modaloom.model import build_model
 from modaloom.model_config import ModelConfig, TargetConfig
 from modaloom.targets.bilm import BidirectionalLanguageModel
@@ -24,12 +25,12 @@ def test_bilm_forward_half_predicts_next_and_backward_half_previous():
     fwd = torch.randint(0, 11, (2, 5))
     bwd = torch.randint(0, 11, (2, 5))
     fwd[1, 3:] = -100
-    out = target(hidden, None, {"lm_labels": fwd, "bilm_labels_backward": bwd}, {})
+    out = target(hidden, None, {"lm_labels": fwd, "bilm_labels_backward": bwd}, ForwardContext())
     f = F.cross_entropy(target.head.output(hidden[..., :4]).reshape(-1, 11), fwd.reshape(-1), ignore_index=-100)
     b = F.cross_entropy(target.head.output(hidden[..., 4:]).reshape(-1, 11), bwd.reshape(-1))
     assert torch.allclose(out.loss, (f + b) / 2, atol=1e-6)
     assert out.metrics["bilm_forward_count"] == 8 and out.metrics["bilm_count"] == 18
-    without = target(hidden, None, {}, {})
+    without = target(hidden, None, {}, ForwardContext())
     assert without.loss is None and without.logits.shape == (2, 2, 5, 11)
 
 
@@ -38,11 +39,11 @@ def test_itm_reads_itm_labels_from_the_first_token():
     target = ImageTextMatching(TargetConfig(type="itm"), ModelConfig(), 6)
     hidden = torch.randn(3, 4, 6)
     labels = torch.tensor([1, 0, 1])
-    out = target(hidden, None, {"itm_labels": labels, "labels": torch.tensor([0, 0, 0])}, {})
-    logits = target.output(torch.tanh(target.pooler(hidden[:, 0])))
+    out = target(hidden, None, {"itm_labels": labels, "labels": torch.tensor([0, 0, 0])}, ForwardContext())
+    logits = target.output(target.pooler(hidden[:, 0]))  # the pooler is dense + tanh
     assert torch.allclose(out.logits, logits)
     assert torch.allclose(out.loss, F.cross_entropy(logits, labels))
-    assert target(hidden, None, {}, {}).loss is None
+    assert target(hidden, None, {}, ForwardContext()).loss is None
 
 
 def _free_port() -> int:
@@ -68,7 +69,7 @@ def _rank(rank: int, port: int, queue) -> None:
         target = _clr()
         h0, h1 = _features()
         rows = slice(0, 3) if rank == 0 else slice(3, 6)
-        out = target((h0[rows], h1[rows]), None, {}, {})
+        out = target((h0[rows], h1[rows]), None, {}, ForwardContext())
         out.loss.backward()
         grad = target.projections[0].weight.grad.clone()
         dist.all_reduce(grad)
@@ -80,7 +81,7 @@ def _rank(rank: int, port: int, queue) -> None:
 def test_clr_gathers_across_ranks_like_one_big_batch():
     target = _clr()
     h0, h1 = _features()
-    full = target((h0, h1), None, {}, {})
+    full = target((h0, h1), None, {}, ForwardContext())
     full.loss.backward()
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()

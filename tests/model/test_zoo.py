@@ -10,7 +10,7 @@ import torch
 from modaloom import registry
 from modaloom.config import load_config
 from modaloom.model import Model
-from modaloom.model_config import EmbeddingConfig, EncoderConfig, ModelConfig
+from modaloom.model_config import EmbeddingConfig, EncoderConfig, ModelConfig, streams_of
 
 ZOO = Path(__file__).resolve().parents[2] / "configs"
 ZOO_FILES = sorted(ZOO.rglob("*.yaml"))
@@ -47,8 +47,8 @@ def missing_parts(cfg: ModelConfig) -> list[str]:
     needed = []
     for emb in (cfg.embedding, cfg.tgt_embedding):
         if emb is not None:
-            needed += [("embedding", p) for s in [emb, *emb.streams] for p in s.parts]
-    needed += [("encoder", e.type) for e in [cfg.encoder, *cfg.encoder.streams]]
+            needed += [("embedding", p) for s in [emb, *streams_of(emb)] for p in s.parts]
+    needed += [("encoder", e.type) for e in [cfg.encoder, *streams_of(cfg.encoder)]]
     needed += [("target", t.type) for t in cfg.targets]
     return [f"{kind} {n!r}" for kind, n in needed if n not in registry.names(kind)]
 
@@ -90,12 +90,12 @@ def streams(emb: EmbeddingConfig | None) -> list[EmbeddingConfig]:
     """The embedding configs that hold parts: the streams of a dual embedding, else the embedding itself."""
     if emb is None:
         return []
-    return list(emb.streams) if emb.streams else [emb]
+    return streams_of(emb) or [emb]
 
 
 def text_vocab(cfg: ModelConfig) -> int:
     """Vocabulary of the source text (0 when the source has no text: images, speech)."""
-    return max((s.vocab_size for s in streams(cfg.embedding) if {"word", "word_patch"} & set(s.parts)), default=0)
+    return max((getattr(s, "vocab_size", 0) for s in streams(cfg.embedding) if {"word", "word_patch"} & set(s.parts)), default=0)
 
 
 def image_stream(cfg: ModelConfig) -> EmbeddingConfig | None:
@@ -164,7 +164,8 @@ SMALL = [p for p in ZOO_FILES if not missing_parts(load_config(p).model)
 
 def shrink_embedding(emb: EmbeddingConfig, hidden_size: int) -> None:
     """Toy widths; images keep their part layout with a grid of at most 4 x 4 patches of 8 x 8 pixels."""
-    emb.vocab_size = min(emb.vocab_size, 300) if emb.vocab_size else 0
+    if getattr(emb, "vocab_size", 0):
+        emb.vocab_size = min(emb.vocab_size, 300)
     emb.emb_size = 32 if emb.emb_size != hidden_size else 64
     emb.max_seq_length = min(emb.max_seq_length, 64)
     if {"patch", "masked_patch", "word_patch"} & set(emb.parts):
@@ -178,16 +179,17 @@ def shrink_embedding(emb: EmbeddingConfig, hidden_size: int) -> None:
 
 
 def shrink_encoder(enc: EncoderConfig) -> None:
-    enc.hidden_size, enc.heads_num, enc.feedforward_size = 64, 4, 96
-    enc.layers_num = 2
-    enc.head_size = 16 if enc.head_size else 0
-    enc.kv_heads_num = 2 if enc.kv_heads_num else 0
+    enc.hidden_size, enc.layers_num = 64, 2
+    if enc.type == "transformer":
+        enc.heads_num, enc.feedforward_size = 4, 96
+        enc.head_size = 16 if enc.head_size else 0
+        enc.kv_heads_num = 2 if enc.kv_heads_num else 0
 
 
 def shrink(cfg: ModelConfig) -> ModelConfig:
     """The same architecture (norms, positions, masks, tying, heads, streams) at toy sizes."""
-    if cfg.embedding.streams:  # dual: stream i of the embedding feeds stream i of the encoder
-        for emb, enc in zip(cfg.embedding.streams, cfg.encoder.streams, strict=True):
+    if streams_of(cfg.embedding):  # dual: stream i of the embedding feeds stream i of the encoder
+        for emb, enc in zip(streams_of(cfg.embedding), streams_of(cfg.encoder), strict=True):
             shrink_embedding(emb, enc.hidden_size)
             shrink_encoder(enc)
     else:
@@ -198,7 +200,8 @@ def shrink(cfg: ModelConfig) -> ModelConfig:
         shrink_encoder(cfg.decoder)
     image = image_stream(cfg)
     for t in cfg.targets:
-        t.feature_size = min(t.feature_size, 32)
+        if t.type == "clr":
+            t.feature_size = min(t.feature_size, 32)
         if t.type == "mae":
             t.patch_size = image.patch_size
             t.image_vocab_size = min(t.image_vocab_size, 300)

@@ -83,6 +83,8 @@ def check_out_dir(out: Path, resume: str | None) -> None:
 
 def check_data(cfg: Any, data_dir: Path, dataset: Any, processor: Any) -> None:
     """Refuse data made by another processor or tokenizer than the model expects; fill vocab_size 0."""
+    from modaloom.model_config import streams_of
+
     entry = dataset.manifest.get("processor") or {}
     made_by = entry.get("name", "?")
     if cfg.data.processor and cfg.data.processor != made_by:
@@ -96,11 +98,11 @@ def check_data(cfg: Any, data_dir: Path, dataset: Any, processor: Any) -> None:
     vocab = int(tokenizer.vocab_size)
     embedding = cfg.model.embedding
     sections = [("model.embedding", embedding)] + [
-        (f"model.embedding.streams.{i}", s) for i, s in enumerate(embedding.streams) if "word" in s.parts]
+        (f"model.embedding.streams.{i}", s) for i, s in enumerate(streams_of(embedding)) if "word" in s.parts]
     if cfg.model.tgt_embedding is not None and cfg.model.share_embedding:
         sections.append(("model.tgt_embedding", cfg.model.tgt_embedding))
     for where, section in sections:
-        if not any(p.startswith("word") for p in section.parts) and "dual" not in section.parts:
+        if not any(p.startswith("word") for p in section.parts):
             continue
         if section.vocab_size == 0:
             section.vocab_size = vocab
@@ -110,7 +112,7 @@ def check_data(cfg: Any, data_dir: Path, dataset: Any, processor: Any) -> None:
                 f"{vocab} ({', '.join(str(f) for f in tokenizer.files()) or tokenizer.type_name}); set "
                 f"{where}.vocab_size={vocab}, or preprocess with the vocabulary the model was made for")
     for target in cfg.model.targets:
-        if target.type in ("mlm", "lm", "bilm") and target.vocab_size not in (0, vocab):
+        if getattr(target, "vocab_size", 0) not in (0, vocab):
             raise DataError(f"target {target.label} has vocab_size {target.vocab_size} but the data's vocabulary "
                             f"has {vocab}; set it to {vocab} or 0 (derived)")
 

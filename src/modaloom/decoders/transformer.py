@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
-from modaloom.encoders.transformer import TransformerStack
+from modaloom.context import ForwardContext
+from modaloom.encoders.transformer import TransformerOptions, TransformerStack
 from modaloom.layers.attention import KVCache
-from modaloom.model_config import EncoderConfig
+from modaloom.model_config import DecoderConfig
 from modaloom.registry import register
 
 
 @register("decoder", "transformer")
 class TransformerDecoder(nn.Module):
-    def __init__(self, cfg: EncoderConfig, input_size: int, memory_size: int) -> None:
+    """Causal self-attention + cross-attention stack; reads ``decoder`` options (those of the transformer)."""
+
+    Options = TransformerOptions
+
+    def __init__(self, cfg: DecoderConfig, input_size: int, memory_size: int) -> None:
         super().__init__()
         self.cfg = cfg
         self.stack = TransformerStack(cfg, input_size, cross_attention=True, memory_size=memory_size,
@@ -26,9 +29,9 @@ class TransformerDecoder(nn.Module):
         return self.cfg.hidden_size
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, memory: torch.Tensor,
-                memory_mask: torch.Tensor | None, ctx: dict[str, Any]) -> torch.Tensor:
-        caches = ctx.get("decoder_caches")
-        cross = ctx.get("cross_caches")
+                memory_mask: torch.Tensor | None, ctx: ForwardContext) -> torch.Tensor:
+        caches = ctx.decoder_caches
+        cross = ctx.cross_caches
         past = caches[0].length if caches else 0
         return self.stack(x, mask, causal=True, memory=memory, memory_mask=memory_mask, caches=caches,
                           cross_caches=cross, past_length=past)

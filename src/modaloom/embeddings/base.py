@@ -2,18 +2,17 @@
 
 A part receives the running sum ``x`` (None for the first part) and the real-token mask, and returns the
 new sum and mask. Parts that create a sequence (word, patch, speech, word_patch) come first; parts that add
-to it (pos, seg, sinusoidal) follow. Parts may read and write ``ctx`` (e.g. ``past_length`` during cached
+to it (pos, seg, sinusoidal) follow. Parts may read and write the ForwardContext ``ctx`` (e.g. ``past_length`` during cached
 generation, the kept-patch index of masked-image models).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
 from modaloom import registry
+from modaloom.context import ForwardContext
 from modaloom.errors import ConfigError
 from modaloom.layers.norms import make_norm
 from modaloom.model_config import EmbeddingConfig
@@ -31,7 +30,7 @@ class EmbeddingPart(nn.Module):
         self.cfg = cfg
 
     def forward(self, x: torch.Tensor | None, mask: torch.Tensor | None, batch: Batch,
-                ctx: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+                ctx: ForwardContext) -> tuple[torch.Tensor, torch.Tensor | None]:
         raise NotImplementedError
 
     def word_embedding(self) -> nn.Module | None:
@@ -74,7 +73,7 @@ class Embedding(nn.Module):
                 return table
         return None
 
-    def forward(self, batch: Batch, ctx: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, batch: Batch, ctx: ForwardContext) -> tuple[torch.Tensor, torch.Tensor | None]:
         x, mask = None, None
         for part in self.parts.values():
             x, mask = part(x, mask, batch, ctx)

@@ -4,39 +4,40 @@ Returns ``((x0, x1), (mask0, mask1))`` so that ``Model.encode``'s ``x, mask = em
 pair of sequences and the pair of masks to the ``dual`` encoder, and the targets receive pairs too.
 Each stream reads its own batch keys (``input_ids`` for text, ``pixel_values`` for images); a stream with
 ``input_key`` / ``mask_key`` set reads those instead (``input_ids_b`` for the second sentence of a siamese
-text model). Each stream gets its own copy of ``ctx``; they are kept in ``ctx["stream_contexts"]``.
+text model). Each stream gets its own ForwardContext; they are kept in ``ctx.streams``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from modaloom.context import ForwardContext
 from modaloom.embeddings.base import Batch, Embedding
 from modaloom.errors import ConfigError
 from modaloom.model_config import EmbeddingConfig
 from modaloom.registry import register
 
-# Per-call entries of ctx that describe one sequence and must not leak from the outer call into a stream.
-SEQUENCE_KEYS = ("input_key", "mask_key", "segment_ids", "past_length")
 
+@dataclass
+class DualOptions:
+    """The two streams, each a whole embedding section of its own."""
 
-def stream_context(ctx: dict[str, Any], cfg: EmbeddingConfig) -> dict[str, Any]:
-    """A copy of ``ctx`` for one stream, pointing at the stream's own batch keys."""
-    sctx = {k: v for k, v in ctx.items() if k not in SEQUENCE_KEYS and k != "stream_contexts"}
-    if cfg.input_key:
-        sctx["input_key"] = cfg.input_key
-    if cfg.mask_key:
-        sctx["mask_key"] = cfg.mask_key
-    return sctx
+    streams: list[EmbeddingConfig] = field(default_factory=list)
+
+    def check(self) -> None:
+        if len(self.streams) != 2:
+            raise ConfigError(f"a dual embedding needs exactly 2 streams, got {len(self.streams)}")
 
 
 @register("embedding", "dual")
 class DualEmbedding(nn.Module):
     """Two ``Embedding``s built from ``embedding.streams``; parameters under ``streams.{0,1}``."""
 
+    Options = DualOptions
     composite = True  # build_embedding returns this module itself for parts == ["dual"]
     creates_sequence = True
 
@@ -64,8 +65,8 @@ class DualEmbedding(nn.Module):
                 return table
         return None
 
-    def forward(self, batch: Batch, ctx: dict[str, Any]) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[Any, Any]]:
-        contexts = [stream_context(ctx, cfg) for cfg in self.cfg.streams]
+    def forward(self, batch: Batch, ctx: ForwardContext) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[Any, Any]]:
+        contexts = [ctx.for_stream(cfg.input_key, cfg.mask_key) for cfg in self.cfg.streams]
         outputs = [stream(batch, sctx) for stream, sctx in zip(self.streams, contexts, strict=True)]
-        ctx["stream_contexts"] = contexts
+        ctx.streams = contexts
         return (outputs[0][0], outputs[1][0]), (outputs[0][1], outputs[1][1])

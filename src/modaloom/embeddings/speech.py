@@ -8,11 +8,12 @@ halves the width; the inner widths are ``conv_channels`` and the last conv outpu
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from modaloom.context import ForwardContext
 from modaloom.embeddings.base import Batch, EmbeddingPart, require
 from modaloom.errors import ConfigError, DataError
 from modaloom.model_config import EmbeddingConfig
@@ -26,6 +27,20 @@ def subsampled_lengths(lengths: torch.Tensor, kernel_sizes: list[int]) -> torch.
     return lengths
 
 
+@dataclass
+class SpeechOptions:
+    """Filterbank frames -> strided 1-D convolutions (fairseq S2T's subsampler)."""
+
+    audio_feature_size: int = 80
+    conv_channels: list[int] = field(default_factory=lambda: [1024])
+    conv_kernel_sizes: list[int] = field(default_factory=lambda: [5, 5])
+    scale_embedding: bool = False  # multiply by sqrt(emb_size) (S2T)
+
+    def check(self) -> None:
+        if len(self.conv_kernel_sizes) < 1:
+            raise ConfigError("conv_kernel_sizes needs at least one kernel size")
+
+
 @register("embedding", "speech")
 class SpeechEmbedding(EmbeddingPart):
     """``input_features`` (B, T, F) -> (B, T', emb_size); mask from ``feature_mask`` lengths after subsampling.
@@ -34,6 +49,7 @@ class SpeechEmbedding(EmbeddingPart):
     ``scale_embedding`` (S2T). Frames are assumed right-padded: the mask keeps the first length' frames.
     """
 
+    Options = SpeechOptions
     creates_sequence = True
 
     def __init__(self, cfg: EmbeddingConfig) -> None:
@@ -57,8 +73,8 @@ class SpeechEmbedding(EmbeddingPart):
             in_channels = width // 2
         self.scale = math.sqrt(cfg.emb_size) if cfg.scale_embedding else 1.0
 
-    def forward(self, x, mask, batch: Batch, ctx: dict[str, Any]):
-        features = require(batch, ctx.get("input_key", "input_features"), "speech")
+    def forward(self, x, mask, batch: Batch, ctx: ForwardContext):
+        features = require(batch, ctx.key("input_features"), "speech")
         if features.dim() != 3 or features.shape[-1] != self.cfg.audio_feature_size:
             raise DataError(
                 f"speech expects input_features of shape (B, T, {self.cfg.audio_feature_size}) "
@@ -70,7 +86,7 @@ class SpeechEmbedding(EmbeddingPart):
         h = h.transpose(1, 2)
         if self.scale != 1.0:
             h = h * self.scale
-        frame_mask = batch.get(ctx.get("mask_key", "feature_mask"))
+        frame_mask = batch.get(ctx.mask("feature_mask"))
         if frame_mask is None:
             return h, None
         lengths = subsampled_lengths(frame_mask.long().sum(1), self.kernel_sizes)

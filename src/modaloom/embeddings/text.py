@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from modaloom.context import ForwardContext
 from modaloom.embeddings.base import Batch, EmbeddingPart, require
 from modaloom.errors import ConfigError
 from modaloom.layers.positions import sinusoidal_table
@@ -15,10 +16,32 @@ from modaloom.model_config import EmbeddingConfig
 from modaloom.registry import register
 
 
+@dataclass
+class WordOptions:
+    """Options of the ``word`` part (and of ``word_patch``, which embeds text too)."""
+
+    vocab_size: int = 0  # 0: taken from the dataset's tokenizer at pretrain time
+    pad_id: int = 0
+    scale_embedding: bool = False  # multiply token embeddings by sqrt(emb_size) (BART, S2T)
+
+
+@dataclass
+class PositionOptions:
+    """Options of the ``pos`` and ``sinusoidal`` parts."""
+
+    position_offset: int = 0  # positions start at this row (2 for RoBERTa/BART)
+
+
+@dataclass
+class SegmentOptions:
+    type_vocab_size: int = 2
+
+
 @register("embedding", "word")
 class WordEmbedding(EmbeddingPart):
     """Token ids -> vectors; optional sqrt(emb_size) scaling (BART, S2T)."""
 
+    Options = WordOptions
     creates_sequence = True
 
     def __init__(self, cfg: EmbeddingConfig) -> None:
@@ -31,12 +54,12 @@ class WordEmbedding(EmbeddingPart):
     def word_embedding(self) -> nn.Module:
         return self
 
-    def forward(self, x, mask, batch: Batch, ctx: dict[str, Any]):
-        ids = require(batch, ctx.get("input_key", "input_ids"), "word")
+    def forward(self, x, mask, batch: Batch, ctx: ForwardContext):
+        ids = require(batch, ctx.key("input_ids"), "word")
         emb = nn.functional.embedding(ids, self.weight)
         if self.scale != 1.0:
             emb = emb * self.scale
-        key_mask = batch.get(ctx.get("mask_key", "attention_mask"))
+        key_mask = batch.get(ctx.mask("attention_mask"))
         return (emb if x is None else x + emb), (key_mask.bool() if key_mask is not None else None)
 
 
@@ -44,16 +67,18 @@ class WordEmbedding(EmbeddingPart):
 class PositionEmbedding(EmbeddingPart):
     """Learned absolute positions; rows start at ``position_offset`` (2 in RoBERTa/BART checkpoints)."""
 
+    Options = PositionOptions
+
     def __init__(self, cfg: EmbeddingConfig) -> None:
         super().__init__(cfg)
         self.weight = nn.Parameter(torch.empty(cfg.max_seq_length + cfg.position_offset, cfg.emb_size))
 
-    def forward(self, x, mask, batch: Batch, ctx: dict[str, Any]):
-        start = self.cfg.position_offset + ctx.get("past_length", 0)
+    def forward(self, x, mask, batch: Batch, ctx: ForwardContext):
+        start = self.cfg.position_offset + ctx.past_length
         length = x.shape[1]
         if start + length > self.weight.shape[0]:
             raise ConfigError(
-                f"sequence of {ctx.get('past_length', 0) + length} positions exceeds "
+                f"sequence of {ctx.past_length + length} positions exceeds "
                 f"embedding.max_seq_length {self.cfg.max_seq_length}"
             )
         return x + self.weight[start:start + length], mask
@@ -63,12 +88,14 @@ class PositionEmbedding(EmbeddingPart):
 class SegmentEmbedding(EmbeddingPart):
     """Segment (token type) embedding from ``segment_ids``; zeros are used when the batch has none."""
 
+    Options = SegmentOptions
+
     def __init__(self, cfg: EmbeddingConfig) -> None:
         super().__init__(cfg)
         self.weight = nn.Parameter(torch.empty(cfg.type_vocab_size, cfg.emb_size))
 
-    def forward(self, x, mask, batch: Batch, ctx: dict[str, Any]):
-        seg = ctx.get("segment_ids")
+    def forward(self, x, mask, batch: Batch, ctx: ForwardContext):
+        seg = ctx.segment_ids
         if seg is None:
             seg = batch.get("segment_ids")
         if seg is None:
@@ -80,13 +107,15 @@ class SegmentEmbedding(EmbeddingPart):
 class SinusoidalPositionEmbedding(EmbeddingPart):
     """Fixed sine/cosine positions (Vaswani et al. 2017, fairseq layout) starting at ``position_offset``."""
 
+    Options = PositionOptions
+
     def __init__(self, cfg: EmbeddingConfig) -> None:
         super().__init__(cfg)
         length = cfg.max_seq_length + cfg.position_offset
         self.register_buffer("table", sinusoidal_table(length, cfg.emb_size), persistent=False)
 
-    def forward(self, x, mask, batch: Batch, ctx: dict[str, Any]):
-        start = self.cfg.position_offset + ctx.get("past_length", 0)
+    def forward(self, x, mask, batch: Batch, ctx: ForwardContext):
+        start = self.cfg.position_offset + ctx.past_length
         length = x.shape[1]
         if start + length > self.table.shape[0]:
             self.table = sinusoidal_table(start + length, self.cfg.emb_size).to(self.table.device)

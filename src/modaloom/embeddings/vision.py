@@ -10,17 +10,46 @@ patch keeps the position of its place in the grid.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from modaloom.context import ForwardContext
 from modaloom.embeddings.base import Batch, EmbeddingPart, require
+from modaloom.embeddings.text import WordOptions
 from modaloom.errors import ConfigError, DataError
 from modaloom.model_config import EmbeddingConfig
 from modaloom.registry import register
 
 POSITION_PARTS = ("pos",)
+
+
+@dataclass
+class ImageOptions:
+    """Options of the image parts (patch, masked_patch, word_patch)."""
+
+    image_height: int = 224
+    image_width: int = 224
+    channels: int = 3
+    patch_size: int = 16
+    cls_token: bool = True
+    patch_bias: bool = True
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_height // self.patch_size) * (self.image_width // self.patch_size)
+
+    def check(self) -> None:
+        if self.image_height % self.patch_size or self.image_width % self.patch_size:
+            raise ConfigError(
+                f"image size {self.image_height}x{self.image_width} is not divisible by patch_size {self.patch_size}"
+            )
+
+
+@dataclass
+class WordPatchOptions(ImageOptions, WordOptions):
+    """ViLT's single stream embeds text and image: the options of both."""
 
 
 def sequence_length(cfg: EmbeddingConfig) -> int:
@@ -64,6 +93,7 @@ def _patch_mask(batch: Batch, part: str, shape: tuple[int, int]) -> torch.Tensor
 class ImagePatches(EmbeddingPart):
     """Shared by the image parts: ``projection`` (Conv2d) and the optional ``cls_token`` (E,)."""
 
+    Options = ImageOptions
     creates_sequence = True
     part_name = "patch"
 
@@ -91,7 +121,7 @@ class PatchEmbedding(ImagePatches):
         super().__init__(cfg)
         _check_position_room(cfg, "patch", sequence_length(cfg))
 
-    def forward(self, x, mask, batch: Batch, ctx: dict[str, Any]):
+    def forward(self, x, mask, batch: Batch, ctx: ForwardContext):
         return self.with_class_token(self.patches(batch)), None
 
 
@@ -112,7 +142,7 @@ class MaskedPatchEmbedding(ImagePatches):
         _check_position_room(cfg, "masked_patch", sequence_length(cfg))
         self.mask_token = nn.Parameter(torch.randn(cfg.emb_size) * 0.02)
 
-    def forward(self, x, mask, batch: Batch, ctx: dict[str, Any]):
+    def forward(self, x, mask, batch: Batch, ctx: ForwardContext):
         patches = self.patches(batch)
         if "patch_mask" in batch:
             masked = _patch_mask(batch, self.part_name, tuple(patches.shape[:2]))
@@ -137,7 +167,7 @@ class DropMaskedPatches(EmbeddingPart):
     """MAE: removes the patches where ``patch_mask`` is true, after ``pos`` has given every patch its place.
 
     Keeps the class token (when ``cls_token``) and the visible patches in grid order, and writes their
-    patch indices (B, V) to ``ctx["kept_patch_index"]`` for the ``mae`` target's decoder.
+    patch indices (B, V) to ``ctx.kept_patch_index`` for the ``mae`` target's decoder.
     """
 
     def __init__(self, cfg: EmbeddingConfig) -> None:
@@ -149,11 +179,11 @@ class DropMaskedPatches(EmbeddingPart):
             )
         self.offset = int(cfg.cls_token)
 
-    def forward(self, x, mask, batch: Batch, ctx: dict[str, Any]):
+    def forward(self, x, mask, batch: Batch, ctx: ForwardContext):
         patches = x[:, self.offset:]
         masked = _patch_mask(batch, "drop_masked", tuple(patches.shape[:2]))
         index = kept_patch_index(masked)
-        ctx["kept_patch_index"] = index
+        ctx.kept_patch_index = index
         kept = patches.gather(1, index.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
         return torch.cat([x[:, : self.offset], kept], dim=1), None
 
@@ -165,9 +195,10 @@ class WordPatchEmbedding(ImagePatches):
     Text comes from ``input_ids`` (table ``weight``, tieable) and is padded to a fixed length,
     ``max_seq_length - patches - 1``, so that the ``pos`` part that follows gives text rows 0..T-1 and every
     image token the same rows whatever the text length. The mask covers both (``attention_mask`` for the text,
-    ones for the image) and ``ctx["segment_ids"]`` marks text 0 and image 1 for the ``seg`` part.
+    ones for the image) and ``ctx.segment_ids`` marks text 0 and image 1 for the ``seg`` part.
     """
 
+    Options = WordPatchOptions
     part_name = "word_patch"
 
     def __init__(self, cfg: EmbeddingConfig) -> None:
@@ -185,15 +216,15 @@ class WordPatchEmbedding(ImagePatches):
     def word_embedding(self) -> nn.Module:
         return self
 
-    def text(self, batch: Batch, ctx: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        ids = require(batch, ctx.get("input_key", "input_ids"), self.part_name)
+    def text(self, batch: Batch, ctx: ForwardContext) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = require(batch, ctx.key("input_ids"), self.part_name)
         if ids.shape[1] > self.text_length:
             raise DataError(
                 f"word_patch: {ids.shape[1]} text tokens exceed the {self.text_length} that "
                 f"embedding.max_seq_length {self.cfg.max_seq_length} leaves beside {sequence_length(self.cfg)} "
                 f"image tokens"
             )
-        key_mask = batch.get(ctx.get("mask_key", "attention_mask"))
+        key_mask = batch.get(ctx.mask("attention_mask"))
         real = key_mask.bool() if key_mask is not None else torch.ones_like(ids, dtype=torch.bool)
         pad = self.text_length - ids.shape[1]
         if pad:
@@ -201,11 +232,11 @@ class WordPatchEmbedding(ImagePatches):
             real = nn.functional.pad(real, (0, pad), value=False)
         return nn.functional.embedding(ids, self.weight), real
 
-    def forward(self, x, mask, batch: Batch, ctx: dict[str, Any]):
+    def forward(self, x, mask, batch: Batch, ctx: ForwardContext):
         words, text_mask = self.text(batch, ctx)
         image = self.with_class_token(self.patches(batch)).to(words.dtype)
         image_mask = torch.ones(image.shape[:2], dtype=torch.bool, device=image.device)
         segments = torch.cat([torch.zeros_like(text_mask, dtype=torch.long),
                               torch.ones_like(image_mask, dtype=torch.long)], dim=1)
-        ctx["segment_ids"] = segments
+        ctx.segment_ids = segments
         return torch.cat([words, image], dim=1), torch.cat([text_mask, image_mask], dim=1)

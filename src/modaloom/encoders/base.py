@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from modaloom import registry
+from modaloom.context import ForwardContext
 from modaloom.model_config import EncoderConfig
 
 
@@ -23,7 +24,7 @@ class Encoder(nn.Module):
     def output_size(self) -> int:
         return self.cfg.hidden_size
 
-    def forward(self, x: Any, mask: Any, batch: dict[str, torch.Tensor], ctx: dict[str, Any]) -> Any:
+    def forward(self, x: Any, mask: Any, batch: dict[str, torch.Tensor], ctx: ForwardContext) -> Any:
         raise NotImplementedError
 
 

@@ -10,11 +10,12 @@ first half of output channels is the conv and second half the gate (a concatenat
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from modaloom.context import ForwardContext
 from modaloom.encoders.base import Encoder
 from modaloom.errors import ConfigError
 from modaloom.model_config import EncoderConfig
@@ -33,9 +34,17 @@ class GatedConv(nn.Module):
         return nn.functional.glu(self.conv(nn.functional.pad(x, (self.left_pad, 0))), dim=1)
 
 
+@dataclass
+class GatedCNNOptions:
+    kernel_size: int = 4
+    block_size: int = 2  # a residual connection every block_size layers
+
+
 @register("encoder", "gatedcnn")
 class GatedCNNEncoder(Encoder):
     """``layers_num`` gated causal conv layers; parameters ``layers.{i}.conv.{weight,bias}``."""
+
+    Options = GatedCNNOptions
 
     def __init__(self, cfg: EncoderConfig, input_size: int) -> None:
         super().__init__(cfg, input_size)
@@ -50,7 +59,7 @@ class GatedCNNEncoder(Encoder):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, batch: dict[str, torch.Tensor],
-                ctx: dict[str, Any]) -> torch.Tensor:
+                ctx: ForwardContext) -> torch.Tensor:
         keep = mask.bool().unsqueeze(1).to(x.dtype) if mask is not None else None  # (B, 1, L)
         h = x.transpose(1, 2)
         if keep is not None:

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
+from modaloom.context import ForwardContext
 from modaloom.encoders.base import Encoder, build_encoder
 from modaloom.errors import ConfigError
 from modaloom.model_config import EncoderConfig
 from modaloom.registry import register
+
+
+@dataclass
+class DualEncoderOptions:
+    """The two towers, each a whole encoder section of its own."""
+
+    streams: list[EncoderConfig] = field(default_factory=list)
+
+    def check(self) -> None:
+        if len(self.streams) != 2:
+            raise ConfigError(f"a dual encoder needs exactly 2 streams, got {len(self.streams)}")
 
 
 @register("encoder", "dual")
@@ -19,6 +32,8 @@ class DualEncoder(Encoder):
 
     ``input_size`` is the pair of stream widths from the ``dual`` embedding (an int applies to both).
     """
+
+    Options = DualEncoderOptions
 
     def __init__(self, cfg: EncoderConfig, input_size: int | tuple[int, int]) -> None:
         super().__init__(cfg, input_size)  # type: ignore[arg-type]
@@ -38,11 +53,11 @@ class DualEncoder(Encoder):
     def output_size(self) -> tuple[int, int]:  # type: ignore[override]
         return tuple(stream.output_size for stream in self.streams)  # type: ignore[return-value]
 
-    def forward(self, x: Any, mask: Any, batch: dict[str, torch.Tensor], ctx: dict[str, Any]) -> tuple[Any, Any]:
+    def forward(self, x: Any, mask: Any, batch: dict[str, torch.Tensor], ctx: ForwardContext) -> tuple[Any, Any]:
         if not isinstance(x, (tuple, list)) or len(x) != 2:
             raise ConfigError("the dual encoder needs the dual embedding (a pair of sequences)")
         masks = mask if isinstance(mask, (tuple, list)) else (mask, mask)
-        contexts = ctx.get("stream_contexts") or [ctx, ctx]
+        contexts = ctx.streams or [ctx, ctx]
         return tuple(
             stream(xi, mi, batch, sctx)
             for stream, xi, mi, sctx in zip(self.streams, x, masks, contexts, strict=True)

@@ -12,11 +12,10 @@ a real position's state, whichever side the padding is on; padded outputs are ze
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
+from modaloom.context import ForwardContext
 from modaloom.encoders.base import Encoder
 from modaloom.errors import ConfigError
 from modaloom.model_config import EncoderConfig
@@ -74,7 +73,7 @@ class RecurrentEncoder(Encoder):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, batch: dict[str, torch.Tensor],
-                ctx: dict[str, Any]) -> torch.Tensor:
+                ctx: ForwardContext) -> torch.Tensor:
         mask = _padded(mask)
         out = run_in_order(self.rnn, x, real_first_order(mask) if mask is not None else None)
         if mask is not None:
@@ -99,7 +98,7 @@ class BiRecurrentEncoder(Encoder):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, batch: dict[str, torch.Tensor],
-                ctx: dict[str, Any]) -> torch.Tensor:
+                ctx: ForwardContext) -> torch.Tensor:
         mask = _padded(mask)
         if mask is None:
             forward = self.rnn_forward(x)[0]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from modaloom.config_schema import choice
+from modaloom.context import ForwardContext
 from modaloom.encoders.base import Encoder
 from modaloom.errors import ConfigError
 from modaloom.layers.attention import KVCache
@@ -14,8 +16,56 @@ from modaloom.layers.masks import additive_mask
 from modaloom.layers.norms import make_norm
 from modaloom.layers.positions import RelativePositionBias, Rotary, alibi_bias, alibi_slopes
 from modaloom.layers.transformer_layer import TransformerLayer
-from modaloom.model_config import EncoderConfig
+from modaloom.model_config import ACTIVATIONS, NORMS, EncoderConfig
 from modaloom.registry import register
+
+
+@dataclass
+class TransformerOptions:
+    """Options of the transformer encoder and decoder (and of any stack built on TransformerStack)."""
+
+    heads_num: int = 12
+    head_size: int = 0  # 0: hidden_size // heads_num
+    kv_heads_num: int = 0  # 0: same as heads_num; fewer gives grouped-query attention
+    feedforward_size: int = 3072
+    act: str = choice("gelu", *ACTIVATIONS)
+    feed_forward: str = choice("dense", "dense", "gated")
+    norm: str = choice("layernorm", *NORMS)
+    norm_eps: float = 1e-12
+    norm_position: str = choice("post", "post", "pre")
+    final_norm: bool | None = None  # default: true for pre-norm stacks
+    mask: str = choice("fully_visible", "fully_visible", "causal", "prefix")
+    position: str = choice("none", "none", "rotary", "relative", "alibi")
+    rotary_base: float = 10000.0
+    rotary_dim: int = 0  # 0: the full head size
+    relative_buckets: int = 32
+    relative_max_distance: int = 128
+    bias: bool = True
+    attention_scale: bool = True  # false for T5 (no 1/sqrt(d) scaling)
+    attention_dropout: float | None = None  # default: dropout
+    share_layers: bool = False  # ALBERT: one layer applied layers_num times
+    input_projection: bool | None = None  # linear from embedding to hidden size; default: when sizes differ
+
+    @property
+    def head_dim(self) -> int:
+        return self.head_size or self.hidden_size // max(self.heads_num, 1)  # type: ignore[attr-defined]
+
+    @property
+    def use_final_norm(self) -> bool:
+        return self.norm_position == "pre" if self.final_norm is None else self.final_norm
+
+    def check(self) -> None:
+        if self.heads_num <= 0:
+            raise ConfigError(f"heads_num must be positive, got {self.heads_num}")
+        hidden = self.hidden_size  # type: ignore[attr-defined]
+        if not self.head_size and hidden % self.heads_num:
+            raise ConfigError(
+                f"hidden_size {hidden} is not divisible by heads_num {self.heads_num}; "
+                f"change one of them or set head_size"
+            )
+        kv = self.kv_heads_num or self.heads_num
+        if self.heads_num % kv:
+            raise ConfigError(f"heads_num {self.heads_num} is not a multiple of kv_heads_num {kv}")
 
 
 class TransformerStack(nn.Module):
@@ -102,13 +152,15 @@ class TransformerStack(nn.Module):
 class TransformerEncoder(Encoder):
     """Fully-visible, causal or prefix-masked transformer over one embedded sequence."""
 
+    Options = TransformerOptions
+
     def __init__(self, cfg: EncoderConfig, input_size: int) -> None:
         super().__init__(cfg, input_size)
         self.stack = TransformerStack(cfg, input_size, bidirectional_bias=cfg.mask == "fully_visible")
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None, batch: dict[str, torch.Tensor],
-                ctx: dict[str, Any]) -> torch.Tensor:
-        caches = ctx.get("encoder_caches")
+                ctx: ForwardContext) -> torch.Tensor:
+        caches = ctx.encoder_caches
         past = caches[0].length if caches else 0
         prefix = batch.get("prefix_lengths") if self.cfg.mask == "prefix" else None
         return self.stack(x, mask, causal=self.cfg.mask != "fully_visible", prefix_lengths=prefix,

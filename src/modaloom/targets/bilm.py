@@ -11,10 +11,12 @@ from __future__ import annotations
 import torch
 
 from modaloom.errors import ConfigError
+from modaloom.heads import VocabularyHead
+from modaloom.losses import build_loss
 from modaloom.model_config import ModelConfig, TargetConfig
 from modaloom.registry import register
 from modaloom.targets.base import IGNORE, Target, TargetOutput, classification_metrics
-from modaloom.targets.text import VocabularyHead, _vocab_size
+from modaloom.targets.text import VocabularyOptions, _vocab_size
 
 DIRECTIONS = (("forward", "lm_labels"), ("backward", "bilm_labels_backward"))
 
@@ -23,6 +25,8 @@ DIRECTIONS = (("forward", "lm_labels"), ("backward", "bilm_labels_backward"))
 class BidirectionalLanguageModel(Target):
     """Parameters: ``head.output`` (hidden_size // 2 -> vocab; tieable), ``head.dense`` / ``head.norm`` if
     ``transform``."""
+
+    Options = VocabularyOptions
 
     def __init__(self, cfg: TargetConfig, model_cfg: ModelConfig, hidden_size: int) -> None:
         super().__init__(cfg, model_cfg, hidden_size)
@@ -33,6 +37,7 @@ class BidirectionalLanguageModel(Target):
             )
         self.half = hidden_size // 2
         self.head = VocabularyHead(cfg, self.half, self.half, _vocab_size(cfg, model_cfg))
+        self.loss = build_loss(cfg)
 
     def tied_output(self):
         return self.head.output
@@ -46,7 +51,7 @@ class BidirectionalLanguageModel(Target):
             labels = batch[key]
             selected = labels != IGNORE
             logits = self.head(halves[direction][selected])
-            loss, m = classification_metrics(f"{self.cfg.label}_{direction}", logits, labels[selected])
+            loss, m = classification_metrics(f"{self.cfg.label}_{direction}", logits, labels[selected], self.loss)
             losses.append(loss)
             metrics.update(m)
             n = m[f"{self.cfg.label}_{direction}_count"]

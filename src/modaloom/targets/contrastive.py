@@ -1,43 +1,49 @@
-"""``clr``: CLIP's contrastive loss between the two streams of a dual model (Radford et al. 2021).
+"""``clr``: contrastive alignment of the two streams of a dual model (CLIP, Radford et al. 2021).
 
-Each stream's states are pooled (``poolings``: first, eos, mean, ... per stream), projected to
-``feature_size`` (``projections.{0,1}``, bias when ``projection_bias``) and L2-normalised. Logits are
-exp(``logit_scale``) times cosine similarity, the scale clamped at 100 (log 100 on the parameter, as CLIP);
-the loss is the mean of the cross-entropies stream0 -> stream1 and stream1 -> stream0 with the matching pair
-on the diagonal. Under torch.distributed with ``gather``, every rank scores its rows against the features of
-all ranks (gathered with gradients flowing to the local shard) and its labels are offset by the rows of the
-ranks before it, as open_clip does.
+The head: each stream's states are pooled (``poolings``: first, eos, mean, ... per stream), projected to
+``feature_size`` (``projections.{0,1}``, bias when ``projection_bias``) and L2-normalised; the scale is
+exp(``logit_scale``), clamped at 100 (log 100 on the parameter, as CLIP). The loss is chosen by name
+(``loss``, default ``infonce``: CLIP's symmetric cross-entropy, gathered across ranks); it receives the
+features and the scale. The pair of features is left in ``ctx.features[<target name>]`` for callers.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from modaloom.context import ForwardContext
 from modaloom.errors import ConfigError
+from modaloom.heads import pool
+from modaloom.losses import build_loss
 from modaloom.model_config import ModelConfig, TargetConfig
 from modaloom.registry import register
-from modaloom.targets.base import Target, TargetOutput, pool
-from modaloom.train.distributed import gather_features
+from modaloom.targets.base import Target, TargetOutput
 
 MAX_LOGIT_SCALE = math.log(100.0)
 
 
-def rank_offset(local_rows: int, device: torch.device) -> int:
-    """Rows held by the ranks before this one (0 when not distributed)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return 0
-    size = torch.tensor([local_rows], device=device)
-    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, size)
-    return int(sum(int(s.item()) for s in sizes[: dist.get_rank()]))
+@dataclass
+class ContrastiveOptions:
+    feature_size: int = 512
+    projection: bool = True
+    projection_bias: bool = False
+    logit_scale_init: float = 2.6592  # log(1 / 0.07), as CLIP
+    learnable_scale: bool = True
+    poolings: list[str] = field(default_factory=lambda: ["first", "first"])  # per stream
+    eos_id: int | None = None  # 'eos' pooling: first position of this id; None: the largest id (CLIP legacy)
+    loss: str = "infonce"
+
+    def check(self) -> None:
+        if len(self.poolings) != 2:
+            raise ConfigError(f"clr needs one pooling per stream (2), got poolings {self.poolings}")
 
 
-def direction_metrics(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def direction_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(-1) == labels).float().mean()
 
 
@@ -45,10 +51,10 @@ def direction_metrics(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
 class Contrastive(Target):
     """Parameters: ``projections.{0,1}.weight`` (feature_size, stream width) [+ bias], ``logit_scale`` ()."""
 
+    Options = ContrastiveOptions
+
     def __init__(self, cfg: TargetConfig, model_cfg: ModelConfig, hidden_size) -> None:
         super().__init__(cfg, model_cfg, hidden_size)
-        if len(cfg.poolings) != 2:
-            raise ConfigError(f"clr needs one pooling per stream (2), got poolings {cfg.poolings}")
         sizes = tuple(hidden_size) if isinstance(hidden_size, (tuple, list)) else (hidden_size, hidden_size)
         if cfg.projection:
             self.projections = nn.ModuleList(
@@ -60,7 +66,8 @@ class Contrastive(Target):
             self.projections = None
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.logit_scale_init)),
                                         requires_grad=cfg.learnable_scale)
-        streams = model_cfg.embedding.streams
+        self.loss = build_loss(cfg)
+        streams = getattr(model_cfg.embedding, "streams", None)
         self.id_keys = [(s.input_key or "input_ids") for s in streams] if streams else ["input_ids", "input_ids"]
 
     def features(self, hidden, mask, batch) -> list[torch.Tensor]:
@@ -77,29 +84,24 @@ class Contrastive(Target):
             out.append(F.normalize(pooled.float(), dim=-1))
         return out
 
-    def forward(self, hidden, mask, batch, ctx) -> TargetOutput:
+    def scale(self) -> torch.Tensor:
+        return self.logit_scale.float().clamp(max=MAX_LOGIT_SCALE).exp()
+
+    def forward(self, hidden, mask, batch, ctx: ForwardContext) -> TargetOutput:
         f0, f1 = self.features(hidden, mask, batch)
-        ctx[f"{self.cfg.label}_features"] = (f0.detach(), f1.detach())
-        if self.cfg.gather:
-            all0, all1 = gather_features(f0), gather_features(f1)
-            offset = rank_offset(f0.shape[0], f0.device) if all0.shape[0] != f0.shape[0] else 0
-        else:
-            all0, all1, offset = f0, f1, 0
-        with torch.autocast(f0.device.type, enabled=False):  # similarities and softmax in fp32
-            scale = self.logit_scale.float().clamp(max=MAX_LOGIT_SCALE).exp()
-            logits_01 = scale * f0 @ all1.T
-            logits_10 = scale * f1 @ all0.T
-            labels = torch.arange(f0.shape[0], device=f0.device) + offset
-            loss = (F.cross_entropy(logits_01, labels) + F.cross_entropy(logits_10, labels)) / 2
+        ctx.features[self.cfg.label] = (f0.detach(), f1.detach())
+        scale = self.scale()
+        scores = self.loss(f0, f1, scale)
         with torch.no_grad():
-            acc_01, acc_10 = direction_metrics(logits_01, labels), direction_metrics(logits_10, labels)
+            acc_01 = direction_accuracy(scores.logits_01, scores.labels)
+            acc_10 = direction_accuracy(scores.logits_10, scores.labels)
         prefix = self.cfg.label
         metrics = {
-            f"{prefix}_loss": loss.detach(),
+            f"{prefix}_loss": scores.loss.detach(),
             f"{prefix}_accuracy": (acc_01 + acc_10) / 2,
             f"{prefix}_count": torch.tensor(2 * f0.shape[0], device=f0.device),
             f"{prefix}_accuracy_0to1": acc_01,
             f"{prefix}_accuracy_1to0": acc_10,
             f"{prefix}_logit_scale": scale.detach(),
         }
-        return TargetOutput(loss, metrics, logits_01)
+        return TargetOutput(scores.loss, metrics, scores.logits_01)

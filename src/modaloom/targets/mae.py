@@ -16,12 +16,15 @@ squared error per patch, averaged over masked patches.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from modaloom.embeddings.base import require
 from modaloom.encoders.transformer import TransformerStack
 from modaloom.errors import ConfigError, DataError
+from modaloom.losses.cross_entropy import CrossEntropy, CrossEntropyOptions
 from modaloom.model_config import EncoderConfig, ModelConfig, TargetConfig
 from modaloom.registry import register
 from modaloom.targets.base import IGNORE, Target, TargetOutput, classification_metrics
@@ -74,10 +77,27 @@ class MAEDecoder(nn.Module):
         return self.output(self.stack(x, None, causal=False))[:, self.offset:]
 
 
+@dataclass
+class MaskedImageOptions(CrossEntropyOptions):
+    """Options of ``mae``; ``label_smoothing`` applies to BEiT's visual-token classification."""
+
+    patch_size: int = 16
+    channels: int = 3
+    norm_pix_loss: bool = False
+    image_vocab_size: int = 0  # >0: BEiT-style discrete visual tokens instead of pixel regression
+    # MAE's light decoder over visible + mask tokens (used when the embedding drops masked patches)
+    decoder_layers_num: int = 0
+    decoder_hidden_size: int = 512
+    decoder_heads_num: int = 16
+    decoder_feedforward_size: int = 2048
+
+
 @register("target", "mae")
 class MaskedImageModel(Target):
     """Parameters: ``output`` (linear head: hidden -> p*p*C pixels or image_vocab_size tokens) or, in MAE
     mode, ``decoder.*``."""
+
+    Options = MaskedImageOptions
 
     def __init__(self, cfg: TargetConfig, model_cfg: ModelConfig, hidden_size: int) -> None:
         super().__init__(cfg, model_cfg, hidden_size)
@@ -103,13 +123,14 @@ class MaskedImageModel(Target):
         else:
             self.decoder = None
             self.output = nn.Linear(hidden_size, out_size)
+        self.token_loss_fn = CrossEntropy(cfg)
 
     def predict(self, hidden: torch.Tensor, ctx) -> torch.Tensor:
         """(B, N, out) predictions for every patch."""
         if self.decoder is not None:
-            kept = ctx.get("kept_patch_index")
+            kept = ctx.kept_patch_index
             if kept is None:
-                raise ConfigError("mae target in MAE mode needs ctx['kept_patch_index'] from the drop_masked part")
+                raise ConfigError("mae target in MAE mode needs ctx.kept_patch_index from the drop_masked part")
             return self.decoder(hidden, kept, self.num_patches)
         return self.output(hidden[:, self.offset:])
 
@@ -136,5 +157,5 @@ class MaskedImageModel(Target):
             return TargetOutput(logits=self.output(states))
         selected = labels != IGNORE
         logits = self.output(states[selected])
-        loss, metrics = classification_metrics(self.cfg.label, logits, labels[selected], self.cfg.label_smoothing)
+        loss, metrics = classification_metrics(self.cfg.label, logits, labels[selected], self.token_loss_fn)
         return TargetOutput(loss, metrics, logits)

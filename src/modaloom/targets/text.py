@@ -2,61 +2,71 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
-import torch
 from torch import nn
 
-from modaloom.layers.activations import activation
-from modaloom.layers.norms import make_norm
-from modaloom.model_config import ModelConfig, TargetConfig
+from modaloom.config_schema import choice
+from modaloom.context import ForwardContext
+from modaloom.heads import TanhPooler, VocabularyHead, pool
+from modaloom.losses import build_loss
+from modaloom.model_config import ACTIVATIONS, NORMS, POOLINGS, ModelConfig, TargetConfig, vocab_size_of
 from modaloom.registry import register
-from modaloom.targets.base import IGNORE, Target, TargetOutput, classification_metrics, pool
+from modaloom.targets.base import IGNORE, Target, TargetOutput, classification_metrics
 
 
-class VocabularyHead(nn.Module):
-    """Optional transform (dense, act, norm) then the vocabulary projection (tieable to word embeddings)."""
+@dataclass
+class VocabularyOptions:
+    """Options of the targets that predict tokens through a vocabulary head (mlm, lm, bilm)."""
 
-    def __init__(self, cfg: TargetConfig, hidden_size: int, out_size: int, vocab_size: int) -> None:
-        super().__init__()
-        if cfg.transform:
-            self.dense = nn.Linear(hidden_size, out_size)
-            self.act = activation(cfg.act)
-            self.norm = make_norm(cfg.norm, out_size, cfg.norm_eps)
-        else:
-            self.dense = None
-            out_size = hidden_size
-        self.output = nn.Linear(out_size, vocab_size, bias=cfg.output_bias)
-        self.scale = hidden_size ** -0.5 if cfg.scale_before_output else 1.0
+    vocab_size: int = 0  # 0: the embedding's vocabulary
+    act: str = choice("gelu", *ACTIVATIONS)
+    norm: str = choice("layernorm", *NORMS)
+    norm_eps: float = 1e-12
+    transform: bool = True  # dense + act + norm before the output layer (BERT); false for none
+    tie_weights: bool = False  # output layer shares the word embedding's weight
+    output_bias: bool = True
+    scale_before_output: bool = False  # multiply by hidden_size**-0.5 before the output layer (tied T5)
+    loss: str = "cross_entropy"
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        if self.dense is not None:
-            h = self.norm(self.act(self.dense(h)))
-        if self.scale != 1.0:
-            h = h * self.scale
-        return self.output(h)
+
+@dataclass
+class SentencePredictionOptions:
+    """Options of the pooled binary heads (sp / nsp / sop, itm)."""
+
+    pooling: str = choice("first", *POOLINGS)
+    pooler: bool = True  # dense + tanh on the pooled vector (BERT NSP / classification)
+    loss: str = "cross_entropy"
+
+
+@dataclass
+class ClassificationOptions(SentencePredictionOptions):
+    labels_num: int = 2
 
 
 def _vocab_size(cfg: TargetConfig, model_cfg: ModelConfig) -> int:
     if cfg.vocab_size:
         return cfg.vocab_size
     source = model_cfg.tgt_embedding if model_cfg.decoder is not None and cfg.source != "encoder" else None
-    return (source or model_cfg.embedding).vocab_size or model_cfg.embedding.vocab_size
+    return vocab_size_of(source) or vocab_size_of(model_cfg.embedding)
 
 
 @register("target", "mlm")
 class MaskedLanguageModel(Target):
     """BERT's masked LM: predicts ``mlm_labels`` only at masked positions (the head runs on those rows)."""
 
+    Options = VocabularyOptions
+
     def __init__(self, cfg: TargetConfig, model_cfg: ModelConfig, hidden_size: int) -> None:
         super().__init__(cfg, model_cfg, hidden_size)
         out_size = model_cfg.embedding.emb_size if cfg.tie_weights else hidden_size
         self.head = VocabularyHead(cfg, hidden_size, out_size, _vocab_size(cfg, model_cfg))
+        self.loss = build_loss(cfg)
 
     def tied_output(self) -> nn.Linear:
         return self.head.output
 
-    def forward(self, hidden, mask, batch, ctx) -> TargetOutput:
+    def forward(self, hidden, mask, batch, ctx: ForwardContext) -> TargetOutput:
         labels = batch.get("mlm_labels")
         if labels is None:
             return TargetOutput(logits=self.head(hidden))
@@ -64,78 +74,87 @@ class MaskedLanguageModel(Target):
             hidden = hidden[:, :labels.shape[1]]  # labels cover the text part of a text+image sequence
         selected = labels != IGNORE
         logits = self.head(hidden[selected])
-        loss, metrics = classification_metrics(self.cfg.label, logits, labels[selected], self.cfg.label_smoothing)
+        loss, metrics = classification_metrics(self.cfg.label, logits, labels[selected], self.loss)
         return TargetOutput(loss, metrics, logits)
 
 
-@register("target", "sp", "nsp", "sop")
-class SentencePrediction(Target):
-    """Next-sentence / sentence-order prediction from the first token through a tanh pooler.
+class PooledClassifier(Target):
+    """Pooling, optional tanh pooler, linear output; cross-entropy against ``batch[label_key]``.
 
-    Parameters: ``pooler`` (dense + tanh, when ``pooler``) and ``output`` (hidden -> 2). Binary heads on
-    other labels (image-text matching) subclass it with another ``label_key``.
+    Parameters: ``pooler`` (when ``pooler``) and ``output``.
     """
 
-    label_key = "sp_labels"
+    label_key = "labels"
 
-    def __init__(self, cfg: TargetConfig, model_cfg: ModelConfig, hidden_size: int) -> None:
+    def __init__(self, cfg: TargetConfig, model_cfg: ModelConfig, hidden_size: int, classes: int,
+                 dropout: float = 0.0) -> None:
         super().__init__(cfg, model_cfg, hidden_size)
-        self.pooler = nn.Linear(hidden_size, hidden_size) if cfg.pooler else None
-        self.output = nn.Linear(hidden_size, 2)
+        self.pooler = TanhPooler(hidden_size, hidden_size) if cfg.pooler else None
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else None
+        self.output = nn.Linear(hidden_size, classes)
+        self.loss = build_loss(cfg)
 
-    def forward(self, hidden, mask, batch, ctx) -> TargetOutput:
+    def forward(self, hidden, mask, batch, ctx: ForwardContext) -> TargetOutput:
         h = pool(hidden, mask, self.cfg.pooling)
         if self.pooler is not None:
-            h = torch.tanh(self.pooler(h))
+            h = self.pooler(h)
+        if self.dropout is not None:
+            h = self.dropout(h)
         logits = self.output(h)
         labels = batch.get(self.label_key)
         if labels is None:
             return TargetOutput(logits=logits)
-        loss, metrics = classification_metrics(self.cfg.label, logits, labels, self.cfg.label_smoothing)
+        loss, metrics = classification_metrics(self.cfg.label, logits, labels, self.loss)
         return TargetOutput(loss, metrics, logits)
+
+
+@register("target", "sp", "nsp", "sop")
+class SentencePrediction(PooledClassifier):
+    """Next-sentence / sentence-order prediction from the first token through a tanh pooler (2 classes).
+
+    Binary heads on other labels (image-text matching) subclass it with another ``label_key``.
+    """
+
+    Options = SentencePredictionOptions
+    label_key = "sp_labels"
+
+    def __init__(self, cfg: TargetConfig, model_cfg: ModelConfig, hidden_size: int) -> None:
+        super().__init__(cfg, model_cfg, hidden_size, classes=2)
 
 
 @register("target", "lm")
 class LanguageModel(Target):
     """Next-token prediction of ``lm_labels`` (already aligned with the positions that predict them)."""
 
+    Options = VocabularyOptions
     label_key = "lm_labels"
 
     def __init__(self, cfg: TargetConfig, model_cfg: ModelConfig, hidden_size: int) -> None:
         super().__init__(cfg, model_cfg, hidden_size)
         vocab = _vocab_size(cfg, model_cfg)
         self.head = VocabularyHead(cfg, hidden_size, hidden_size, vocab)
+        self.loss = build_loss(cfg)
 
     def tied_output(self) -> nn.Linear:
         return self.head.output
 
-    def forward(self, hidden, mask, batch, ctx) -> TargetOutput:
+    def forward(self, hidden, mask, batch, ctx: ForwardContext) -> TargetOutput:
         labels = batch.get(self.label_key)
         if labels is None:
             return TargetOutput(logits=self.head(hidden))
         selected = labels != IGNORE
         logits = self.head(hidden[selected])
-        loss, metrics = classification_metrics(self.cfg.label, logits, labels[selected], self.cfg.label_smoothing)
+        loss, metrics = classification_metrics(self.cfg.label, logits, labels[selected], self.loss)
         return TargetOutput(loss, metrics, logits)
 
 
 @register("target", "cls")
-class Classification(Target):
-    """Sequence classification: pooling, optional dense+tanh pooler, linear to ``labels_num`` classes."""
+class Classification(PooledClassifier):
+    """Sequence classification: pooling, optional dense+tanh pooler, dropout, linear to ``labels_num`` classes."""
+
+    Options = ClassificationOptions
 
     def __init__(self, cfg: TargetConfig, model_cfg: ModelConfig, hidden_size: int) -> None:
-        super().__init__(cfg, model_cfg, hidden_size)
-        self.pooler = nn.Linear(hidden_size, hidden_size) if cfg.pooler else None
-        self.dropout = nn.Dropout(model_cfg.encoder.dropout if model_cfg.encoder.type != "dual" else 0.0)
-        self.output = nn.Linear(hidden_size, cfg.labels_num)
+        dropout = model_cfg.encoder.dropout if model_cfg.encoder.type != "dual" else 0.0
+        super().__init__(cfg, model_cfg, hidden_size, classes=cfg.labels_num, dropout=dropout)
 
-    def forward(self, hidden, mask, batch: dict[str, torch.Tensor], ctx: dict[str, Any]) -> TargetOutput:
-        h = pool(hidden, mask, self.cfg.pooling)
-        if self.pooler is not None:
-            h = torch.tanh(self.pooler(h))
-        logits = self.output(self.dropout(h))
-        labels = batch.get("labels")
-        if labels is None:
-            return TargetOutput(logits=logits)
-        loss, metrics = classification_metrics(self.cfg.label, logits, labels, self.cfg.label_smoothing)
-        return TargetOutput(loss, metrics, logits)

@@ -39,6 +39,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from modaloom.errors import CheckpointError
+from modaloom.model_config import CONFIG_FORMAT, model_section_from_saved
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 STATE_FILE = "trainer_state.json"
@@ -250,8 +251,7 @@ def check_same_model(ckpt: Path, model_config: dict[str, Any] | None) -> None:
     """Refuse a checkpoint made for a different model config, naming what differs."""
     if model_config is None or not (ckpt / "config.json").is_file():
         return
-    saved = read_json(ckpt / "config.json")
-    saved = saved.get("model", saved)
+    saved = model_section_from_saved(read_json(ckpt / "config.json"))
     diff = differences(saved, model_config)
     if diff:
         shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
@@ -298,7 +298,7 @@ def save_checkpoint(
         unique, aliases = _dedupe_tied(weights)
         write_tensors(tmp / "model.safetensors", unique, {"format": "pt", "aliases": json.dumps(aliases)})
         if model_config is not None:
-            write_json(tmp / "config.json", {"model": model_config})
+            write_json(tmp / "config.json", {"format": CONFIG_FORMAT, "model": model_config})
         opt_tensors, opt_meta = flatten_optimizer(optim)
         write_tensors(tmp / "optimizer.safetensors", opt_tensors)
         write_json(tmp / "optimizer.json", opt_meta)

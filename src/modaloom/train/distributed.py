@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from modaloom.collectives import all_reduce_sum, gather_features  # noqa: F401 (the trainer's names)
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -91,13 +93,6 @@ def broadcast_object(obj: object, src: int = 0) -> object:
     return box[0]
 
 
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum over ranks, in place; a no-op when not distributed."""
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
-
-
 def repeated_blocks(model: nn.Module) -> list[nn.Module]:
     """The layers of every ``nn.ModuleList`` that hold parameters: the units to shard or checkpoint."""
     blocks = []
@@ -131,42 +126,3 @@ def unwrap(model: nn.Module) -> nn.Module:
         if not isinstance(inner, nn.Module):
             return model
         model = inner
-
-
-class _GatherWithGrad(torch.autograd.Function):
-    """All-gather whose backward sums the gradients of every rank and returns this rank's slice."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, sizes: list[int]) -> torch.Tensor:  # type: ignore[override]
-        rank = dist.get_rank()
-        ctx.sizes, ctx.rank = sizes, rank
-        longest = max(sizes)
-        padded = x
-        if x.shape[0] < longest:
-            pad = x.new_zeros((longest - x.shape[0], *x.shape[1:]))
-            padded = torch.cat([x, pad])
-        parts = [torch.empty_like(padded) for _ in sizes]
-        dist.all_gather(parts, padded.contiguous())
-        return torch.cat([p[:n] for p, n in zip(parts, sizes)])
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        grad = grad.contiguous()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
-        start = sum(ctx.sizes[: ctx.rank])
-        return grad[start:start + ctx.sizes[ctx.rank]], None
-
-
-def gather_features(x: torch.Tensor) -> torch.Tensor:
-    """``x`` (N_local, ...) concatenated over ranks in rank order, differentiable to the local shard.
-
-    The backward pass sums every rank's gradient for this rank's rows, so that a loss computed on the
-    gathered batch by every rank, averaged by DDP, has the same gradient as one process holding the whole
-    batch. Ranks may hold different batch sizes. Returns ``x`` unchanged when not distributed.
-    """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return x
-    size = torch.tensor([x.shape[0]], device=x.device)
-    sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
-    dist.all_gather(sizes, size)
-    return _GatherWithGrad.apply(x, [int(s.item()) for s in sizes])

@@ -1,0 +1,53 @@
+"""The typed context that travels beside the batch through one forward pass, from part to part.
+
+The batch holds data; the context holds what parts tell each other about this call: which batch keys the
+current stream reads, positions already in a key/value cache, caches per layer, segment ids a part made
+(ViLT's text/image split), the kept-patch index of MAE, per-stream contexts of a dual model, features a
+target computes for other targets or for the caller, and modality ids for mixture-of-experts layers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from modaloom.layers.attention import KVCache
+
+
+@dataclass
+class ForwardContext:
+    """What parts share during one forward pass. Fields left at their defaults mean "not in use"."""
+
+    # the sequence the current (stream's) embedding reads; None: the part's default key
+    input_key: str | None = None  # input_ids / pixel_values / input_features
+    mask_key: str | None = None  # attention_mask / feature_mask
+    past_length: int = 0  # positions already held by the encoder's key/value cache (cached generation)
+    segment_ids: torch.Tensor | None = None  # (B, L) written by word_patch for the seg part
+    modality_ids: torch.Tensor | None = None  # (B, L) per-token modality, for modality-expert layers
+    kept_patch_index: torch.Tensor | None = None  # (B, V) written by drop_masked for the mae target
+    # key/value caches, one per layer: encoder self-attention, decoder self- and cross-attention
+    encoder_caches: list[KVCache] | None = None
+    decoder_caches: list[KVCache] | None = None
+    cross_caches: list[KVCache] | None = None
+    decoder_past_length: int = 0  # positions already held by the decoder's self-attention cache
+    streams: list[ForwardContext] = field(default_factory=list)  # one per stream of a dual model
+    # features a target computes for other targets or the caller, by target name (e.g. clr's pair)
+    features: dict[str, Any] = field(default_factory=dict)
+
+    def for_stream(self, input_key: str = "", mask_key: str = "") -> ForwardContext:
+        """A context for one stream of a dual model: caches and shared features kept, sequence fields reset."""
+        return replace(self, input_key=input_key or None, mask_key=mask_key or None, past_length=0,
+                       segment_ids=None, modality_ids=None, kept_patch_index=None, streams=[])
+
+    def for_decoder(self) -> ForwardContext:
+        """A context for the target embedding: it reads decoder_input_ids at the decoder's cache position."""
+        return replace(self, input_key="decoder_input_ids", mask_key="decoder_attention_mask",
+                       past_length=self.decoder_past_length, segment_ids=None, modality_ids=None, streams=[])
+
+    def key(self, default: str) -> str:
+        return self.input_key or default
+
+    def mask(self, default: str) -> str:
+        return self.mask_key or default
