@@ -33,10 +33,10 @@ SHARED = ROOT.parent / "shared" / "data" / "tencentpretrain"
 TARGETS = {"ratio": 1.2, "bert-tiny tokens/s": 19000, "memory ratio": 1.1}
 
 ROWS: dict[str, dict[str, Any]] = {
-    "bert-tiny": {"config": "configs/bert/tiny.yaml", "data": "bert", "batch": 32, "seq": 128},
-    "bert-mini": {"config": "configs/bert/mini.yaml", "data": "bert", "batch": 32, "seq": 128},
-    "gpt2-small": {"config": "configs/gpt2/small.yaml", "data": "lm", "batch": 4, "seq": 256},
-    "bert-base": {"config": "configs/bert/base.yaml", "data": "bert", "batch": 8, "seq": 128},
+    "bert-tiny": {"config": "bert/tiny", "data": "bert", "batch": 32, "seq": 128},
+    "bert-mini": {"config": "bert/mini", "data": "bert", "batch": 32, "seq": 128},
+    "gpt2-small": {"config": "gpt2/small", "data": "lm", "batch": 4, "seq": 256},
+    "bert-base": {"config": "bert/base", "data": "bert", "batch": 8, "seq": 128},
 }
 DATA = {
     "bert": {"corpus": "corpora/book_review_train_bert.txt", "vocab": ["--vocab", "models/google_zh_vocab.txt"],
@@ -63,9 +63,10 @@ def prepare(kind: str, seq: int, work: Path) -> Path:
 
 def job_config(row: dict[str, Any], data: Path, steps: int, overrides: list[str]) -> Any:
     from modaloom.cli.pretrain import load_job_config
+    from modaloom.zoo import zoo_path
 
     vocab = DATA[row["data"]]["vocab_size"]
-    return load_job_config(str(ROOT / row["config"]), [
+    return load_job_config(str(zoo_path(row["config"])), [
         f"model.embedding.vocab_size={vocab}", f"data.seq_length={row['seq']}", f"train.steps={steps}",
         f"train.batch_size={row['batch']}", "train.lr=1e-4", "train.warmup_steps=0", "train.log_every=0",
         "train.progress=false", "train.tensorboard=false", "train.schedule=constant", *overrides])

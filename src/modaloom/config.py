@@ -2,7 +2,8 @@
 
 Nested modaloom configs and TencentPretrain's flat JSON configs are both accepted; the latter are
 recognised by their top-level keys (``embedding``, ``encoder``, ``target`` ...) and translated by
-``modaloom.interop.tencentpretrain_config``.
+``modaloom.interop.tencentpretrain_config``. A value that is not an existing file may name a zoo config
+(``bert/base``); see ``modaloom.zoo.resolve_config``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from modaloom.data.config import DataConfig
 from modaloom.errors import ConfigError
 from modaloom.model_config import ModelConfig
 from modaloom.train.config import TrainConfig
+from modaloom.zoo import resolve_config
 
 
 @dataclass
@@ -37,12 +39,14 @@ DEEPSPEED_KEYS = ("zero_optimization", "train_micro_batch_size_per_gpu", "train_
 
 
 def config_dict(path: str | Path) -> tuple[dict[str, Any], Source]:
-    """The nested dict of a config file (TencentPretrain configs translated), with line info."""
+    """The nested dict of a config file or zoo name (TencentPretrain configs translated), with line info."""
+    path = resolve_config(path)
     data, source = load_document(path)
     if any(key in data for key in DEEPSPEED_KEYS):
         raise ConfigError(
             f"{path}: this is a DeepSpeed engine config, not a model config; modaloom trains with torchrun "
-            f"DDP/FSDP2 (see docs/training.md) and needs a model config such as configs/bert/base.yaml"
+            f"DDP/FSDP2 (see docs/training.md) and needs a model config such as the zoo's bert/base "
+            f"(`modaloom zoo` lists them)"
         )
     if is_tencentpretrain(data):
         from modaloom.interop.tencentpretrain_config import translate
@@ -53,7 +57,7 @@ def config_dict(path: str | Path) -> tuple[dict[str, Any], Source]:
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 base: dict[str, Any] | None = None) -> Config:
-    """Build a validated Config from a file (or ``base`` dict) plus ``key.sub=value`` overrides."""
+    """Build a validated Config from a file or zoo name (or ``base`` dict) plus ``key.sub=value`` overrides."""
     if path is not None:
         data, source = config_dict(path)
     else:
@@ -66,7 +70,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 
 def load_model_config(path: str | Path) -> ModelConfig:
-    """A ModelConfig from a full config file, a model-only file, or a TencentPretrain config."""
+    """A ModelConfig from a full config file, a model-only file, a zoo name, or a TencentPretrain config."""
     data, source = config_dict(path)
     if "model" in data:
         return build(ModelConfig, data["model"], source, "model")

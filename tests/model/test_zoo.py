@@ -1,4 +1,4 @@
-"""The model zoo (configs/): every file loads, names its paper, and matches published parameter counts."""
+"""The model zoo (src/modaloom/zoo/): every file loads, names its paper, and matches published parameter counts."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from modaloom import registry
 from modaloom.config import load_config
 from modaloom.model import Model
 from modaloom.model_config import EmbeddingConfig, EncoderConfig, ModelConfig, streams_of
+from modaloom.zoo import ZOO_DIR, zoo_names, zoo_path
+from modaloom.zoo.summary import meta_model, missing_parts, zoo_entry
 
-ZOO = Path(__file__).resolve().parents[2] / "configs"
-ZOO_FILES = sorted(ZOO.rglob("*.yaml"))
+ZOO_FILES = [zoo_path(n) for n in zoo_names()]
 
 EXPECTED = {
     "bert": ["tiny", "mini", "small", "medium", "base", "large"], "roberta": ["base", "large"],
@@ -39,23 +39,7 @@ FORWARD_LIMIT = 15e6  # full-size forward/backward only below this size; the oth
 
 
 def name(path: Path) -> str:
-    return path.relative_to(ZOO).with_suffix("").as_posix()
-
-
-def missing_parts(cfg: ModelConfig) -> list[str]:
-    """Registered-part names the config uses that are not registered (yet)."""
-    needed = []
-    for emb in (cfg.embedding, cfg.tgt_embedding):
-        if emb is not None:
-            needed += [("embedding", p) for s in [emb, *streams_of(emb)] for p in s.parts]
-    needed += [("encoder", e.type) for e in [cfg.encoder, *streams_of(cfg.encoder)]]
-    needed += [("target", t.type) for t in cfg.targets]
-    return [f"{kind} {n!r}" for kind, n in needed if n not in registry.names(kind)]
-
-
-def meta_model(cfg: ModelConfig) -> Model:
-    with torch.device("meta"):
-        return Model(cfg)
+    return path.relative_to(ZOO_DIR).with_suffix("").as_posix()
 
 
 def test_zoo_is_complete():
@@ -74,13 +58,11 @@ def test_zoo_config_loads_and_names_its_paper(path: Path):
 
 @pytest.mark.parametrize("path", ZOO_FILES, ids=name)
 def test_zoo_model_builds_on_meta(path: Path):
-    cfg = load_config(path).model
-    missing = missing_parts(cfg)
+    missing = missing_parts(load_config(path).model)
     if missing:
         pytest.skip(f"not registered yet: {', '.join(missing)}")
-    model = meta_model(cfg)
-    count = model.num_parameters()
-    assert count > 0
+    count = zoo_entry(name(path)).parameters  # the count `modaloom zoo` shows, computed on the meta device
+    assert count is not None and count > 0
     if name(path) in PUBLISHED_M:
         published = PUBLISHED_M[name(path)] * 1e6
         assert abs(count - published) / published < 0.02, f"{count / 1e6:.1f}M vs published {published / 1e6:.1f}M"

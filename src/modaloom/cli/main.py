@@ -24,6 +24,7 @@ VERBS: dict[str, str] = {
     "build-vocab": "modaloom.cli.build_vocab",
     "inspect": "modaloom.cli.inspect",
     "demo": "modaloom.cli.demo",
+    "zoo": "modaloom.cli.zoo",
 }
 
 
