@@ -30,8 +30,9 @@ import torch
 from modaloom.config_schema import build, load_document
 from modaloom.errors import CheckpointError, ConfigError
 from modaloom.interop.tencentpretrain_config import translate
-from modaloom.model import Model, load_state_checked
+from modaloom.model import Model
 from modaloom.model_config import ModelConfig
+from modaloom.weights import load_weights_checked as load_state_checked
 
 SEGMENT_ROWS = [1, 2, 0]  # our row r holds TencentPretrain's row SEGMENT_ROWS[r]
 CONVERTED_LAYERNORM_EPS = 1e-12
