@@ -174,6 +174,7 @@ class DatasetWriter:
             raise ValueError("a dataset needs at least one field")
         self.shard_bytes = shard_bytes
         self.overwrite = overwrite
+        recover_stale(self.out_dir)  # a crash mid-swap: put the old dataset back, or refuse before any work
         if self.out_dir.exists():
             if not self.out_dir.is_dir():
                 raise DataError(f"output {self.out_dir} exists and is not a directory")
@@ -183,7 +184,6 @@ class DatasetWriter:
             if not (self.out_dir / MANIFEST).exists() and any(self.out_dir.iterdir()) and not overwrite:
                 raise DataError(f"output {self.out_dir} is a non-empty directory without {MANIFEST}; "
                                 "remove it or pass --overwrite")
-        recover_stale(self.out_dir)  # a crash mid-swap: put the old dataset back, or refuse before any work
         self.partial = self.out_dir.parent / f".{self.out_dir.name}.partial"
         if self.partial.exists():  # left by an interrupted run: start clean
             shutil.rmtree(self.partial)
