@@ -13,18 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_model
 from torch import nn
 
 from modaloom import registry
-from modaloom.atomic import replace_directory
+from modaloom.atomic import atomic_write_json, replace_directory
 from modaloom.config_schema import Source, build, to_dict
 from modaloom.context import ForwardContext
 from modaloom.embeddings.base import build_embedding
 from modaloom.encoders.base import build_encoder
 from modaloom.errors import CheckpointError, ConfigError
 from modaloom.model_config import CONFIG_FORMAT, ModelConfig, model_section_from_saved
+from modaloom.weights import load_weights_checked, read_weights, save_weights
 
 Batch = dict[str, torch.Tensor]
 CONFIG_NAME = "config.json"
@@ -158,77 +157,13 @@ class Model(nn.Module):
         directory = Path(directory)
         with replace_directory(directory) as tmp:  # files other tools put beside the model are kept
             payload = {"format": CONFIG_FORMAT, "model": to_dict(self.config), **(extra or {})}
-            (tmp / CONFIG_NAME).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-            save_model(self, str(tmp / WEIGHTS_NAME))
+            atomic_write_json(tmp / CONFIG_NAME, payload)
+            save_weights(self, tmp / WEIGHTS_NAME)
         return directory
 
     def load_weights(self, path: str | Path, strict: bool = True) -> None:
         """Load a safetensors file, checking every key and shape before touching the model."""
-        state = read_safetensors(path)
-        load_state_checked(self, state, str(path), strict=strict)
-
-
-def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
-    except FileNotFoundError:
-        raise CheckpointError(f"no weights file at {path}") from None
-    except Exception as exc:  # safetensors raises its own error types for corrupt headers
-        raise CheckpointError(f"cannot read {path}: {exc}") from None
-
-
-def tied_aliases(model: nn.Module) -> dict[str, str]:
-    """Parameter names that are the same tensor as an earlier name (alias -> canonical)."""
-    seen: dict[int, str] = {}
-    aliases = {}
-    for name, tensor in model.state_dict(keep_vars=True).items():
-        key = id(tensor)
-        if key in seen:
-            aliases[name] = seen[key]
-        else:
-            seen[key] = name
-    return aliases
-
-
-def load_state_checked(model: nn.Module, state: dict[str, torch.Tensor], origin: str, strict: bool = True) -> None:
-    """Copy ``state`` into ``model``; missing/unexpected keys or shape mismatches raise before any copy."""
-    own = model.state_dict()
-    aliases = tied_aliases(model)
-    groups: dict[str, set[str]] = {}
-    for alias, canonical in aliases.items():
-        groups.setdefault(canonical, {canonical}).add(alias)
-    for canonical in list(groups):
-        groups[canonical].add(canonical)
-    provided = set(state)
-    missing = []
-    for name in own:
-        if name in aliases:
-            continue
-        names = groups.get(name, {name})
-        if not names & provided:
-            missing.append(name)
-    unexpected = sorted(provided - set(own))
-    mismatched = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)
-    ]
-    problems = []
-    if mismatched:
-        problems.append("shape mismatch: " + "; ".join(mismatched[:5]) + (" ..." if len(mismatched) > 5 else ""))
-    if strict and missing:
-        problems.append(f"{len(missing)} missing keys, e.g. {', '.join(missing[:5])}")
-    if strict and unexpected:
-        problems.append(f"{len(unexpected)} unexpected keys, e.g. {', '.join(unexpected[:5])}")
-    if problems:
-        raise CheckpointError(f"{origin} does not match the model: " + "; ".join(problems) + "; nothing was loaded")
-    with torch.no_grad():
-        for name, value in state.items():
-            if name in own:
-                own[name].copy_(value.to(own[name].dtype))
-            for alias in groups.get(name, ()):
-                if alias != name and alias not in state:
-                    own[alias].copy_(value.to(own[alias].dtype))
+        load_weights_checked(self, read_weights(path), str(path), strict=strict)
 
 
 def build_model(cfg: ModelConfig | dict[str, Any]) -> Model:

@@ -18,7 +18,8 @@ from modaloom.interop.tencentpretrain import (
     tencentpretrain_batch,
     tencentpretrain_model_config,
 )
-from modaloom.model import Model, load_state_checked
+from modaloom.model import Model
+from modaloom.weights import load_weights_checked as load_state_checked
 
 CHECKPOINTS = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "tencentpretrain" / "checkpoints"
 BIN = CHECKPOINTS / "bert_tiny_book_review_1k.bin"

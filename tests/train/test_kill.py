@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from modaloom.train.checkpoint import STEP_DIR, complete_checkpoints, read_json, read_tensors
+from modaloom.train.checkpoint import STEP_DIR, complete_checkpoints, read_json
+from modaloom.weights import read_tensors
 from tests.train.data_helpers import tiny_bert_config, write_dataset
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from modaloom.atomic import atomic_write_json, recover_stale, swap_directory
 from modaloom.errors import DataError
 
 MANIFEST = "manifest.json"
@@ -173,6 +174,7 @@ class DatasetWriter:
             raise ValueError("a dataset needs at least one field")
         self.shard_bytes = shard_bytes
         self.overwrite = overwrite
+        recover_stale(self.out_dir)  # a crash mid-swap: put the old dataset back, or refuse before any work
         if self.out_dir.exists():
             if not self.out_dir.is_dir():
                 raise DataError(f"output {self.out_dir} exists and is not a directory")
@@ -244,15 +246,8 @@ class DatasetWriter:
             "skipped": {"count": sum(self.skip_reasons.values()), "by_reason": dict(self.skip_reasons),
                         "first": self.first_skips, "all_in": SKIPPED},
         })
-        write_json_atomic(self.partial / MANIFEST, body)
-        old = self.out_dir.parent / f".{self.out_dir.name}.old"
-        if self.out_dir.exists():
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(self.out_dir, old)
-        os.replace(self.partial, self.out_dir)
-        if old.exists():
-            shutil.rmtree(old)
+        atomic_write_json(self.partial / MANIFEST, body)
+        swap_directory(self.partial, self.out_dir)
         self.closed = True
         return self.out_dir
 
@@ -273,17 +268,6 @@ class DatasetWriter:
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         if not self.closed:
             self.abort()
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temp file, fsync, then rename, so readers never see half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as out:
-        json.dump(data, out, ensure_ascii=False, indent=2)
-        out.write("\n")
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
 
 
 def _map(path: Path, dtype: str) -> np.ndarray:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from modaloom.atomic import atomic_file, atomic_write_json
 from modaloom.config_schema import build
 from modaloom.data.config import TokenizerConfig
 from modaloom.errors import DataError
@@ -157,11 +157,10 @@ class Tokenizer:
         for key in ("vocab", "merges"):
             if config[key]:
                 source = Path(config[key])
-                shutil.copyfile(source, directory / source.name)
+                with atomic_file(directory / source.name) as tmp:
+                    shutil.copyfile(source, tmp)
                 config[key] = source.name
-        tmp = directory / (TOKENIZER_JSON + ".tmp")
-        tmp.write_text(json.dumps(config, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, directory / TOKENIZER_JSON)
+        atomic_write_json(directory / TOKENIZER_JSON, config)
         return directory
 
 

@@ -7,6 +7,7 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from modaloom.atomic import atomic_file
 from modaloom.errors import DataError
 
 WORDPIECE_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -35,12 +36,11 @@ def build_vocab(vocab_type: str, corpora: Sequence[str | Path], vocab_size: int,
         raise DataError(f"vocab size must be at least 10, got {vocab_size}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial")
-    if vocab_type == "sentencepiece":
-        _train_sentencepiece(corpora, vocab_size, tmp, bool(lowercase), special_tokens)
-    else:
-        _train_hf(vocab_type, corpora, vocab_size, tmp, lowercase, special_tokens)
-    os.replace(tmp, out)
+    with atomic_file(out) as tmp:
+        if vocab_type == "sentencepiece":
+            _train_sentencepiece(corpora, vocab_size, tmp, bool(lowercase), special_tokens)
+        else:
+            _train_hf(vocab_type, corpora, vocab_size, tmp, lowercase, special_tokens)
     return out
 
 

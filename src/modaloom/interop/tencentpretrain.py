@@ -30,8 +30,9 @@ import torch
 from modaloom.config_schema import build, load_document
 from modaloom.errors import CheckpointError, ConfigError
 from modaloom.interop.tencentpretrain_config import translate
-from modaloom.model import Model, load_state_checked
+from modaloom.model import Model
 from modaloom.model_config import ModelConfig
+from modaloom.weights import load_weights_checked
 
 SEGMENT_ROWS = [1, 2, 0]  # our row r holds TencentPretrain's row SEGMENT_ROWS[r]
 CONVERTED_LAYERNORM_EPS = 1e-12
@@ -198,7 +199,7 @@ def convert_tencentpretrain(bin_path: str | Path, config_path: str | Path) -> Mo
     flat, _ = load_document(config_path)
     mapped = map_state(state, cfg, rescale_layernorm=_uses_tp_layernorm(flat))
     model = Model(cfg)
-    load_state_checked(model, mapped, str(bin_path))
+    load_weights_checked(model, mapped, str(bin_path))
     return model.eval()
 
 

@@ -9,10 +9,10 @@ A checkpoint is a directory ``<out>/checkpoints/step-N/`` holding
   the data-loader position;
 - ``trainer_state.json`` (written last): step, grad-scaler state, counters.
 
-It is assembled in ``step-N.tmp/`` and renamed to ``step-N/`` in one step, so a directory named
-``step-N`` is always complete; a killed writer leaves only a ``.tmp`` directory, which ``latest`` ignores
-and the next run removes. Old checkpoints are renamed to ``*.deleting`` before removal for the same
-reason.
+It is assembled in ``step-N.tmp/`` and renamed to ``step-N/`` in one step (``atomic.swap_directory``), so a
+directory named ``step-N`` is always complete; a killed writer leaves only a ``.tmp`` directory (or, when it
+replaced an existing ``step-N``, a ``.step-N.old``), which ``latest`` ignores and the next run cleans up.
+Old checkpoints are renamed to ``*.deleting`` before removal for the same reason.
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
@@ -38,10 +36,20 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from modaloom.atomic import atomic_write_json, old_sibling, recover_stale, swap_directory
 from modaloom.errors import CheckpointError
 from modaloom.model_config import CONFIG_FORMAT, model_section_from_saved
+from modaloom.weights import (
+    check_state,
+    read_tensors,
+    read_weights,
+    save_weights,
+    tied_aliases,
+    write_tensors,
+)
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
+STALE_SWAP = re.compile(r"^\.(step-\d+)\.old$")  # atomic.old_sibling of a step dir
 STATE_FILE = "trainer_state.json"
 FORMAT_VERSION = 1
 
@@ -49,40 +57,8 @@ FORMAT_VERSION = 1
 # ---------------------------------------------------------------- files
 
 
-def fsync_file(path: Path) -> None:
-    with open(path, "rb") as fh:
-        os.fsync(fh.fileno())
-
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
-    fsync_file(path)
-
-
-def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path), metadata=metadata)
-    fsync_file(path)
-
-
-def read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            return {k: fh.get_tensor(k) for k in fh.keys()}, dict(fh.metadata() or {})  # noqa: SIM118
-    except Exception as exc:  # safetensors raises its own error type for corrupt headers
-        raise CheckpointError(f"cannot read {path}: {exc}") from None
+    atomic_write_json(path, data, indent=1, sort_keys=True)
 
 
 def read_json(path: Path) -> Any:
@@ -117,7 +93,11 @@ def latest_checkpoint(out_dir: str | Path) -> Path | None:
 
 
 def remove_incomplete(out_dir: str | Path) -> list[Path]:
-    """Delete leftovers of killed writers (``*.tmp``, ``*.deleting``); returns what was removed."""
+    """Clean up after killed writers; returns what was removed.
+
+    ``*.tmp`` and ``*.deleting`` are removed. A ``.step-N.old`` (a killed swap over an existing ``step-N``)
+    is put back when ``step-N`` is missing, and removed when the complete new ``step-N`` is in place.
+    """
     root = checkpoint_root(out_dir)
     removed = []
     if root.is_dir():
@@ -125,7 +105,19 @@ def remove_incomplete(out_dir: str | Path) -> list[Path]:
             if entry.name.endswith((".tmp", ".deleting")):
                 shutil.rmtree(entry, ignore_errors=True)
                 removed.append(entry)
+        for entry in root.iterdir():
+            match = STALE_SWAP.match(entry.name)
+            if match and not recover_stale_checkpoint(root / match.group(1)):
+                removed.append(entry)
     return removed
+
+
+def recover_stale_checkpoint(final: Path) -> bool:
+    """Put ``.step-N.old`` back when ``step-N`` is missing (True); else remove it, it is superseded (False)."""
+    if not final.exists():
+        return recover_stale(final)
+    shutil.rmtree(old_sibling(final), ignore_errors=True)
+    return False
 
 
 def prune(out_dir: str | Path, keep_last: int) -> None:
@@ -138,21 +130,6 @@ def prune(out_dir: str | Path, keep_last: int) -> None:
 
 
 # ---------------------------------------------------------------- state pieces
-
-
-def _dedupe_tied(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Store tensors that share memory once; return (tensors, alias -> stored name)."""
-    seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
-    unique: dict[str, torch.Tensor] = {}
-    aliases: dict[str, str] = {}
-    for name, tensor in state.items():
-        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
-        if tensor.numel() and key in seen:
-            aliases[name] = seen[key]
-            continue
-        seen[key] = name
-        unique[name] = tensor
-    return unique, aliases
 
 
 def _full_options(**kw: Any) -> StateDictOptions:
@@ -295,8 +272,7 @@ def save_checkpoint(
     weights = model_state(model)  # collective under FSDP
     optim = optimizer_state(model, optimizer)
     if rank == 0:
-        unique, aliases = _dedupe_tied(weights)
-        write_tensors(tmp / "model.safetensors", unique, {"format": "pt", "aliases": json.dumps(aliases)})
+        save_weights(weights, tmp / "model.safetensors")
         if model_config is not None:
             write_json(tmp / "config.json", {"format": CONFIG_FORMAT, "model": model_config})
         opt_tensors, opt_meta = flatten_optimizer(optim)
@@ -306,12 +282,8 @@ def save_checkpoint(
     if rank == 0:
         write_json(tmp / STATE_FILE, {"format_version": FORMAT_VERSION, "step": step,
                                       "world_size": world_size, **trainer_state})
-        fsync_dir(tmp)
-        if final.exists():
-            os.replace(final, final.with_name(final.name + ".deleting"))
-        os.replace(tmp, final)
-        fsync_dir(root)
-        shutil.rmtree(final.with_name(final.name + ".deleting"), ignore_errors=True)
+        recover_stale_checkpoint(final)
+        swap_directory(tmp, final)
         prune(out_dir, keep_last)
     dist_utils.barrier()
     return final
@@ -319,20 +291,10 @@ def save_checkpoint(
 
 def load_model_weights(model: nn.Module, ckpt: Path) -> None:
     """Load ``model.safetensors`` into a (possibly wrapped or sharded) model; shape errors name the key."""
-    tensors, meta = read_tensors(ckpt / "model.safetensors")
-    for alias, stored in json.loads(meta.get("aliases", "{}")).items():
-        tensors[alias] = tensors[stored]
-    expected = model_state(model) if not _is_sharded(model) else None
-    if expected is not None:
-        missing = sorted(set(expected) - set(tensors))
-        extra = sorted(set(tensors) - set(expected))
-        bad = [f"{k}: {tuple(tensors[k].shape)} there, {tuple(v.shape)} here"
-               for k, v in expected.items() if k in tensors and tensors[k].shape != v.shape]
-        if missing or extra or bad:
-            raise CheckpointError(
-                f"checkpoint {ckpt} does not fit this model: missing {missing[:5]}, unexpected {extra[:5]}, "
-                f"shape mismatches {bad[:5]}"
-            )
+    tensors = read_weights(ckpt / "model.safetensors")
+    if not _is_sharded(model):
+        expected = model_state(model)
+        check_state(expected, tensors, f"checkpoint {ckpt}", tied_aliases(expected))
     set_model_state_dict(model, tensors, options=_full_options())
 
 

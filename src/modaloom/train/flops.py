@@ -8,6 +8,7 @@ word embedding is not counted), so the estimate is conservative.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -15,6 +16,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from modaloom.atomic import atomic_write_json
 
 _PEAK_CACHE: dict[str, float] = {}
 
@@ -99,13 +102,8 @@ def measure_matmul_peak(device: torch.device, dtype: torch.dtype = torch.float32
     peak = max(2.0 * size**3 / best, float(cached.get(key, 0.0)))
     _PEAK_CACHE[key] = peak
     cached[key] = peak
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cached, indent=1))
-        os.replace(tmp, path)
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):
+        atomic_write_json(path, cached, indent=1)
     return peak
 
 

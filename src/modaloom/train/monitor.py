@@ -12,7 +12,6 @@ Files under the output directory:
 from __future__ import annotations
 
 import json
-import os
 import resource
 import sys
 import time
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
+
+from modaloom.atomic import atomic_file, atomic_write_json
 
 
 def peak_rss_mb() -> float:
@@ -118,10 +119,11 @@ class Monitor:
         ax_lr.grid(alpha=0.3)
         fig.tight_layout()
         path = self.out_dir / "curves.png"
-        tmp = path.with_suffix(".tmp.png")
-        fig.savefig(tmp, dpi=100)
-        plt.close(fig)
-        os.replace(tmp, path)
+        try:
+            with atomic_file(path) as tmp:  # the temp name keeps .png, which savefig reads the format from
+                fig.savefig(tmp, dpi=100)
+        finally:
+            plt.close(fig)
         return path
 
     def read_history(self) -> list[dict[str, Any]]:
@@ -142,9 +144,7 @@ class Monitor:
         if not self.enabled:
             return None
         path = self.out_dir / "summary.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(summary, indent=1, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_json(path, summary, indent=1, sort_keys=True)
         return path
 
     def close(self) -> None:

@@ -21,8 +21,11 @@ from modaloom.config_schema import to_dict
 from modaloom.errors import CheckpointError, ConfigError, ModaloomError
 from modaloom.interop.hf.family import HFFamily, families, get_family
 from modaloom.interop.hf.mapping import hf_state_to_ours, ours_state_to_hf
-from modaloom.model import Model, build_model, load_state_checked, read_safetensors, tied_aliases
+from modaloom.model import Model, build_model
 from modaloom.model_config import ModelConfig
+from modaloom.weights import load_weights_checked as load_state_checked
+from modaloom.weights import read_weights as read_safetensors
+from modaloom.weights import tied_aliases
 
 
 @dataclass
