@@ -174,7 +174,7 @@ def build(cls: type[T], data: dict[str, Any], source: Source | None = None, path
     for key, value in data.items():
         sub = f"{path}.{key}" if path else key
         if key not in fields:
-            owner = f" for {cls.describe()}" if hasattr(cls, "describe") else ""
+            owner = f" for {cls.describe(data)}" if hasattr(cls, "describe") else ""
             raise ConfigError(
                 f"{source.where(sub)}: unknown key {key!r}{owner}{nearest(key, fields)}; "
                 f"valid keys: {choices_text(fields)}"

@@ -85,9 +85,14 @@ class Section:
                 check(self)
 
     @classmethod
-    def describe(cls) -> str:
-        names = ", ".join(o.__name__ for o in cls.options) or "no part options"
-        return f"{cls.section_base().__name__} with {names}"
+    def describe(cls, data: dict[str, Any]) -> str:
+        """The selection in words, for errors: ``encoder type 'lstm'``, ``embedding parts [word, pos]``."""
+        base = cls.section_base()
+        if "parts" in {f.name for f in dataclasses.fields(base)}:
+            return f"{base.kind} parts [{', '.join(map(str, data.get('parts', ['word', 'pos'])))}]"
+        chosen = f"{base.kind} type {data.get('type', base.type)!r}"
+        loss = getattr(cls, "loss", None)
+        return f"{chosen} with loss {data.get('loss', loss)!r}" if loss else chosen
 
 
 def part_options(kind: str, name: Any, where: str) -> type:
