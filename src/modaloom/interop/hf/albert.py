@@ -14,13 +14,15 @@ from modaloom.interop.hf.bert import (
     BERT_EMBEDDINGS,
     BERT_EXPORT_IGNORE,
     HF_IGNORE,
-    POOLED,
     bert_embedding,
     bert_options,
+    head_rules,
+    head_targets,
+    mlm_head_rules,
     mlm_target,
-    optional,
     pick_architecture,
     post_norm_encoder,
+    pretraining_architectures,
     target_labels,
 )
 from modaloom.interop.hf.family import (
@@ -49,29 +51,15 @@ ALBERT_ENCODER = [
     *renames(wb("albert.encoder.embedding_hidden_mapping_in", "encoder.stack.input_projection")),
     *renames(ALBERT_SHARED_LAYER, "albert.encoder.albert_layer_groups.0.albert_layers.0.", "encoder.stack.layers.0."),
 ]
-ALBERT_MLM_HEAD = renames([*wb("dense", "dense"), *wb("LayerNorm", "norm"), ("bias", "output.bias")],
-                          "predictions.", "targets.{mlm}.head.")
+ALBERT_MLM_HEAD = [*wb("dense", "dense"), *wb("LayerNorm", "norm"), ("bias", "output.bias")]  # under predictions.
 ALBERT_POOLER = renames(wb("albert.pooler", "targets.{sp}.pooler"))
 ALBERT_SOP = renames(wb("sop_classifier.classifier", "targets.{sp}.output"))
 ALBERT_CLASSIFIER = renames([*wb("albert.pooler", "targets.{cls}.pooler"), *wb("classifier", "targets.{cls}.output")])
-ALBERT_ALIASES = {
-    "predictions.decoder.bias": "predictions.bias",
-    "predictions.decoder.weight": "albert.embeddings.word_embeddings.weight",
-}
-
 
 class AlbertFamily(HFFamily):
     model_types = ("albert",)
-    architectures = {
-        "AlbertForPreTraining": "mlm + sop heads",
-        "AlbertForMaskedLM": "mlm head",
-        "AlbertForSequenceClassification": "pooler + classifier (cls target)",
-        "AlbertModel": "no head (mlm + sop targets, heads randomly initialised, pooler kept)",
-    }
+    architectures, by_targets = pretraining_architectures("Albert", "sop")
     base_architecture = "AlbertModel"
-    by_targets = {("mlm", "sp"): "AlbertForPreTraining", ("mlm",): "AlbertForMaskedLM",
-                  ("cls",): "AlbertForSequenceClassification"}
-
     export_ignore = BERT_EXPORT_IGNORE
 
     def to_modaloom_config(self, c: Any, architecture: str) -> ModelConfig:
@@ -86,12 +74,7 @@ class AlbertFamily(HFFamily):
             )
         act = activation_from_hf(c.hidden_act, "hidden_act")
         mlm = mlm_target(c, act, True)
-        if architecture == "AlbertForSequenceClassification":
-            targets = [dict(type="cls", labels_num=c.num_labels, **POOLED)]
-        elif architecture == "AlbertForMaskedLM":
-            targets = [mlm]
-        else:
-            targets = [mlm, dict(type="sop", **POOLED)]
+        targets = head_targets(c, architecture, mlm, "sop")
         data = dict(embedding=bert_embedding(c, 0, emb_size=c.embedding_size),
                     encoder=post_norm_encoder(c, act, share_layers=True), targets=targets,
                     init_std=hf_option(c, "initializer_range", 0.02))
@@ -106,16 +89,11 @@ class AlbertFamily(HFFamily):
         return pick_architecture(cfg, self.by_targets, "ALBERT")
 
     def mapping(self, cfg: ModelConfig, architecture: str) -> Mapping:
-        rules = list(ALBERT_ENCODER)
-        if architecture == "AlbertForPreTraining":
-            rules += ALBERT_MLM_HEAD + ALBERT_POOLER + ALBERT_SOP
-        elif architecture == "AlbertForMaskedLM":
-            rules += ALBERT_MLM_HEAD
-        elif architecture == "AlbertForSequenceClassification":
-            rules += ALBERT_CLASSIFIER
-        else:
-            rules += optional(ALBERT_MLM_HEAD) + optional(ALBERT_POOLER) + optional(ALBERT_SOP)
-        return Mapping(rules, names=target_labels(cfg), hf_ignore=HF_IGNORE, hf_aliases=dict(ALBERT_ALIASES))
+        # ALBERT's head is always tied (an untied one does not survive the export round trip)
+        mlm, aliases, _ = mlm_head_rules(cfg, ALBERT_MLM_HEAD, "predictions.",
+                                         "albert.embeddings.word_embeddings.weight")
+        rules = ALBERT_ENCODER + head_rules(architecture, mlm, ALBERT_POOLER, ALBERT_SOP, ALBERT_CLASSIFIER)
+        return Mapping(rules, names=target_labels(cfg), hf_ignore=HF_IGNORE, hf_aliases=aliases)
 
 
 register_family(AlbertFamily())

@@ -125,6 +125,55 @@ def mlm_tied(cfg: ModelConfig) -> bool:
         t.type == "mlm" for t in cfg.targets)
 
 
+def head_targets(c: Any, architecture: str, mlm: dict[str, Any], sp_type: str | None) -> list[dict[str, Any]]:
+    """The targets of a BERT-like HF class: cls for ...ForSequenceClassification, mlm for ...ForMaskedLM,
+    else mlm plus sentence prediction of ``sp_type`` (None: the family has none)."""
+    if architecture.endswith("ForSequenceClassification"):
+        return [dict(type="cls", labels_num=c.num_labels, **POOLED)]
+    if architecture.endswith("ForMaskedLM") or sp_type is None:
+        return [mlm]
+    return [mlm, dict(type=sp_type, **POOLED)]
+
+
+def head_rules(architecture: str, mlm: list[Rule], pooler: list[Rule], sp: list[Rule],
+               classifier: list[Rule]) -> list[Rule]:
+    """The head rules of a BERT-like HF class; all optional for the headless class (import: random
+    init; export: left out)."""
+    if architecture.endswith("ForPreTraining"):
+        return mlm + pooler + sp
+    if architecture.endswith("ForMaskedLM"):
+        return mlm
+    if architecture.endswith("ForSequenceClassification"):
+        return classifier
+    return optional(mlm) + optional(pooler) + optional(sp)
+
+
+def mlm_head_rules(cfg: ModelConfig, table: list[tuple[str, str]], hf_head: str,
+                   word_embeddings: str) -> tuple[list[Rule], dict[str, str], dict[str, str]]:
+    """(rules, HF aliases, HF unused keys) of a BERT-like MLM head under ``hf_head`` (``table`` ends with
+    its shared ``bias``). Tied, the decoder is an alias of the word embeddings and of that bias; untied,
+    transformers unties the bias too and its forward reads the decoder's own, so ``bias`` is an unused copy."""
+    ours = "targets.{mlm}.head."
+    if mlm_tied(cfg):
+        aliases = {f"{hf_head}decoder.bias": f"{hf_head}bias", f"{hf_head}decoder.weight": word_embeddings}
+        return renames(table, hf_head, ours), aliases, {}
+    rules = renames(table[:-1], hf_head, ours) + renames(wb(f"{hf_head}decoder", ours + "output"))
+    return rules, {}, {f"{hf_head}bias": f"{hf_head}decoder.bias"}
+
+
+def pretraining_architectures(prefix: str, sp: str) -> tuple[dict[str, str], dict[tuple[str, ...], str]]:
+    """(architectures, HF class by target kinds) of a BERT-like family with an ``sp`` pre-training head."""
+    architectures = {
+        f"{prefix}ForPreTraining": f"mlm + {sp} heads",
+        f"{prefix}ForMaskedLM": "mlm head",
+        f"{prefix}ForSequenceClassification": "pooler + classifier (cls target)",
+        f"{prefix}Model": f"no head (mlm + {sp} targets, heads randomly initialised, pooler kept)",
+    }
+    by_targets = {("mlm", "sp"): f"{prefix}ForPreTraining", ("mlm",): f"{prefix}ForMaskedLM",
+                  ("cls",): f"{prefix}ForSequenceClassification"}
+    return architectures, by_targets
+
+
 def pick_architecture(cfg: ModelConfig, by_targets: dict[tuple[str, ...], str], what: str) -> str:
     kinds = target_kinds(cfg)
     if kinds not in by_targets:
@@ -135,16 +184,8 @@ def pick_architecture(cfg: ModelConfig, by_targets: dict[tuple[str, ...], str], 
 
 class BertFamily(HFFamily):
     model_types = ("bert",)
-    architectures = {
-        "BertForPreTraining": "mlm + nsp heads",
-        "BertForMaskedLM": "mlm head",
-        "BertForSequenceClassification": "pooler + classifier (cls target)",
-        "BertModel": "no head (mlm + sp targets, heads randomly initialised, pooler kept)",
-    }
+    architectures, by_targets = pretraining_architectures("Bert", "nsp")
     base_architecture = "BertModel"
-    by_targets = {("mlm", "sp"): "BertForPreTraining", ("mlm",): "BertForMaskedLM",
-                  ("cls",): "BertForSequenceClassification"}
-
     export_ignore = BERT_EXPORT_IGNORE
 
     def to_modaloom_config(self, c: Any, architecture: str) -> ModelConfig:
@@ -152,12 +193,7 @@ class BertFamily(HFFamily):
         refuse(c, "is_decoder", False, False)
         act = activation_from_hf(c.hidden_act, "hidden_act")
         tied = bool(hf_option(c, "tie_word_embeddings", True))
-        if architecture == "BertForSequenceClassification":
-            targets = [dict(type="cls", labels_num=c.num_labels, **POOLED)]
-        elif architecture == "BertForMaskedLM":
-            targets = [mlm_target(c, act, tied)]
-        else:
-            targets = [mlm_target(c, act, tied), dict(type="sp", **POOLED)]
+        targets = head_targets(c, architecture, mlm_target(c, act, tied), "sp")
         return build_config(dict(embedding=bert_embedding(c, 0), encoder=post_norm_encoder(c, act),
                                  targets=targets, init_std=c.initializer_range), architecture)
 
@@ -170,25 +206,10 @@ class BertFamily(HFFamily):
         return pick_architecture(cfg, self.by_targets, "BERT")
 
     def mapping(self, cfg: ModelConfig, architecture: str) -> Mapping:
-        rules = encoder_rules("bert")
-        aliases, unused = {}, {}
-        mlm = renames(BERT_MLM_HEAD, "cls.predictions.", "targets.{mlm}.head.")
-        if mlm_tied(cfg):
-            aliases["cls.predictions.decoder.bias"] = "cls.predictions.bias"
-            aliases["cls.predictions.decoder.weight"] = "bert.embeddings.word_embeddings.weight"
-        else:  # transformers unties the bias too; the decoder's own bias is the one its forward uses
-            mlm = renames(BERT_MLM_HEAD[:-1], "cls.predictions.", "targets.{mlm}.head.") + renames(
-                wb("cls.predictions.decoder", "targets.{mlm}.head.output"))
-            unused["cls.predictions.bias"] = "cls.predictions.decoder.bias"
-        pooler, nsp = renames(BERT_POOLER), renames(BERT_NSP)
-        if architecture == "BertForPreTraining":
-            rules += mlm + pooler + nsp
-        elif architecture == "BertForMaskedLM":
-            rules += mlm
-        elif architecture == "BertForSequenceClassification":
-            rules += renames(BERT_CLASSIFIER)
-        else:  # BertModel: heads may be absent (import: random init; export: left out)
-            rules += optional(mlm) + optional(pooler) + optional(nsp)
+        mlm, aliases, unused = mlm_head_rules(cfg, BERT_MLM_HEAD, "cls.predictions.",
+                                              "bert.embeddings.word_embeddings.weight")
+        rules = encoder_rules("bert") + head_rules(architecture, mlm, renames(BERT_POOLER), renames(BERT_NSP),
+                                                   renames(BERT_CLASSIFIER))
         return Mapping(rules, counts={"i": cfg.encoder.layers_num}, names=target_labels(cfg),
                        hf_ignore=HF_IGNORE, hf_aliases=aliases, hf_unused=unused)
 

@@ -38,7 +38,6 @@ GPT2_RULES = [
     Rule("transformer.h.{i}.mlp.c_proj.bias", f"{L}feed_forward.linear_out.bias"),
     *renames(wb("transformer.ln_f", "encoder.stack.final_norm")),
 ]
-GPT2_LM_HEAD = [Rule("lm_head.weight", "targets.{lm}.head.output.weight")]  # when not tied
 GPT2_IGNORE = (r"transformer\.h\.\d+\.attn\.(masked_)?bias",)  # causal-mask buffers of old checkpoints
 
 
@@ -48,6 +47,20 @@ def lm_target(tied: bool) -> dict[str, Any]:
 
 def lm_tied(cfg: ModelConfig) -> bool:
     return all(t.tie_weights for t in cfg.targets if t.type == "lm")
+
+
+def causal_lm_mapping(cfg: ModelConfig, rules: list[Rule], word_embeddings: str, headless: bool,
+                      hf_ignore: tuple[str, ...]) -> Mapping:
+    """A decoder-only LM: ``rules`` plus its ``lm_head``, an alias of ``word_embeddings`` when tied, else
+    weights of its own (optional in the headless class)."""
+    aliases = {}
+    if lm_tied(cfg):
+        aliases["lm_head.weight"] = word_embeddings
+    else:
+        head = [Rule("lm_head.weight", "targets.{lm}.head.output.weight")]
+        rules = rules + (optional(head) if headless else head)
+    return Mapping(rules, counts={"i": cfg.encoder.layers_num}, names=target_labels(cfg), hf_ignore=hf_ignore,
+                   hf_aliases=aliases)
 
 
 class GPT2Family(HFFamily):
@@ -90,14 +103,8 @@ class GPT2Family(HFFamily):
         return pick_architecture(cfg, {("lm",): "GPT2LMHeadModel"}, "GPT-2")
 
     def mapping(self, cfg: ModelConfig, architecture: str) -> Mapping:
-        rules = list(GPT2_RULES)
-        aliases = {}
-        if lm_tied(cfg):
-            aliases["lm_head.weight"] = "transformer.wte.weight"
-        else:
-            rules += GPT2_LM_HEAD if architecture == "GPT2LMHeadModel" else optional(GPT2_LM_HEAD)
-        return Mapping(rules, counts={"i": cfg.encoder.layers_num}, names=target_labels(cfg),
-                       hf_ignore=GPT2_IGNORE, hf_aliases=aliases)
+        return causal_lm_mapping(cfg, GPT2_RULES, "transformer.wte.weight", architecture == self.base_architecture,
+                                 GPT2_IGNORE)
 
 
 register_family(GPT2Family())

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from modaloom.errors import ConfigError
-from modaloom.interop.hf.bert import optional, pick_architecture, target_labels
+from modaloom.interop.hf.bert import pick_architecture
 from modaloom.interop.hf.family import (
     HFFamily,
     activation_from_hf,
@@ -17,7 +17,7 @@ from modaloom.interop.hf.family import (
     hf_option,
     register_family,
 )
-from modaloom.interop.hf.gpt2 import lm_target, lm_tied
+from modaloom.interop.hf.gpt2 import causal_lm_mapping, lm_target, lm_tied
 from modaloom.interop.hf.mapping import Mapping, Rule, renames, wb
 from modaloom.model_config import ModelConfig
 
@@ -27,7 +27,6 @@ LLAMA_ATTENTION = [("self_attn.q_proj", "self_attn.query"), ("self_attn.k_proj",
                    ("self_attn.v_proj", "self_attn.value"), ("self_attn.o_proj", "self_attn.output")]
 LLAMA_MLP = [("mlp.gate_proj", "feed_forward.linear_gate"), ("mlp.up_proj", "feed_forward.linear_in"),
              ("mlp.down_proj", "feed_forward.linear_out")]
-LLAMA_LM_HEAD = [Rule("lm_head.weight", "targets.{lm}.head.output.weight")]  # when not tied
 LLAMA_IGNORE = (r".*rotary_emb\.inv_freq",)  # a buffer older checkpoints stored
 
 
@@ -98,14 +97,8 @@ class LlamaFamily(HFFamily):
         return pick_architecture(cfg, {("lm",): "LlamaForCausalLM"}, "LLaMA")
 
     def mapping(self, cfg: ModelConfig, architecture: str) -> Mapping:
-        rules = layer_rules(cfg.encoder.bias)
-        aliases = {}
-        if lm_tied(cfg):
-            aliases["lm_head.weight"] = "model.embed_tokens.weight"
-        else:
-            rules += LLAMA_LM_HEAD if architecture == "LlamaForCausalLM" else optional(LLAMA_LM_HEAD)
-        return Mapping(rules, counts={"i": cfg.encoder.layers_num}, names=target_labels(cfg),
-                       hf_ignore=LLAMA_IGNORE, hf_aliases=aliases)
+        return causal_lm_mapping(cfg, layer_rules(cfg.encoder.bias), "model.embed_tokens.weight",
+                                 architecture == self.base_architecture, LLAMA_IGNORE)
 
 
 register_family(LlamaFamily())

@@ -13,13 +13,14 @@ from typing import Any
 from modaloom.interop.hf.bert import (
     BERT_EXPORT_IGNORE,
     HF_IGNORE,
-    POOLED,
     bert_embedding,
     bert_options,
     encoder_rules,
+    head_rules,
+    head_targets,
+    mlm_head_rules,
     mlm_target,
     mlm_tied,
-    optional,
     pick_architecture,
     post_norm_encoder,
     target_labels,
@@ -67,11 +68,9 @@ class RobertaFamily(HFFamily):
         pad = c.pad_token_id if c.pad_token_id is not None else 1
         embedding = bert_embedding(c, 1, position_offset=pad + 1)
         embedding["max_seq_length"] -= pad + 1
-        if architecture.endswith("ForSequenceClassification"):
-            targets = [dict(type="cls", labels_num=c.num_labels, **POOLED)]
-        else:
-            # RobertaLMHead applies exact gelu whatever hidden_act says.
-            targets = [mlm_target(c, "gelu", bool(hf_option(c, "tie_word_embeddings", True)))]
+        # RobertaLMHead applies exact gelu whatever hidden_act says.
+        mlm = mlm_target(c, "gelu", bool(hf_option(c, "tie_word_embeddings", True)))
+        targets = head_targets(c, architecture, mlm, None)
         return build_config(dict(embedding=embedding, encoder=post_norm_encoder(c, act), targets=targets,
                                  init_std=c.initializer_range), architecture)
 
@@ -86,24 +85,11 @@ class RobertaFamily(HFFamily):
         return pick_architecture(cfg, self.by_targets, self.class_prefix)
 
     def mapping(self, cfg: ModelConfig, architecture: str) -> Mapping:
-        rules = encoder_rules("roberta")
-        aliases, unused = {}, {}
-        mlm = renames(ROBERTA_MLM_HEAD, "lm_head.", "targets.{mlm}.head.")
-        if mlm_tied(cfg):
-            aliases["lm_head.decoder.bias"] = "lm_head.bias"
-            aliases["lm_head.decoder.weight"] = "roberta.embeddings.word_embeddings.weight"
-        else:  # untied: the decoder's own bias is used, lm_head.bias is not read
-            mlm = renames(ROBERTA_MLM_HEAD[:-1], "lm_head.", "targets.{mlm}.head.") + renames(
-                wb("lm_head.decoder", "targets.{mlm}.head.output"))
-            unused["lm_head.bias"] = "lm_head.decoder.bias"
-        ignore = HF_IGNORE
-        if architecture.endswith("ForMaskedLM"):
-            rules += mlm
-        elif architecture.endswith("ForSequenceClassification"):
-            rules += renames(ROBERTA_CLASSIFIER)
-        else:
-            rules += optional(mlm)
-            ignore = (*HF_IGNORE, r"roberta\.pooler\..*")
+        mlm, aliases, unused = mlm_head_rules(cfg, ROBERTA_MLM_HEAD, "lm_head.",
+                                              "roberta.embeddings.word_embeddings.weight")
+        rules = encoder_rules("roberta") + head_rules(architecture, mlm, [], [], renames(ROBERTA_CLASSIFIER))
+        # the headless class's pooler is unused by pre-training and not carried over
+        ignore = HF_IGNORE if architecture != self.base_architecture else (*HF_IGNORE, r"roberta\.pooler\..*")
         return Mapping(rules, counts={"i": cfg.encoder.layers_num}, names=target_labels(cfg),
                        hf_ignore=ignore, hf_aliases=aliases, hf_unused=unused)
 
