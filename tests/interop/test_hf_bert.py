@@ -97,5 +97,5 @@ def test_unsupported_options_and_architectures():
         hf_to_modaloom(transformers.BertForTokenClassification(config()))
     model = hf_to_modaloom(transformers.BertForMaskedLM(config()))
     model.config.encoder.norm_position = "pre"
-    with pytest.raises(ConfigError, match="norm_position"):
+    with pytest.raises(ConfigError, match="model.encoder.norm_position is 'pre' but bert only has 'post'"):
         modaloom_to_hf(model, "/nonexistent/never-written", model_type="bert")

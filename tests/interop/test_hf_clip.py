@@ -12,8 +12,10 @@ transformers = pytest.importorskip("transformers")
 if not {"patch", "dual"} <= set(registry.names("embedding")) or "clr" not in registry.names("target"):
     pytest.skip("the patch/dual embedding parts or the clr target are not registered yet", allow_module_level=True)
 
+from modaloom.config_schema import to_dict  # noqa: E402
 from modaloom.errors import ConfigError  # noqa: E402
 from modaloom.interop.hf import convert_from_hf, hf_to_modaloom, modaloom_to_hf  # noqa: E402
+from modaloom.model import build_model  # noqa: E402
 from tests.interop.hf_parity import TOL, max_diff, perturb  # noqa: E402
 
 VOCAB, PAD, EOS = 99, 1, 98
@@ -32,12 +34,14 @@ def make_clip(eos_token_id: int = 2, text_layers: int = 2):
     return perturb(transformers.CLIPModel(config))
 
 
-def inputs():
-    """Text rows of length 9 ending in EOS (the largest id), the second right-padded after its EOS at 5."""
+def inputs(eos: int = EOS):
+    """Text rows of length 9 ending in ``eos`` (the largest id unless given), the second right-padded after
+    its EOS at 5; ``eos`` occurs nowhere else."""
     gen = torch.Generator().manual_seed(1)
     ids = torch.randint(3, EOS, (2, 9), generator=gen)
-    ids[0, 8] = EOS
-    ids[1, 5] = EOS
+    ids[ids == eos] = eos + 1
+    ids[0, 8] = eos
+    ids[1, 5] = eos
     ids[1, 6:] = PAD
     mask = torch.ones_like(ids)
     mask[1, 6:] = 0
@@ -45,8 +49,8 @@ def inputs():
     return {"input_ids": ids, "attention_mask": mask, "pixel_values": pixels}
 
 
-def compare(hf, model) -> dict[str, float]:
-    batch = inputs()
+def compare(hf, model, eos: int = EOS) -> dict[str, float]:
+    batch = inputs(eos)
     real = batch["attention_mask"].bool()
     ctx = ForwardContext()
     with torch.no_grad():
@@ -91,11 +95,44 @@ def test_clip_parity_and_round_trip(tmp_path):
 
 
 def test_clip_eos_conventions():
-    """eos_token_id = vocab_size - 1 (first occurrence == largest id) matches too; other ids are refused."""
+    """eos_token_id 2 is the legacy largest-id rule (eos_id None); any other id is the clr target's eos_id."""
+    assert hf_to_modaloom(make_clip(text_layers=1)).config.targets[0].eos_id is None
     hf = make_clip(eos_token_id=EOS, text_layers=1)
-    assert max(compare(hf, hf_to_modaloom(hf)).values()) < TOL
-    with pytest.raises(ConfigError, match="eos_token_id"):
-        hf_to_modaloom(make_clip(eos_token_id=50, text_layers=1))
+    model = hf_to_modaloom(hf)
+    assert model.config.targets[0].eos_id == EOS
+    assert max(compare(hf, model).values()) < TOL
+    with pytest.raises(ConfigError, match="eos_token_id=120"):
+        hf_to_modaloom(make_clip(eos_token_id=120, text_layers=1))
+
+
+def test_clip_explicit_eos_id_matches_after_import_and_export(tmp_path):
+    """EOS 50 is not the largest id of the rows: pooling must follow eos_id both ways."""
+    eos = 50
+    batch = inputs(eos)
+    rows = torch.arange(2)
+    eos_at = (batch["input_ids"] == eos).int().argmax(-1)
+    assert (batch["input_ids"].argmax(-1) != eos_at).all()  # the legacy rule would pool elsewhere
+
+    hf = make_clip(eos_token_id=eos)
+    model = hf_to_modaloom(hf)  # import
+    assert model.config.targets[0].eos_id == eos
+    assert max(compare(hf, model, eos).values()) < TOL
+
+    # export a model whose eos_id was set in modaloom (built from a legacy import, then given eos_id 50)
+    legacy = hf_to_modaloom(make_clip())
+    data = to_dict(legacy.config)
+    data["targets"][0]["eos_id"] = eos
+    ours = build_model(data)
+    ours.load_state_dict(legacy.state_dict())
+    ours.eval()
+    modaloom_to_hf(ours, tmp_path / "hf")
+    reloaded = transformers.CLIPModel.from_pretrained(tmp_path / "hf").eval()
+    assert reloaded.config.text_config.eos_token_id == eos
+    diffs = compare(reloaded, ours, eos)
+    assert max(diffs.values()) < TOL, diffs
+    with torch.no_grad():  # and HF pools at the EOS, not at the largest id
+        hidden = reloaded.text_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    assert torch.equal(hidden.pooler_output, hidden.last_hidden_state[rows, eos_at])
 
 
 def test_clip_old_checkpoints_with_position_ids_load():

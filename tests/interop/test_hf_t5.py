@@ -62,5 +62,5 @@ def test_t5_parity_and_round_trip(tmp_path, v1_1):
 def test_t5_export_refuses_what_t5_cannot_express():
     model = hf_to_modaloom(make_t5(False))
     model.config.encoder.norm_position = "post"
-    with pytest.raises(ConfigError, match="encoder.norm_position"):
+    with pytest.raises(ConfigError, match="model.encoder.norm_position is 'post' but t5 only has 'pre'"):
         modaloom_to_hf(model, "/nonexistent/never-written", model_type="t5")

@@ -6,7 +6,7 @@
 """
 
 from modaloom.interop.hf.convert import HFConversion, convert_from_hf, hf_to_modaloom, modaloom_to_hf
-from modaloom.interop.hf.family import HFFamily, Needs, get_family, register_family, supported_model_types
+from modaloom.interop.hf.family import HFFamily, get_family, register_family, supported_model_types
 from modaloom.interop.hf.mapping import (
     IDENTITY,
     RESHAPE,
@@ -21,7 +21,7 @@ from modaloom.interop.hf.mapping import (
 )
 
 __all__ = [
-    "HFConversion", "HFFamily", "IDENTITY", "Lambda", "Mapping", "Needs", "RESHAPE", "Reshape", "Rule", "Split",
+    "HFConversion", "HFFamily", "IDENTITY", "Lambda", "Mapping", "RESHAPE", "Reshape", "Rule", "Split",
     "TRANSPOSE", "Transform", "Transpose", "convert_from_hf", "get_family", "hf_to_modaloom", "modaloom_to_hf",
     "register_family", "supported_model_types",
 ]

@@ -8,9 +8,10 @@ which gives the same pooled vector). The ``clr`` target pools text by ``eos`` an
 projects without bias (``text_projection`` / ``visual_projection``) and holds ``logit_scale``.
 
 Text pooling: HF takes the position of the largest input id when ``eos_token_id == 2`` (configs written
-before transformers PR #24773), otherwise the first occurrence of ``eos_token_id``. The ``clr`` target
-pools ``eos`` by the largest id, so imports accept ``eos_token_id`` 2, or ``vocab_size - 1`` (the first
-occurrence of the largest id is then the same position); exports write ``eos_token_id: 2``.
+before transformers PR #24773), otherwise the first occurrence of ``eos_token_id``. The ``clr`` target's
+``eos_id`` says the same: ``None`` pools at the largest id (written as ``eos_token_id: 2``), an id pools at
+its first occurrence (written as itself). ``eos_id: 2`` has no HF form (HF reads 2 as the legacy rule), so
+its export is refused.
 
 ``CLIPModel``'s ``base_model_prefix`` is ``clip`` but it has no ``clip`` attribute, so the converter treats
 it as a base model and adds ``clip.`` to its keys; the tables below are written with that prefix.
@@ -20,11 +21,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from modaloom.config_schema import Source, build
 from modaloom.errors import ConfigError
-from modaloom.interop.hf.family import OUR_ACTIVATIONS, HFFamily, Needs, activation_from_hf, register_family
+from modaloom.interop.hf.family import (
+    HFFamily,
+    activation_from_hf,
+    attention_dropout,
+    build_config,
+    first_target,
+    hf_activation,
+    register_family,
+)
 from modaloom.interop.hf.mapping import Mapping, Rule, renames, wb
-from modaloom.model_config import EmbeddingConfig, EncoderConfig, ModelConfig
+from modaloom.model_config import ModelConfig
 
 PREFIX = "clip."
 TEXT_EMB = "embedding.streams.0."
@@ -67,25 +75,45 @@ def _side(value: Any, name: str) -> int:
     raise ConfigError(f"HF option vision_config.{name}={value!r} is not supported (square sizes only)")
 
 
-def _clr(cfg: ModelConfig):
-    return next((t for t in cfg.targets if t.type == "clr"), None)
+def _eos_id(t: Any) -> int | None:
+    """The clr target's ``eos_id`` for an HF text config: None for the legacy rule, else the id itself."""
+    eos = t.eos_token_id
+    if eos == LEGACY_EOS:
+        return None
+    if not isinstance(eos, int) or not 0 <= eos < t.vocab_size:
+        raise ConfigError(
+            f"HF option text_config.eos_token_id={eos!r} is not supported: CLIP pools text at the first "
+            f"occurrence of that id, which must be a token id below vocab_size ({t.vocab_size})"
+        )
+    return eos
+
+
+def _towers(cfg: ModelConfig) -> Any:
+    """(text embedding, image embedding, text encoder, image encoder, clr target), or a ConfigError naming
+    what is not CLIP's shape (the round trip cannot compare a model it cannot translate)."""
+    emb, enc, clr = cfg.embedding.streams, cfg.encoder.streams, first_target(cfg, "clr")
+    problems = [f"model.{key}.streams has {len(streams)} entries but clip only has 2"
+                for key, streams in (("embedding", emb), ("encoder", enc)) if len(streams) != 2]
+    if clr is None:
+        problems.append(f"model.targets is {[t.type for t in cfg.targets]} but clip only has ['clr']")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return emb[0], emb[1], enc[0], enc[1], clr
 
 
 class CLIPFamily(HFFamily):
     model_types = ("clip",)
     architectures = {"CLIPModel": "text and image towers with projections and logit_scale (clr target)"}
     base_architecture = "CLIPModel"
+    export_ignore = (
+        "embedding.norm", "embedding.norm_eps", "embedding.dropout",  # a dual embedding has none (its streams do)
+        # CLIP's towers have attention dropout only
+        "embedding.streams.*.dropout", "encoder.streams.*.dropout",
+    )
 
     def to_modaloom_config(self, hf_config: Any, architecture: str) -> ModelConfig:
         self.check_architecture(architecture)
         t, v = hf_config.text_config, hf_config.vision_config
-        eos = t.eos_token_id
-        if eos not in (LEGACY_EOS, t.vocab_size - 1):
-            raise ConfigError(
-                f"HF option text_config.eos_token_id={eos!r} is not supported: the clr target pools 'eos' at the "
-                f"largest input id, which matches HF only for eos_token_id {LEGACY_EOS} (legacy) or "
-                f"vocab_size - 1 ({t.vocab_size - 1})"
-            )
         size, patch = _side(v.image_size, "image_size"), _side(v.patch_size, "patch_size")
         pad = t.pad_token_id if isinstance(t.pad_token_id, int) and 0 <= t.pad_token_id < t.vocab_size else 0
         text = dict(parts=["word", "pos"], vocab_size=t.vocab_size, emb_size=t.hidden_size,
@@ -105,90 +133,39 @@ class CLIPFamily(HFFamily):
             ))
         target = dict(type="clr", feature_size=hf_config.projection_dim, projection=True, projection_bias=False,
                       logit_scale_init=float(hf_config.logit_scale_init_value), learnable_scale=True,
-                      poolings=["eos", "first"])
+                      poolings=["eos", "first"], eos_id=_eos_id(t))
         data = dict(embedding=dict(parts=["dual"], streams=[text, image]),
                     encoder=dict(type="dual", streams=streams), targets=[target], init_std=t.initializer_range)
-        return build(ModelConfig, data, Source(f"HF {architecture} config"), "model")
+        return build_config(data, architecture)
 
     def architecture_for(self, cfg: ModelConfig) -> str:
         return "CLIPModel"
 
-    def _check_stream(self, needs: Needs, where: str, enc: EncoderConfig, emb: EmbeddingConfig, mask: str) -> None:
-        needs.equal(f"{where}.type", enc.type, "transformer")
-        needs.equal(f"{where}.norm", enc.norm, "layernorm")
-        needs.equal(f"{where}.norm_position", enc.norm_position, "pre")
-        needs.equal(f"{where}.use_final_norm", enc.use_final_norm, True)
-        needs.equal(f"{where}.mask", enc.mask, mask)
-        needs.equal(f"{where}.position", enc.position, "none")
-        needs.equal(f"{where}.feed_forward", enc.feed_forward, "dense")
-        needs.equal(f"{where}.bias", enc.bias, True)
-        needs.equal(f"{where}.attention_scale", enc.attention_scale, True)
-        needs.equal(f"{where}.share_layers", enc.share_layers, False)
-        needs.equal(f"{where}.head_dim", enc.head_dim, enc.hidden_size // max(enc.heads_num, 1))
-        needs.true(enc.kv_heads_num in (0, enc.heads_num), f"{where}.kv_heads_num must equal heads_num")
-        needs.true(enc.act in OUR_ACTIVATIONS, f"{where}.act {enc.act!r} has no HF name")
-        needs.equal(f"{where}.hidden_size", enc.hidden_size, emb.emb_size)
-        needs.true(not enc.input_projection, f"{where}.input_projection must be off")
-
-    def to_hf_config(self, cfg: ModelConfig, architecture: str) -> Any:
+    def hf_config(self, cfg: ModelConfig, architecture: str) -> Any:
         from transformers import CLIPConfig
 
-        needs = Needs("CLIP")
-        emb, enc = cfg.embedding, cfg.encoder
-        needs.equal("embedding.parts", emb.parts, ["dual"])
-        needs.equal("encoder.type", enc.type, "dual")
-        clr = _clr(cfg)
-        needs.true(clr is not None, "CLIP needs a clr target")
-        others = [t.type for t in cfg.targets if t.type != "clr"]
-        needs.true(not others, f"CLIP has no place for targets {others}")
-        if len(emb.streams) != 2 or len(enc.streams) != 2 or clr is None:
-            needs.check()
-            raise ConfigError("cannot express this model as CLIP: it needs two streams")  # pragma: no cover
-        (te, ie), (tx, ix) = emb.streams, enc.streams
-        needs.equal("embedding.streams.0.parts", te.parts, ["word", "pos"])
-        needs.equal("embedding.streams.0.norm", te.norm, "none")
-        needs.equal("embedding.streams.0.position_offset", te.position_offset, 0)
-        needs.equal("embedding.streams.0.scale_embedding", te.scale_embedding, False)
-        needs.equal("embedding.streams.1.parts", ie.parts, ["patch", "pos"])
-        needs.equal("embedding.streams.1.cls_token", ie.cls_token, True)
-        needs.equal("embedding.streams.1.patch_bias", ie.patch_bias, False)
-        needs.equal("embedding.streams.1.norm", ie.norm, "layernorm")
-        needs.equal("embedding.streams.1.norm_eps", ie.norm_eps, ix.norm_eps)
-        needs.equal("embedding.streams.1.image_height", ie.image_height, ie.image_width)
-        needs.equal("embedding.streams.1.max_seq_length", ie.max_seq_length, ie.num_patches + 1)
-        needs.equal("embedding.streams.1.position_offset", ie.position_offset, 0)
-        for i, stream in enumerate(emb.streams):
-            needs.equal(f"embedding.streams.{i}.input_key", stream.input_key, "")
-        self._check_stream(needs, "encoder.streams.0", tx, te, "causal")
-        self._check_stream(needs, "encoder.streams.1", ix, ie, "fully_visible")
-        needs.equal("clr target poolings", clr.poolings, ["eos", "first"])
-        needs.equal("clr target projection", clr.projection, True)
-        needs.equal("clr target projection_bias", clr.projection_bias, False)
-        needs.check()
-
-        def dropout(c: EncoderConfig) -> float:
-            return c.dropout if c.attention_dropout is None else c.attention_dropout
-
+        te, ie, tx, ix, clr = _towers(cfg)
         text = dict(
             vocab_size=te.vocab_size, hidden_size=tx.hidden_size, intermediate_size=tx.feedforward_size,
             projection_dim=clr.feature_size, num_hidden_layers=tx.layers_num, num_attention_heads=tx.heads_num,
-            max_position_embeddings=te.max_seq_length, hidden_act=OUR_ACTIVATIONS[tx.act],
-            layer_norm_eps=tx.norm_eps, attention_dropout=dropout(tx), initializer_range=cfg.init_std,
-            pad_token_id=te.pad_id, eos_token_id=LEGACY_EOS,
+            max_position_embeddings=te.max_seq_length, hidden_act=hf_activation(tx.act),
+            layer_norm_eps=tx.norm_eps, attention_dropout=attention_dropout(tx), initializer_range=cfg.init_std,
+            pad_token_id=te.pad_id, eos_token_id=LEGACY_EOS if clr.eos_id is None else clr.eos_id,
             bos_token_id=te.vocab_size - 2 if te.vocab_size > 2 else None,
         )
         vision = dict(
             hidden_size=ix.hidden_size, intermediate_size=ix.feedforward_size, projection_dim=clr.feature_size,
             num_hidden_layers=ix.layers_num, num_attention_heads=ix.heads_num, num_channels=ie.channels,
-            image_size=ie.image_height, patch_size=ie.patch_size, hidden_act=OUR_ACTIVATIONS[ix.act],
-            layer_norm_eps=ix.norm_eps, attention_dropout=dropout(ix), initializer_range=cfg.init_std,
+            image_size=ie.image_height, patch_size=ie.patch_size, hidden_act=hf_activation(ix.act),
+            layer_norm_eps=ix.norm_eps, attention_dropout=attention_dropout(ix), initializer_range=cfg.init_std,
         )
         return CLIPConfig(text_config=text, vision_config=vision, projection_dim=clr.feature_size,
                           logit_scale_init_value=clr.logit_scale_init)
 
     def mapping(self, cfg: ModelConfig, architecture: str) -> Mapping:
         p = PREFIX
-        label = (_clr(cfg).label if _clr(cfg) is not None else "clr")
+        clr = first_target(cfg, "clr")
+        label = clr.label if clr is not None else "clr"
         target = f"targets.{label}."
         rules = [
             *renames(TEXT_EMBEDDINGS, p),

@@ -8,10 +8,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from modaloom.interop.hf.bert import hf_option, optional, pick_architecture, refuse, target_labels
-from modaloom.interop.hf.family import OUR_ACTIVATIONS, HFFamily, Needs, activation_from_hf, register_family
+from modaloom.interop.hf.bert import optional, pick_architecture, target_labels
+from modaloom.interop.hf.family import (
+    HFFamily,
+    activation_from_hf,
+    attention_dropout,
+    build_config,
+    hf_activation,
+    hf_option,
+    refuse,
+    register_family,
+)
 from modaloom.interop.hf.mapping import TRANSPOSE, Mapping, Rule, Split, renames, wb
-from modaloom.model_config import EmbeddingConfig, EncoderConfig, ModelConfig, TargetConfig
+from modaloom.model_config import ModelConfig
 
 L = "encoder.stack.layers.{i}."
 QKV = tuple(f"{L}self_attn.{p}" for p in ("query", "key", "value"))
@@ -29,25 +38,29 @@ GPT2_RULES = [
     Rule("transformer.h.{i}.mlp.c_proj.bias", f"{L}feed_forward.linear_out.bias"),
     *renames(wb("transformer.ln_f", "encoder.stack.final_norm")),
 ]
-GPT2_LM_HEAD = [Rule("lm_head.weight", "targets.{lm}.head.output.weight")]  # when not tied
 GPT2_IGNORE = (r"transformer\.h\.\d+\.attn\.(masked_)?bias",)  # causal-mask buffers of old checkpoints
 
 
-def lm_target(tied: bool) -> TargetConfig:
-    return TargetConfig(type="lm", transform=False, tie_weights=tied, output_bias=False)
-
-
-def check_lm(needs: Needs, cfg: ModelConfig) -> None:
-    for t in cfg.targets:
-        if t.type == "lm":
-            needs.equal(f"targets.{t.label}.transform", t.transform, False)
-            needs.equal(f"targets.{t.label}.output_bias", t.output_bias, False)
-            needs.equal(f"targets.{t.label}.scale_before_output", t.scale_before_output, False)
-            needs.true(t.vocab_size in (0, cfg.embedding.vocab_size), f"targets.{t.label}.vocab_size differs")
+def lm_target(tied: bool) -> dict[str, Any]:
+    return dict(type="lm", transform=False, tie_weights=tied, output_bias=False)
 
 
 def lm_tied(cfg: ModelConfig) -> bool:
     return all(t.tie_weights for t in cfg.targets if t.type == "lm")
+
+
+def causal_lm_mapping(cfg: ModelConfig, rules: list[Rule], word_embeddings: str, headless: bool,
+                      hf_ignore: tuple[str, ...]) -> Mapping:
+    """A decoder-only LM: ``rules`` plus its ``lm_head``, an alias of ``word_embeddings`` when tied, else
+    weights of its own (optional in the headless class)."""
+    aliases = {}
+    if lm_tied(cfg):
+        aliases["lm_head.weight"] = word_embeddings
+    else:
+        head = [Rule("lm_head.weight", "targets.{lm}.head.output.weight")]
+        rules = rules + (optional(head) if headless else head)
+    return Mapping(rules, counts={"i": cfg.encoder.layers_num}, names=target_labels(cfg), hf_ignore=hf_ignore,
+                   hf_aliases=aliases)
 
 
 class GPT2Family(HFFamily):
@@ -59,67 +72,39 @@ class GPT2Family(HFFamily):
         refuse(c, "scale_attn_by_inverse_layer_idx", False, False)
         refuse(c, "add_cross_attention", False, False)
         act = activation_from_hf(c.activation_function, "activation_function")
-        embedding = EmbeddingConfig(
-            parts=["word", "pos"], vocab_size=c.vocab_size, emb_size=c.n_embd, max_seq_length=c.n_positions,
-            pad_id=c.pad_token_id if c.pad_token_id is not None else 0, norm="none", dropout=c.embd_pdrop,
-        )
-        encoder = EncoderConfig(
-            hidden_size=c.n_embd, layers_num=c.n_layer, heads_num=c.n_head,
+        embedding = dict(parts=["word", "pos"], vocab_size=c.vocab_size, emb_size=c.n_embd,
+                         max_seq_length=c.n_positions, pad_id=c.pad_token_id if c.pad_token_id is not None else 0,
+                         norm="none", dropout=c.embd_pdrop)
+        encoder = dict(
+            type="transformer", hidden_size=c.n_embd, layers_num=c.n_layer, heads_num=c.n_head,
             feedforward_size=c.n_inner or 4 * c.n_embd, act=act, norm="layernorm", norm_eps=c.layer_norm_epsilon,
             norm_position="pre", final_norm=True, mask="causal", dropout=c.resid_pdrop,
             attention_dropout=c.attn_pdrop, attention_scale=bool(hf_option(c, "scale_attn_weights", True)),
         )
         tied = bool(hf_option(c, "tie_word_embeddings", True))
-        return ModelConfig(embedding=embedding, encoder=encoder, targets=[lm_target(tied)],
-                           init_std=c.initializer_range)
+        return build_config(dict(embedding=embedding, encoder=encoder, targets=[lm_target(tied)],
+                                 init_std=c.initializer_range), architecture)
 
-    def to_hf_config(self, cfg: ModelConfig, architecture: str) -> Any:
+    def hf_config(self, cfg: ModelConfig, architecture: str) -> Any:
         from transformers import GPT2Config
 
         emb, enc = cfg.embedding, cfg.encoder
-        needs = Needs(f"HF {architecture}")
-        needs.equal("embedding.parts", emb.parts, ["word", "pos"])
-        needs.equal("embedding.norm", emb.norm, "none")
-        needs.equal("embedding.position_offset", emb.position_offset, 0)
-        needs.equal("embedding.scale_embedding", emb.scale_embedding, False)
-        needs.equal("embedding.emb_size", emb.emb_size, enc.hidden_size)
-        needs.true(cfg.decoder is None, "the model has a decoder")
-        needs.equal("encoder.type", enc.type, "transformer")
-        needs.equal("encoder.norm", enc.norm, "layernorm")
-        needs.equal("encoder.norm_position", enc.norm_position, "pre")
-        needs.equal("encoder.final_norm", enc.use_final_norm, True)
-        needs.equal("encoder.mask", enc.mask, "causal")
-        needs.equal("encoder.position", enc.position, "none")
-        needs.equal("encoder.feed_forward", enc.feed_forward, "dense")
-        needs.equal("encoder.bias", enc.bias, True)
-        needs.equal("encoder.share_layers", enc.share_layers, False)
-        needs.true(enc.kv_heads_num in (0, enc.heads_num), "encoder.kv_heads_num differs from heads_num")
-        needs.true(enc.head_dim * enc.heads_num == enc.hidden_size, "encoder.head_size * heads_num != hidden_size")
-        needs.true(enc.act in OUR_ACTIVATIONS, f"encoder.act {enc.act!r} has no HF name")
-        check_lm(needs, cfg)
-        needs.check()
         return GPT2Config(
             vocab_size=emb.vocab_size, n_positions=emb.max_seq_length, n_embd=enc.hidden_size,
             n_layer=enc.layers_num, n_head=enc.heads_num, n_inner=enc.feedforward_size,
-            activation_function=OUR_ACTIVATIONS[enc.act], resid_pdrop=enc.dropout, embd_pdrop=emb.dropout,
-            attn_pdrop=enc.dropout if enc.attention_dropout is None else enc.attention_dropout,
-            layer_norm_epsilon=enc.norm_eps, scale_attn_weights=enc.attention_scale,
-            initializer_range=cfg.init_std, tie_word_embeddings=lm_tied(cfg),
-            bos_token_id=emb.vocab_size - 1, eos_token_id=emb.vocab_size - 1,  # GPT-2's <|endoftext|> is last
+            activation_function=hf_activation(enc.act), resid_pdrop=enc.dropout, embd_pdrop=emb.dropout,
+            attn_pdrop=attention_dropout(enc), layer_norm_epsilon=enc.norm_eps,
+            scale_attn_weights=enc.attention_scale, initializer_range=cfg.init_std, tie_word_embeddings=lm_tied(cfg),
+            pad_token_id=emb.pad_id, bos_token_id=emb.vocab_size - 1,
+            eos_token_id=emb.vocab_size - 1,  # GPT-2's <|endoftext|> is last
         )
 
     def architecture_for(self, cfg: ModelConfig) -> str:
         return pick_architecture(cfg, {("lm",): "GPT2LMHeadModel"}, "GPT-2")
 
     def mapping(self, cfg: ModelConfig, architecture: str) -> Mapping:
-        rules = list(GPT2_RULES)
-        aliases = {}
-        if lm_tied(cfg):
-            aliases["lm_head.weight"] = "transformer.wte.weight"
-        else:
-            rules += GPT2_LM_HEAD if architecture == "GPT2LMHeadModel" else optional(GPT2_LM_HEAD)
-        return Mapping(rules, counts={"i": cfg.encoder.layers_num}, names=target_labels(cfg),
-                       hf_ignore=GPT2_IGNORE, hf_aliases=aliases)
+        return causal_lm_mapping(cfg, GPT2_RULES, "transformer.wte.weight", architecture == self.base_architecture,
+                                 GPT2_IGNORE)
 
 
 register_family(GPT2Family())

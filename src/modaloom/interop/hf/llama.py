@@ -7,11 +7,19 @@ from __future__ import annotations
 from typing import Any
 
 from modaloom.errors import ConfigError
-from modaloom.interop.hf.bert import hf_option, optional, pick_architecture, target_labels
-from modaloom.interop.hf.family import OUR_ACTIVATIONS, HFFamily, Needs, activation_from_hf, register_family
-from modaloom.interop.hf.gpt2 import check_lm, lm_target, lm_tied
+from modaloom.interop.hf.bert import pick_architecture
+from modaloom.interop.hf.family import (
+    HFFamily,
+    activation_from_hf,
+    attention_dropout,
+    build_config,
+    hf_activation,
+    hf_option,
+    register_family,
+)
+from modaloom.interop.hf.gpt2 import causal_lm_mapping, lm_target, lm_tied
 from modaloom.interop.hf.mapping import Mapping, Rule, renames, wb
-from modaloom.model_config import EmbeddingConfig, EncoderConfig, ModelConfig
+from modaloom.model_config import ModelConfig
 
 LLAMA_NORMS = [("input_layernorm.weight", "self_attn_norm.weight"),
                ("post_attention_layernorm.weight", "feed_forward_norm.weight")]
@@ -19,7 +27,6 @@ LLAMA_ATTENTION = [("self_attn.q_proj", "self_attn.query"), ("self_attn.k_proj",
                    ("self_attn.v_proj", "self_attn.value"), ("self_attn.o_proj", "self_attn.output")]
 LLAMA_MLP = [("mlp.gate_proj", "feed_forward.linear_gate"), ("mlp.up_proj", "feed_forward.linear_in"),
              ("mlp.down_proj", "feed_forward.linear_out")]
-LLAMA_LM_HEAD = [Rule("lm_head.weight", "targets.{lm}.head.output.weight")]  # when not tied
 LLAMA_IGNORE = (r".*rotary_emb\.inv_freq",)  # a buffer older checkpoints stored
 
 
@@ -48,18 +55,20 @@ class LlamaFamily(HFFamily):
                      "LlamaModel": "no head (lm target; randomly initialised unless tied)"}
     base_architecture = "LlamaModel"
 
+    # LLaMA has no dropout outside attention.
+    export_ignore = ("embedding.dropout", "encoder.dropout")
+
     def to_modaloom_config(self, c: Any, architecture: str) -> ModelConfig:
         bias = bool(hf_option(c, "attention_bias", False))
         if bool(hf_option(c, "mlp_bias", False)) != bias:
             raise ConfigError("HF attention_bias and mlp_bias differ; modaloom has one encoder.bias for both")
         head_dim = hf_option(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-        embedding = EmbeddingConfig(
-            parts=["word"], vocab_size=c.vocab_size, emb_size=c.hidden_size,
-            max_seq_length=c.max_position_embeddings,
-            pad_id=c.pad_token_id if c.pad_token_id is not None else 0, norm="none", dropout=0.0,
-        )
-        encoder = EncoderConfig(
-            hidden_size=c.hidden_size, layers_num=c.num_hidden_layers, heads_num=c.num_attention_heads,
+        embedding = dict(parts=["word"], vocab_size=c.vocab_size, emb_size=c.hidden_size,
+                         max_seq_length=c.max_position_embeddings,
+                         pad_id=c.pad_token_id if c.pad_token_id is not None else 0, norm="none", dropout=0.0)
+        encoder = dict(
+            type="transformer", hidden_size=c.hidden_size, layers_num=c.num_hidden_layers,
+            heads_num=c.num_attention_heads,
             head_size=head_dim if head_dim * c.num_attention_heads != c.hidden_size else 0,
             kv_heads_num=c.num_key_value_heads or c.num_attention_heads, feedforward_size=c.intermediate_size,
             act=activation_from_hf(c.hidden_act, "hidden_act"), feed_forward="gated", norm="rms",
@@ -67,55 +76,29 @@ class LlamaFamily(HFFamily):
             rotary_base=rope_theta(c), bias=bias, dropout=0.0, attention_dropout=float(c.attention_dropout or 0.0),
         )
         tied = bool(hf_option(c, "tie_word_embeddings", False))
-        return ModelConfig(embedding=embedding, encoder=encoder, targets=[lm_target(tied)],
-                           init_std=c.initializer_range)
+        return build_config(dict(embedding=embedding, encoder=encoder, targets=[lm_target(tied)],
+                                 init_std=c.initializer_range), architecture)
 
-    def to_hf_config(self, cfg: ModelConfig, architecture: str) -> Any:
+    def hf_config(self, cfg: ModelConfig, architecture: str) -> Any:
         from transformers import LlamaConfig
 
         emb, enc = cfg.embedding, cfg.encoder
-        needs = Needs(f"HF {architecture}")
-        needs.equal("embedding.parts", emb.parts, ["word"])
-        needs.equal("embedding.norm", emb.norm, "none")
-        needs.equal("embedding.scale_embedding", emb.scale_embedding, False)
-        needs.equal("embedding.emb_size", emb.emb_size, enc.hidden_size)
-        needs.true(cfg.decoder is None, "the model has a decoder")
-        needs.equal("encoder.type", enc.type, "transformer")
-        needs.equal("encoder.norm", enc.norm, "rms")
-        needs.equal("encoder.norm_position", enc.norm_position, "pre")
-        needs.equal("encoder.final_norm", enc.use_final_norm, True)
-        needs.equal("encoder.mask", enc.mask, "causal")
-        needs.equal("encoder.position", enc.position, "rotary")
-        needs.true(enc.rotary_dim in (0, enc.head_dim), "encoder.rotary_dim is a partial rotary")
-        needs.equal("encoder.feed_forward", enc.feed_forward, "gated")
-        needs.equal("encoder.attention_scale", enc.attention_scale, True)
-        needs.equal("encoder.share_layers", enc.share_layers, False)
-        needs.true(enc.act in OUR_ACTIVATIONS, f"encoder.act {enc.act!r} has no HF name")
-        check_lm(needs, cfg)
-        needs.check()
         return LlamaConfig(
             vocab_size=emb.vocab_size, hidden_size=enc.hidden_size, intermediate_size=enc.feedforward_size,
             num_hidden_layers=enc.layers_num, num_attention_heads=enc.heads_num,
             num_key_value_heads=enc.kv_heads_num or enc.heads_num, head_dim=enc.head_dim,
-            hidden_act=OUR_ACTIVATIONS[enc.act], max_position_embeddings=emb.max_seq_length,
+            hidden_act=hf_activation(enc.act), max_position_embeddings=emb.max_seq_length,
             rms_norm_eps=enc.norm_eps, tie_word_embeddings=lm_tied(cfg), attention_bias=enc.bias,
             mlp_bias=enc.bias, rope_parameters={"rope_type": "default", "rope_theta": enc.rotary_base},
-            attention_dropout=enc.dropout if enc.attention_dropout is None else enc.attention_dropout,
-            initializer_range=cfg.init_std,
+            attention_dropout=attention_dropout(enc), initializer_range=cfg.init_std, pad_token_id=emb.pad_id,
         )
 
     def architecture_for(self, cfg: ModelConfig) -> str:
         return pick_architecture(cfg, {("lm",): "LlamaForCausalLM"}, "LLaMA")
 
     def mapping(self, cfg: ModelConfig, architecture: str) -> Mapping:
-        rules = layer_rules(cfg.encoder.bias)
-        aliases = {}
-        if lm_tied(cfg):
-            aliases["lm_head.weight"] = "model.embed_tokens.weight"
-        else:
-            rules += LLAMA_LM_HEAD if architecture == "LlamaForCausalLM" else optional(LLAMA_LM_HEAD)
-        return Mapping(rules, counts={"i": cfg.encoder.layers_num}, names=target_labels(cfg),
-                       hf_ignore=LLAMA_IGNORE, hf_aliases=aliases)
+        return causal_lm_mapping(cfg, layer_rules(cfg.encoder.bias), "model.embed_tokens.weight",
+                                 architecture == self.base_architecture, LLAMA_IGNORE)
 
 
 register_family(LlamaFamily())

@@ -12,9 +12,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from modaloom.config_schema import Source, build
 from modaloom.errors import ConfigError
-from modaloom.interop.hf.family import OUR_ACTIVATIONS, HFFamily, Needs, activation_from_hf, register_family
+from modaloom.interop.hf.family import (
+    HFFamily,
+    activation_from_hf,
+    attention_dropout,
+    build_config,
+    first_target,
+    hf_activation,
+    register_family,
+)
 from modaloom.interop.hf.mapping import RESHAPE, Mapping, Rule, renames, wb
 from modaloom.model_config import ModelConfig
 
@@ -56,10 +63,6 @@ def legacy_aliases(prefix: str) -> dict[str, str]:
     return out
 
 
-def _cls(cfg: ModelConfig):
-    return next((t for t in cfg.targets if t.type == "cls"), None)
-
-
 class ViTFamily(HFFamily):
     model_types = ("vit",)
     architectures = {
@@ -67,6 +70,8 @@ class ViTFamily(HFFamily):
         "ViTModel": "encoder with the tanh pooler",
     }
     base_architecture = "ViTModel"
+    # ViT drops embeddings with hidden_dropout_prob; there is no option of its own.
+    export_ignore = ("embedding.dropout",)
 
     def to_modaloom_config(self, hf_config: Any, architecture: str) -> ModelConfig:
         self.check_architecture(architecture)
@@ -88,49 +93,21 @@ class ViTFamily(HFFamily):
         pooler = architecture == "ViTModel"
         target = dict(type="cls", labels_num=c.num_labels, pooling="first", pooler=pooler)
         data = dict(embedding=embedding, encoder=encoder, targets=[target], init_std=c.initializer_range)
-        return build(ModelConfig, data, Source(f"HF {architecture} config"), "model")
+        return build_config(data, architecture)
 
     def architecture_for(self, cfg: ModelConfig) -> str:
-        cls = _cls(cfg)
+        cls = first_target(cfg, "cls")
         return "ViTModel" if cls is None or cls.pooler else "ViTForImageClassification"
 
-    def to_hf_config(self, cfg: ModelConfig, architecture: str) -> Any:
+    def hf_config(self, cfg: ModelConfig, architecture: str) -> Any:
         from transformers import ViTConfig
 
-        needs = Needs("ViT")
         emb, enc = cfg.embedding, cfg.encoder
-        needs.equal("embedding.parts", emb.parts, ["patch", "pos"])
-        needs.equal("embedding.cls_token", emb.cls_token, True)
-        needs.equal("embedding.patch_bias", emb.patch_bias, True)
-        needs.equal("embedding.norm", emb.norm, "none")
-        needs.equal("embedding.image_height", emb.image_height, emb.image_width)
-        needs.equal("embedding.max_seq_length", emb.max_seq_length, emb.num_patches + 1)
-        needs.equal("embedding.position_offset", emb.position_offset, 0)
-        needs.equal("embedding.emb_size", emb.emb_size, enc.hidden_size)
-        needs.equal("encoder.type", enc.type, "transformer")
-        needs.equal("encoder.norm", enc.norm, "layernorm")
-        needs.equal("encoder.norm_position", enc.norm_position, "pre")
-        needs.equal("encoder.use_final_norm", enc.use_final_norm, True)
-        needs.equal("encoder.mask", enc.mask, "fully_visible")
-        needs.equal("encoder.position", enc.position, "none")
-        needs.equal("encoder.feed_forward", enc.feed_forward, "dense")
-        needs.equal("encoder.bias", enc.bias, True)
-        needs.equal("encoder.attention_scale", enc.attention_scale, True)
-        needs.equal("encoder.share_layers", enc.share_layers, False)
-        needs.equal("encoder.head_dim", enc.head_dim, enc.hidden_size // max(enc.heads_num, 1))
-        needs.true(enc.kv_heads_num in (0, enc.heads_num), "encoder.kv_heads_num must equal heads_num")
-        needs.true(enc.act in OUR_ACTIVATIONS, f"encoder.act {enc.act!r} has no HF name")
-        cls = _cls(cfg)
-        if cls is not None:
-            needs.equal("cls target pooling", cls.pooling, "first")
-        others = [t.type for t in cfg.targets if t.type != "cls"]
-        needs.true(not others, f"ViT has no place for targets {others}")
-        needs.check()
+        cls = first_target(cfg, "cls")
         return ViTConfig(
             hidden_size=enc.hidden_size, num_hidden_layers=enc.layers_num, num_attention_heads=enc.heads_num,
-            intermediate_size=enc.feedforward_size, hidden_act=OUR_ACTIVATIONS[enc.act],
-            hidden_dropout_prob=enc.dropout,
-            attention_probs_dropout_prob=enc.dropout if enc.attention_dropout is None else enc.attention_dropout,
+            intermediate_size=enc.feedforward_size, hidden_act=hf_activation(enc.act),
+            hidden_dropout_prob=enc.dropout, attention_probs_dropout_prob=attention_dropout(enc),
             layer_norm_eps=enc.norm_eps, image_size=emb.image_height, patch_size=emb.patch_size,
             num_channels=emb.channels, qkv_bias=True, initializer_range=cfg.init_std,
             num_labels=cls.labels_num if cls is not None else 2,
@@ -145,7 +122,7 @@ class ViTFamily(HFFamily):
             *renames(VIT_LAYER, p + "layers.{i}.", "encoder.stack.layers.{i}."),
             *renames(wb("layernorm", "encoder.stack.final_norm"), p),
         ]
-        cls = _cls(cfg)
+        cls = first_target(cfg, "cls")
         if cls is not None:
             # Both optional: ViTModel has the pooler but no classifier, the classification model the reverse.
             if cls.pooler:
