@@ -91,6 +91,15 @@ def broadcast_object(obj: object, src: int = 0) -> object:
     return box[0]
 
 
+def all_gather_object(obj: object) -> list[object]:
+    """Every rank's ``obj`` (picklable) in rank order; ``[obj]`` when not distributed."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [obj]
+    every: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(every, obj)
+    return every
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum over ranks, in place; a no-op when not distributed."""
     if dist.is_available() and dist.is_initialized():
