@@ -12,12 +12,13 @@ mean over evaluation batches of all ranks.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
 import torch
 
-from modaloom.batch import Batch
+from modaloom.batch import Batch, to_device
 from modaloom.errors import DataError
 from modaloom.train import distributed as dist_utils
 
@@ -81,3 +82,26 @@ def gather_outputs(parts: Sequence[Outputs]) -> Outputs:
     """This rank's per-batch outputs concatenated, then every rank's in rank order (a collective call)."""
     every = dist_utils.all_gather_object(concat_outputs(parts))
     return concat_outputs([o for o in every if o])
+
+
+@torch.no_grad()
+def collect_outputs(steps: TaskSteps, model: Any, loader: Iterable[Batch] | None, device: torch.device,
+                    max_batches: int = 0,
+                    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> Outputs:
+    """``steps.eval_step`` over ``loader`` (at most ``max_batches`` per rank, 0 = all) with the model in eval
+    mode, gathered over batches and ranks (every rank must call it; every rank receives the whole set)."""
+    parts: list[Outputs] = []
+    module = model if isinstance(model, torch.nn.Module) else None
+    was_training = module.training if module is not None else False
+    if module is not None:
+        module.eval()
+    try:
+        for i, batch in enumerate(loader or ()):
+            if max_batches and i >= max_batches:
+                break
+            with autocast():
+                parts.append(steps.eval_step(model, to_device(batch, device)))
+    finally:
+        if module is not None:
+            module.train(was_training)
+    return gather_outputs(parts)

@@ -38,7 +38,7 @@ from modaloom.train.monitor import Monitor, peak_rss_mb
 from modaloom.train.optim import build_optimizer
 from modaloom.train.parallelize import parallelize
 from modaloom.train.schedules import lr_at
-from modaloom.train.steps import ModelSteps, Outputs, TaskSteps, gather_outputs
+from modaloom.train.steps import ModelSteps, Outputs, TaskSteps, collect_outputs
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -258,7 +258,6 @@ class Trainer:
 
     # ------------------------------------------------------------ evaluation
 
-    @torch.no_grad()
     def eval_outputs(self, loader: Iterable[Batch] | None = None, max_batches: int | None = None) -> Outputs:
         """The task's per-example ``eval_step`` outputs over ``loader`` (default: the eval loader, at most
         ``cfg.eval_batches`` batches per rank, 0 = all), concatenated over batches and ranks in rank order.
@@ -267,18 +266,7 @@ class Trainer:
         """
         loader = self.eval_loader if loader is None else loader
         limit = self.cfg.eval_batches if max_batches is None else max_batches
-        parts: list[Outputs] = []
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            for i, batch in enumerate(loader or ()):
-                if limit and i >= limit:
-                    break
-                with self._autocast():
-                    parts.append(self.task.eval_step(self.forward_model, to_device(batch, self.device)))
-        finally:
-            self.model.train(was_training)
-        return gather_outputs(parts)
+        return collect_outputs(self.task, self.forward_model, loader, self.device, limit, self._autocast)
 
     def evaluate(self) -> dict[str, float]:
         """The task's ``reduce`` over the eval loader's gathered outputs, keys prefixed ``eval/``."""
