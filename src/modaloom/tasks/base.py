@@ -184,12 +184,6 @@ def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> Path:
     return path
 
 
-def to_json_value(value: Any) -> Any:
-    """A per-example output item (tensor element, numpy value, list) as plain JSON."""
-    tolist = getattr(value, "tolist", None)
-    return tolist() if callable(tolist) else value
-
-
 # ---------------------------------------------------------------- the contract
 
 
