@@ -62,7 +62,7 @@ def prepare(kind: str, seq: int, work: Path) -> Path:
 
 
 def job_config(row: dict[str, Any], data: Path, steps: int, overrides: list[str]) -> Any:
-    from modaloom.cli.pretrain import load_job_config
+    from modaloom.tasks import load_job_config
     from modaloom.zoo import zoo_path
 
     vocab = DATA[row["data"]]["vocab_size"]

@@ -17,6 +17,7 @@ from torch import nn
 
 from modaloom import registry
 from modaloom.atomic import atomic_write_json, replace_directory
+from modaloom.batch import Batch
 from modaloom.config_schema import Source, build, to_dict
 from modaloom.context import ForwardContext
 from modaloom.embeddings.base import build_embedding
@@ -25,7 +26,6 @@ from modaloom.errors import CheckpointError, ConfigError
 from modaloom.model_config import CONFIG_FORMAT, ModelConfig, model_section_from_saved
 from modaloom.weights import load_weights_checked, read_weights, save_weights
 
-Batch = dict[str, torch.Tensor]
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 

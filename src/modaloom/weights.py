@@ -109,18 +109,26 @@ def _groups(aliases: Mapping[str, str]) -> dict[str, set[str]]:
     return groups
 
 
-def check_state(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], origin: str,
-                aliases: Mapping[str, str] | None = None, strict: bool = True) -> None:
-    """Raise CheckpointError listing shape mismatches (and, when strict, missing and unexpected keys).
-
-    ``expected`` is the model's state dict; a tied tensor counts as present when any of its names is.
-    """
+def key_differences(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
+                    aliases: Mapping[str, str] | None = None) -> tuple[list[str], list[str]]:
+    """(missing, unexpected) names of ``state`` against ``expected``; a tied tensor is present when any
+    of its names is."""
     aliases = dict(aliases or {})
     groups = _groups(aliases)
     provided = set(state)
     missing = [name for name in expected
                if name not in aliases and not (groups.get(name, {name}) & provided)]
-    unexpected = sorted(provided - set(expected))
+    return missing, sorted(provided - set(expected))
+
+
+def check_state(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], origin: str,
+                aliases: Mapping[str, str] | None = None, strict: bool = True) -> tuple[list[str], list[str]]:
+    """Raise CheckpointError listing shape mismatches (and, when strict, missing and unexpected keys);
+    returns (missing, unexpected).
+
+    ``expected`` is the model's state dict; a tied tensor counts as present when any of its names is.
+    """
+    missing, unexpected = key_differences(expected, state, aliases)
     mismatched = [
         f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
         for k, v in state.items() if k in expected and tuple(v.shape) != tuple(expected[k].shape)
@@ -135,17 +143,19 @@ def check_state(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.
         problems.append(f"{len(unexpected)} unexpected keys, e.g. {', '.join(unexpected[:SHOWN])}")
     if problems:
         raise CheckpointError(f"{origin} does not match the model: " + "; ".join(problems) + "; nothing was loaded")
+    return missing, unexpected
 
 
 def load_weights_checked(model: nn.Module, state: Mapping[str, torch.Tensor], origin: str,
-                         strict: bool = True) -> None:
+                         strict: bool = True) -> tuple[list[str], list[str]]:
     """Copy ``state`` into ``model`` after checking every key and shape; any problem raises before a copy.
 
-    Tied names missing from ``state`` are filled from whichever name of the same tensor is present.
+    Tied names missing from ``state`` are filled from whichever name of the same tensor is present. Returns
+    the (missing, unexpected) names, which only a non-strict load lets through.
     """
     own = model.state_dict()
     aliases = tied_aliases(model)
-    check_state(own, state, origin, aliases, strict)
+    missing, unexpected = check_state(own, state, origin, aliases, strict)
     groups = _groups(aliases)
     with torch.no_grad():
         for name, value in state.items():
@@ -155,3 +165,4 @@ def load_weights_checked(model: nn.Module, state: Mapping[str, torch.Tensor], or
             for alias in groups.get(aliases.get(name, name), ()):
                 if alias != name and alias not in state:
                     own[alias].copy_(value.to(own[alias].dtype))
+    return missing, unexpected

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def launch(out: Path, nproc: int, mode: str = "auto") -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
     if nproc == 1:
         cmd = [sys.executable, "-m", "tests.train.dist_script", str(out), mode]
     else:
@@ -60,3 +60,14 @@ def test_gather_features_gradient(single, tmp_path):
         assert report["gather"]["grad"] == (2 * weights_rows).tolist()
     alone = json.loads((single / "report-0.json").read_text())["gather"]
     assert alone["gathered"] == expected[:3] and alone["grad"] == [[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]]
+
+
+def test_eval_outputs_gather_every_rank_and_inference_parallelizes(single, tmp_path):
+    launch(tmp_path, 2, "fsdp")
+    reports = [json.loads((tmp_path / f"report-{r}.json").read_text()) for r in (0, 1)]
+    alone = json.loads((single / "report-0.json").read_text())
+    for report in reports:
+        assert report["eval_gather"]["ids"] == [0, 1, 2, 100, 101, 102, 103]
+        assert report["eval_gather"]["tags"] == ["r0"] * 3 + ["r1"] * 4
+        assert report["inference_loss"] == alone["inference_loss"]
+    assert alone["eval_gather"]["ids"] == [0, 1, 2]

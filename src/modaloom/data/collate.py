@@ -14,19 +14,20 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from modaloom import batch as bk
 from modaloom.errors import ConfigError, DataError
 
 PADDING_MODES = ("longest", "max_length", "packing")
 # Token-aligned keys: padded to seq_length in "max_length" mode, concatenated in "packing" mode.
 TEXT_KEYS = frozenset({
-    "input_ids", "attention_mask", "segment_ids", "mlm_labels", "lm_labels", "bilm_labels_backward",
-    "decoder_input_ids", "decoder_attention_mask",
+    bk.INPUT_IDS, bk.ATTENTION_MASK, bk.SEGMENT_IDS, bk.MLM_LABELS, bk.LM_LABELS,
+    bk.BILM_LABELS_BACKWARD, bk.DECODER_INPUT_IDS, bk.DECODER_ATTENTION_MASK,
 })
 # Mask key derived from a padded key when the processor does not supply it.
 DERIVED_MASKS = {
-    "input_ids": "attention_mask",
-    "decoder_input_ids": "decoder_attention_mask",
-    "input_features": "feature_mask",
+    bk.INPUT_IDS: bk.ATTENTION_MASK,
+    bk.DECODER_INPUT_IDS: bk.DECODER_ATTENTION_MASK,
+    bk.INPUT_FEATURES: bk.FEATURE_MASK,
 }
 
 

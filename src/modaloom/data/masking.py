@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from modaloom.batch import IGNORE_INDEX
 from modaloom.data.config import MaskingOptions
-
-IGNORE_INDEX = -100
 
 
 def _units(maskable: np.ndarray, word_start: np.ndarray | None) -> list[np.ndarray]:

@@ -12,12 +12,11 @@ import torch
 from torch import nn
 
 from modaloom import registry
+from modaloom.batch import Batch
 from modaloom.context import ForwardContext
 from modaloom.errors import ConfigError
 from modaloom.layers.norms import make_norm
 from modaloom.model_config import EmbeddingConfig
-
-Batch = dict[str, torch.Tensor]
 
 
 class EmbeddingPart(nn.Module):

@@ -15,8 +15,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from modaloom.batch import Batch
 from modaloom.context import ForwardContext
-from modaloom.embeddings.base import Batch, Embedding
+from modaloom.embeddings.base import Embedding
 from modaloom.errors import ConfigError
 from modaloom.model_config import EmbeddingConfig
 from modaloom.registry import register

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from modaloom.batch import Batch
 from modaloom.context import ForwardContext
-from modaloom.embeddings.base import Batch, EmbeddingPart, require
+from modaloom.embeddings.base import EmbeddingPart, require
 from modaloom.errors import ConfigError, DataError
 from modaloom.model_config import EmbeddingConfig
 from modaloom.registry import register

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from modaloom.batch import Batch
 from modaloom.context import ForwardContext
-from modaloom.embeddings.base import Batch, EmbeddingPart, require
+from modaloom.embeddings.base import EmbeddingPart, require
 from modaloom.errors import ConfigError
 from modaloom.layers.positions import sinusoidal_table
 from modaloom.model_config import EmbeddingConfig

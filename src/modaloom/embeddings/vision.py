@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from modaloom.batch import Batch
 from modaloom.context import ForwardContext
-from modaloom.embeddings.base import Batch, EmbeddingPart, require
+from modaloom.embeddings.base import EmbeddingPart, require
 from modaloom.embeddings.text import WordOptions
 from modaloom.errors import ConfigError, DataError
 from modaloom.model_config import EmbeddingConfig

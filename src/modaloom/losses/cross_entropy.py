@@ -9,10 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modaloom.batch import IGNORE_INDEX
 from modaloom.errors import ConfigError
 from modaloom.registry import register
-
-IGNORE_INDEX = -100
 
 
 @dataclass

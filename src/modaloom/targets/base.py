@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from modaloom.batch import IGNORE_INDEX as IGNORE
 from modaloom.context import ForwardContext
 from modaloom.heads import pool  # noqa: F401 (targets and tasks pool through here)
-from modaloom.losses.cross_entropy import IGNORE_INDEX as IGNORE
 from modaloom.model_config import ModelConfig, TargetConfig
 
 

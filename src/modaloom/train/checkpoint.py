@@ -6,7 +6,7 @@ A checkpoint is a directory ``<out>/checkpoints/step-N/`` holding
 - ``optimizer.safetensors`` + ``optimizer.json``: optimizer state tensors keyed ``<param name>/<slot>``,
   and the parameter groups and non-tensor state;
 - ``rank-R.safetensors`` + ``rank-R.json`` for every rank: torch RNG states, Python and NumPy RNG states,
-  the data-loader position;
+  the data-loader position, the state of the Trainer's after-step hooks (tensors keyed ``state/...``);
 - ``trainer_state.json`` (written last): step, grad-scaler state, counters.
 
 It is assembled in ``step-N.tmp/`` and renamed to ``step-N/`` in one step (``atomic.swap_directory``), so a
@@ -52,6 +52,7 @@ STEP_DIR = re.compile(r"^step-(\d+)$")
 STALE_SWAP = re.compile(r"^\.(step-\d+)\.old$")  # atomic.old_sibling of a step dir
 STATE_FILE = "trainer_state.json"
 FORMAT_VERSION = 1
+RANK_TENSOR_PREFIX = "state/"  # rank tensors other than RNG states
 
 
 # ---------------------------------------------------------------- files
@@ -252,8 +253,13 @@ def save_checkpoint(
     keep_last: int = 3,
     rank: int = 0,
     world_size: int = 1,
+    rank_tensors: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write ``step-N`` atomically (collective when distributed: every rank calls it)."""
+    """Write ``step-N`` atomically (collective when distributed: every rank calls it).
+
+    ``rank_tensors`` (this rank's, e.g. hook state) are stored beside its RNG state and come back from
+    ``load_checkpoint`` as ``rank_state["tensors"]``.
+    """
     from modaloom.train import distributed as dist_utils
 
     root = checkpoint_root(out_dir)
@@ -266,7 +272,8 @@ def save_checkpoint(
     dist_utils.barrier()
 
     rng_tensors, rng_meta = rng_state()
-    write_tensors(tmp / f"rank-{rank}.safetensors", rng_tensors)
+    extra = {f"{RANK_TENSOR_PREFIX}{k}": v for k, v in (rank_tensors or {}).items()}
+    write_tensors(tmp / f"rank-{rank}.safetensors", {**rng_tensors, **extra})
     write_json(tmp / f"rank-{rank}.json", {"rng": rng_meta, **rank_state})
 
     weights = model_state(model)  # collective under FSDP
@@ -325,4 +332,6 @@ def load_checkpoint(
     rng_tensors, _ = read_tensors(ckpt / f"rank-{rank}.safetensors")
     rank_state = read_json(ckpt / f"rank-{rank}.json")
     set_rng_state(rng_tensors, rank_state.pop("rng"))
+    rank_state["tensors"] = {k[len(RANK_TENSOR_PREFIX):]: v for k, v in rng_tensors.items()
+                             if k.startswith(RANK_TENSOR_PREFIX)}
     return state, rank_state

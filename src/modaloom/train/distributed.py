@@ -14,8 +14,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from modaloom.collectives import all_reduce_sum, gather_features  # noqa: F401 (the trainer's names)
-
 
 @dataclass(frozen=True)
 class DistInfo:

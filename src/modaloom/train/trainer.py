@@ -1,5 +1,6 @@
-"""One Trainer for pre-training and fine-tuning: any model whose ``forward(batch)`` returns ``.loss`` and
-``.metrics``, any iterable of batches.
+"""One Trainer for pre-training and fine-tuning: any model, any iterable of batches, and a task's step
+functions (``train/steps.py``: the loss of a batch, per-example evaluation outputs and their reduction;
+by default ``model(batch).loss`` / ``.metrics``).
 
 The loop: micro-batches summed into one optimizer step (gradient accumulation, DDP gradient sync on the
 last micro-batch only), autocast for bf16/fp16 (fp16 with a grad scaler), clipping, a learning rate that
@@ -7,34 +8,39 @@ is a pure function of the step, a non-finite loss check once per step, periodic 
 atomic checkpoints. SIGINT and SIGTERM finish the current step, save and return. A run resumed from a
 checkpoint reproduces the uninterrupted run bit for bit on CPU, provided the loader restores its position
 through ``state_dict()`` / ``load_state_dict()`` (or is deterministic, in which case consumed batches are
-replayed and skipped).
+replayed and skipped). After-step hooks (``train/hooks.py``) run after every optimizer step and their state
+is checkpointed. Device placement, activation checkpointing, DDP / FSDP2 and compilation are
+``train/parallelize.py``'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import math
 import signal
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from modaloom import collectives
+from modaloom.batch import Batch, count_samples, count_tokens, to_device
 from modaloom.errors import DataError, ModaloomError
 from modaloom.train import checkpoint as ckpt
 from modaloom.train import distributed as dist_utils
 from modaloom.train.config import TrainConfig
 from modaloom.train.flops import flops_per_token, measure_matmul_peak
+from modaloom.train.hooks import load_hook_states, save_hook_states
 from modaloom.train.monitor import Monitor, peak_rss_mb
 from modaloom.train.optim import build_optimizer
+from modaloom.train.parallelize import parallelize
 from modaloom.train.schedules import lr_at
+from modaloom.train.steps import ModelSteps, Outputs, TaskSteps, collect_outputs
 
-Batch = dict[str, torch.Tensor]
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -95,48 +101,6 @@ class BatchStream:
             self._skip = self.consumed
 
 
-def count_tokens(batch: Batch) -> int:
-    """Tokens in a batch as TencentPretrain counts them: batch x sequence length of the inputs."""
-    for key in ("input_ids", "input_features", "decoder_input_ids"):
-        if key in batch:
-            return int(batch[key].shape[0] * batch[key].shape[1])
-    return 0
-
-
-def count_samples(batch: Batch) -> int:
-    for value in batch.values():
-        if isinstance(value, torch.Tensor) and value.ndim > 0:
-            return int(value.shape[0])
-    return 0
-
-
-def to_device(batch: Batch, device: torch.device) -> Batch:
-    if device.type == "cpu":
-        return batch
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-
-
-def apply_activation_checkpointing(model: nn.Module) -> int:
-    """Recompute each repeated block's activations in the backward pass; returns how many blocks.
-
-    The block's ``forward`` is wrapped in place, so parameter names (and checkpoints) do not change.
-    """
-    from torch.utils.checkpoint import checkpoint
-
-    blocks = dist_utils.repeated_blocks(model)
-    for block in blocks:
-        original = block.forward
-
-        @functools.wraps(original)
-        def forward(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
-            if not torch.is_grad_enabled():
-                return _original(*args, **kwargs)
-            return checkpoint(_original, *args, use_reentrant=False, **kwargs)
-
-        block.forward = forward  # type: ignore[method-assign]
-    return len(blocks)
-
-
 def set_determinism(cfg: TrainConfig) -> None:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -161,6 +125,8 @@ class Trainer:
         model_config: dict[str, Any] | None = None,
         info: dist_utils.DistInfo | None = None,
         seq_length: int = 0,
+        task: TaskSteps | None = None,
+        hooks: Sequence[Any] = (),
     ) -> None:
         self.cfg = cfg
         self.info = info or dist_utils.current()
@@ -169,13 +135,11 @@ class Trainer:
         self.model_config = model_config
         self.seq_length = seq_length
         set_determinism(cfg)
-        self.raw_model = model.to(self.device)
-        if cfg.activation_checkpointing:
-            apply_activation_checkpointing(self.raw_model)
-        mode = "ddp" if cfg.parallel == "auto" else cfg.parallel
-        self.model = dist_utils.wrap_model(self.raw_model, self.info, mode)
+        placed = parallelize(model, cfg, self.info)
+        self.raw_model, self.model, self.forward_model = placed.raw, placed.model, placed.forward
         self.optimizer = build_optimizer(self.model, cfg, self.device)
-        self.forward_model: Any = torch.compile(self.model) if cfg.compile else self.model
+        self.task: TaskSteps = task if task is not None else ModelSteps()
+        self.hooks = list(hooks)
         self.autocast_dtype = DTYPES[cfg.precision]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         self.stream = BatchStream(train_loader)
@@ -200,6 +164,7 @@ class Trainer:
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.stream.load_state_dict(rank_state["data"])
+        load_hook_states(self.hooks, rank_state.get("hooks", []), rank_state.get("tensors", {}), str(path))
         return path
 
     def save(self) -> Path:
@@ -207,10 +172,11 @@ class Trainer:
             "skipped_steps": self.skipped_steps,
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
         }
+        hook_entries, hook_tensors = save_hook_states(self.hooks)
         return ckpt.save_checkpoint(
             self.out_dir, self.step, self.model, self.optimizer, trainer_state,
-            {"data": self.stream.state_dict()}, self.model_config, self.cfg.keep_last,
-            self.info.rank, self.info.world_size,
+            {"data": self.stream.state_dict(), "hooks": hook_entries}, self.model_config, self.cfg.keep_last,
+            self.info.rank, self.info.world_size, rank_tensors=hook_tensors,
         )
 
     # ------------------------------------------------------------ one step
@@ -225,13 +191,12 @@ class Trainer:
         context = no_sync() if (no_sync is not None and not sync) else contextlib.nullcontext()
         with context:
             with self._autocast():
-                output = self.forward_model(batch)
-            loss = output.loss
+                loss, metrics = self.task.loss(self.forward_model, batch)
             if loss is None:
                 raise DataError(f"the model computed no loss for a batch with keys {sorted(batch)}; "
                                 f"the batch lacks the labels its targets need")
             self.scaler.scale(loss / self.cfg.grad_accum_steps).backward()
-        return loss.detach().float(), dict(getattr(output, "metrics", {}) or {})
+        return loss.detach().float(), metrics
 
     def train_step(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[Batch]]:
         """One optimizer step over ``grad_accum_steps`` micro-batches; returns mean loss, metrics, batches."""
@@ -248,7 +213,7 @@ class Trainer:
         stacked = torch.stack(losses)
         flags = torch.stack([(~torch.isfinite(stacked)).any().float(),
                              torch.tensor(float(self.stop_signal is not None), device=stacked.device)])
-        dist_utils.all_reduce_sum(flags)
+        collectives.all_reduce_sum(flags)
         nonfinite, stop = flags.tolist()
         if stop:
             self.stop_signal = self.stop_signal or signal.SIGTERM
@@ -264,6 +229,8 @@ class Trainer:
             self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        for hook in self.hooks:
+            hook(self)
         return stacked.mean(), {k: v / accum for k, v in metric_sums.items()}, batches
 
     def _handle_nonfinite(self, losses: torch.Tensor, batches: list[Batch]) -> None:
@@ -292,35 +259,24 @@ class Trainer:
 
     # ------------------------------------------------------------ evaluation
 
-    @torch.no_grad()
+    def eval_outputs(self, loader: Iterable[Batch] | None = None, max_batches: int | None = None) -> Outputs:
+        """The task's per-example ``eval_step`` outputs over ``loader`` (default: the eval loader, at most
+        ``cfg.eval_batches`` batches per rank, 0 = all), concatenated over batches and ranks in rank order.
+
+        Every rank must call it (the outputs are gathered); every rank receives the whole set.
+        """
+        loader = self.eval_loader if loader is None else loader
+        limit = self.cfg.eval_batches if max_batches is None else max_batches
+        return collect_outputs(self.task, self.forward_model, loader, self.device, limit, self._autocast)
+
     def evaluate(self) -> dict[str, float]:
-        """Mean loss and metrics over ``eval_batches`` batches of the eval loader (all ranks reduced)."""
+        """The task's ``reduce`` over the eval loader's gathered outputs, keys prefixed ``eval/``."""
         if self.eval_loader is None:
             return {}
-        self.model.eval()
-        sums: dict[str, torch.Tensor] = {}
-        count = 0
-        try:
-            for i, batch in enumerate(self.eval_loader):
-                if self.cfg.eval_batches and i >= self.cfg.eval_batches:
-                    break
-                with self._autocast():
-                    output = self.forward_model(to_device(batch, self.device))
-                values = dict(getattr(output, "metrics", {}) or {})
-                if output.loss is not None:
-                    values["loss"] = output.loss
-                for key, value in values.items():
-                    sums[key] = sums.get(key, 0) + value.detach().float()
-                count += 1
-        finally:
-            self.model.train()
-        if not count:
+        outputs = self.eval_outputs()
+        if not outputs:
             return {}
-        keys = sorted(sums)
-        totals = torch.stack([sums[k] for k in keys] + [torch.tensor(float(count), device=self.device)])
-        dist_utils.all_reduce_sum(totals)
-        values = totals.tolist()
-        return {f"eval/{k}": v / values[-1] for k, v in zip(keys, values[:-1])}
+        return {f"eval/{k}": float(v) for k, v in self.task.reduce(outputs).items()}
 
     # ------------------------------------------------------------ the loop
 

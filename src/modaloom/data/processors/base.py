@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from modaloom.batch import DECODER_INPUT_IDS, IGNORE_INDEX, INPUT_IDS
 from modaloom.config_schema import build, to_dict
 from modaloom.data.storage import FieldSpec, RecordBatch, Skip, StoredDataset, token_dtype
 from modaloom.errors import ConfigError, DataError
@@ -28,8 +29,6 @@ from modaloom.registry import get
 
 if TYPE_CHECKING:
     from modaloom.data.tokenizers import Tokenizer
-
-IGNORE_INDEX = -100
 
 
 @dataclass
@@ -163,7 +162,7 @@ class Processor:
             return self.pad_values[key]
         if key.endswith("labels") or key.endswith("labels_backward"):
             return IGNORE_INDEX
-        if key in ("input_ids", "decoder_input_ids") and self.tokenizer is not None:
+        if key in (INPUT_IDS, DECODER_INPUT_IDS) and self.tokenizer is not None:
             return self.tokenizer.optional_id("pad") or 0
         return 0
 

@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from modaloom.data.processors.base import IGNORE_INDEX, ChunkResult, Processor, SkipRecord, SourceRecord
+from modaloom.batch import IGNORE_INDEX
+from modaloom.data.processors.base import ChunkResult, Processor, SkipRecord, SourceRecord
 from modaloom.data.processors.text_common import chunks
 from modaloom.data.storage import FieldSpec, Skip
 from modaloom.registry import register

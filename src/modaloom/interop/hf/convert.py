@@ -23,9 +23,7 @@ from modaloom.interop.hf.family import HFFamily, families, get_family
 from modaloom.interop.hf.mapping import hf_state_to_ours, ours_state_to_hf
 from modaloom.model import Model, build_model
 from modaloom.model_config import ModelConfig
-from modaloom.weights import load_weights_checked as load_state_checked
-from modaloom.weights import read_weights as read_safetensors
-from modaloom.weights import tied_aliases
+from modaloom.weights import load_weights_checked, read_weights, tied_aliases
 
 
 @dataclass
@@ -79,8 +77,8 @@ def _with_prefix(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch
 def _read_hf_weights(directory: Path) -> dict[str, torch.Tensor]:
     single = directory / "model.safetensors"
     if single.is_file():
-        return read_safetensors(single)
-    for index_name, reader in (("model.safetensors.index.json", read_safetensors),
+        return read_weights(single)
+    for index_name, reader in (("model.safetensors.index.json", read_weights),
                                ("pytorch_model.bin.index.json", _read_torch_bin)):
         index = directory / index_name
         if index.is_file():
@@ -149,7 +147,7 @@ def convert_from_hf(source: Any, architecture: str | None = None) -> HFConversio
     )
     for key in random_init:
         state[key] = own[key]
-    load_state_checked(model, state, origin)
+    load_weights_checked(model, state, origin)
     model.eval()
     return HFConversion(model, hf_config.model_type, architecture, random_init=random_init)
 

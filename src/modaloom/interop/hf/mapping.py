@@ -274,7 +274,7 @@ def hf_state_to_ours(mapping: Mapping, hf_state: dict[str, Tensor], ours_shapes:
     """Map an HF state dict onto our names. Returns (state, our keys left randomly initialised).
 
     ``ours_shapes`` are the shapes of the modaloom model being filled, ``ours_aliases`` its tied names
-    (alias -> canonical, from ``modaloom.model.tied_aliases``); ``hf_shapes``, when given, are checked too.
+    (alias -> canonical, from ``modaloom.weights.tied_aliases``); ``hf_shapes``, when given, are checked too.
     """
     problems = _Problems(origin)
     hf = dict(hf_state)

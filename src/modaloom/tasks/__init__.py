@@ -1,0 +1,9 @@
+"""Tasks: job kinds as plug-ins on the one Trainer (see ``tasks/base.py`` for the contract).
+
+Importing this package registers the built-in tasks under the registry kind ``task``.
+"""
+
+from modaloom.tasks import pretrain  # noqa: F401  (registers "pretrain")
+from modaloom.tasks.base import JobPaths, Task, load_job_config
+
+__all__ = ["JobPaths", "Task", "load_job_config"]

@@ -1,0 +1,310 @@
+"""The Task contract: one job kind (pre-training, a fine-tuning task...) as a plug-in on the one Trainer.
+
+A task bundles what differs between jobs and nothing else:
+
+- data: ``prepare()`` checks the config and data before any process starts training; ``train_loader(info)``
+  and ``eval_loader(info)`` build the loaders of this rank;
+- model: ``build_model()`` from the config, or from a saved model folder (``paths.init_from``), with every
+  missing or unexpected key listed (``initial_model``);
+- loss: ``loss(model, batch)``, by default ``model(batch).loss`` and ``.metrics``;
+- evaluation: ``eval_step(model, batch)`` -> per-example tensors, ``reduce(outputs)`` -> metrics, exact over
+  the whole set and all ranks (the Trainer gathers the outputs; see ``modaloom.train.steps``);
+- after-step hooks: ``hooks(model)`` (momentum encoders, queues; their state is checkpointed);
+- prediction: ``predict(model, loader, path)`` writes one JSON record per example (``prediction_records``);
+- export: ``export(checkpoint)`` -> the final model folder.
+
+``run()`` is the job: checks, process group, output directory, model, loaders, Trainer, fit, export,
+summary. Tasks register with ``@register("task", name)``; ``modaloom.registry.get("task", name)`` finds
+them. A new task is a module in ``modaloom/tasks/`` imported by ``modaloom/tasks/__init__.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from modaloom.atomic import atomic_file, recover_stale, swap_directory, temp_sibling
+from modaloom.errors import CheckpointError, ConfigError
+from modaloom.train.steps import ModelSteps, Outputs
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from modaloom.batch import Batch
+    from modaloom.config import Config
+    from modaloom.train.distributed import DistInfo
+
+
+@dataclass
+class JobPaths:
+    """Where a job reads and writes: ``resume`` is None, "latest" or a checkpoint directory."""
+
+    data: Path
+    out: Path
+    eval_data: Path | None = None
+    resume: str | None = None
+    init_from: Path | None = None  # a saved model folder (``Model.save`` / exported) to start from
+
+
+@dataclass
+class InitReport:
+    """What loading a model folder into a configured model left out, listed so that nothing is silent."""
+
+    source: Path
+    missing: list[str] = field(default_factory=list)  # the model's keys the folder lacks (left initialised)
+    unexpected: list[str] = field(default_factory=list)  # the folder's keys the model has no place for
+
+    def describe(self) -> str:
+        parts = []
+        if self.missing:
+            parts.append(f"{len(self.missing)} keys not in the folder, left randomly initialised: "
+                         f"{', '.join(self.missing)}")
+        if self.unexpected:
+            parts.append(f"{len(self.unexpected)} keys of the folder unused: {', '.join(self.unexpected)}")
+        return f"weights from {self.source}: " + ("; ".join(parts) if parts else "every key matched")
+
+
+# ---------------------------------------------------------------- config and model
+
+
+def load_job_config(path: str | Path, overrides: list[str]) -> Config:
+    """A Config from a job file, or from a model-only file (then ``model`` is the whole file)."""
+    from modaloom.config import config_dict, load_config
+
+    data, _ = config_dict(str(path))
+    if set(data) & {"model", "data", "train"}:
+        return load_config(str(path), overrides)
+    try:
+        return load_config(None, overrides, base={"model": data})
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def initial_model(model_config: Any | None, init_from: Path | None = None) -> tuple[nn.Module, InitReport | None]:
+    """The model a job starts from: built from ``model_config``; or ``modaloom.load(init_from)`` when there is
+    no config (every key checked); or built from the config with the folder's weights loaded into it.
+
+    In the last case shape mismatches are refused (``load_weights_checked``) and the keys one side lacks are
+    returned in the report, for the task to refuse (``strict_init``) or to show.
+    """
+    from modaloom.model import WEIGHTS_NAME, build_model, load
+    from modaloom.weights import load_weights_checked, read_weights
+
+    if init_from is None:
+        if model_config is None:
+            raise ConfigError("no model: give a config with a model section or a model folder to start from")
+        return build_model(model_config), None
+    if model_config is None:
+        return load(init_from), InitReport(Path(init_from))
+    model = build_model(model_config)
+    state = read_weights(Path(init_from) / WEIGHTS_NAME)
+    missing, unexpected = load_weights_checked(model, state, str(init_from), strict=False)  # shapes still checked
+    return model, InitReport(Path(init_from), missing, unexpected)
+
+
+# ---------------------------------------------------------------- output files
+
+
+def check_out_dir(out: Path, resume: str | None) -> None:
+    """The output directory must be writable, and must not hold another run unless resuming it."""
+    from modaloom.train.checkpoint import latest_checkpoint
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{uuid.uuid4().hex}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"cannot write to output directory {out} ({exc.strerror or exc}); "
+                          f"choose another --out or fix its permissions") from None
+    latest = latest_checkpoint(out)
+    if latest is not None and resume is None:
+        raise ConfigError(f"{out} already holds checkpoints of a run (latest {latest.name}); pass --resume to "
+                          f"continue it, or choose another --out")
+
+
+def export_model(ckpt: Path, out: Path, extra_dirs: dict[str, Path] | None = None) -> Path:
+    """``<out>/model``: the checkpoint's weights and config (loadable by ``modaloom.load``) plus
+    ``extra_dirs`` (name -> directory, e.g. the tokenizer), built beside it and swapped in whole: nothing of a
+    previous export (a stale tokenizer) survives, and a crash leaves the old or the new folder."""
+    final = out / "model"
+    recover_stale(final)
+    tmp = temp_sibling(final)
+    tmp.mkdir()
+    try:
+        for name in ("model.safetensors", "config.json"):
+            shutil.copyfile(ckpt / name, tmp / name)
+        for name, source in (extra_dirs or {}).items():
+            if source.is_dir():
+                shutil.copytree(source, tmp / name)
+        swap_directory(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> Path:
+    """One JSON object per line, written to a temp file beside ``path`` and renamed over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        for record in records:
+            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------- the contract
+
+
+class Task(ModelSteps):
+    """Base of every task; subclasses override what their job does differently (see the module docstring).
+
+    ``loss``, ``eval_step`` and ``reduce`` come from ``ModelSteps`` (the model's loss and metrics; evaluation
+    = mean over batches); a task with per-example metrics overrides ``eval_step`` and ``reduce``.
+    """
+
+    name: ClassVar[str] = ""
+    strict_init: ClassVar[bool] = True  # refuse a model folder whose keys differ from the configured model
+
+    def __init__(self, cfg: Config, paths: JobPaths) -> None:
+        self.cfg = cfg
+        self.paths = paths
+        self.init_report: InitReport | None = None
+
+    # ---- data
+    def prepare(self) -> None:
+        """Check the config and the data before the process group starts (every rank runs it)."""
+
+    def train_loader(self, info: DistInfo, model: nn.Module) -> Iterable[Batch]:
+        """This rank's training batches (``model`` is given for a preflight run)."""
+        raise NotImplementedError(f"task {self.name!r} defines no train_loader")
+
+    def eval_loader(self, info: DistInfo) -> Iterable[Batch] | None:
+        """This rank's evaluation batches, every record once over all ranks; None: no evaluation."""
+        return None
+
+    # ---- model
+    def build_model(self) -> nn.Module:
+        """The model to train: from the config, or from ``paths.init_from`` (keys compared, never silent)."""
+        model, report = initial_model(self.cfg.model, self.paths.init_from)
+        if report is not None and self.strict_init and (report.missing or report.unexpected):
+            raise CheckpointError(f"task {self.name} needs the model folder to match the config exactly; "
+                                  f"{report.describe()}")
+        self.init_report = report
+        return model
+
+    def hooks(self, model: nn.Module) -> list[Any]:
+        """After-step hooks for the Trainer (``modaloom.train.hooks``); none by default."""
+        return []
+
+    # ---- prediction
+    def prediction_records(self, outputs: Outputs) -> Iterator[dict[str, Any]]:
+        """One JSON record per example from the gathered ``eval_step`` outputs."""
+        raise ConfigError(f"task {self.name!r} writes no predictions; use a task that defines them")
+
+    def predict(self, model: Any, loader: Iterable[Batch], path: Path,
+                info: DistInfo | None = None, device: torch.device | None = None) -> Path | None:
+        """Run ``eval_step`` over ``loader`` on every rank; rank 0 writes ``prediction_records`` to ``path``
+        as JSONL (temp file, then rename). Returns the path on rank 0, None elsewhere."""
+        from modaloom.train import distributed as dist_utils
+        from modaloom.train.steps import collect_outputs
+
+        if type(self).prediction_records is Task.prediction_records:  # refuse before running the model
+            raise ConfigError(f"task {self.name!r} writes no predictions; use a task that defines them")
+        info = info or dist_utils.current()
+        outputs = collect_outputs(self, model, loader, device or info.device)
+        if not info.is_main:
+            return None
+        return write_jsonl(path, self.prediction_records(outputs))
+
+    # ---- export
+    def export_dirs(self) -> dict[str, Path]:
+        """Directories copied into the exported model folder (name -> source)."""
+        return {}
+
+    def export(self, checkpoint: Path) -> Path:
+        """The final model folder ``<out>/model`` from the last checkpoint."""
+        return export_model(checkpoint, self.paths.out, self.export_dirs())
+
+    # ---- the job
+    def run(self) -> dict[str, Any]:
+        """The whole job under this process (every torchrun process runs it); returns the summary."""
+        from modaloom.train import distributed as dist_utils
+
+        self.prepare()
+        info = dist_utils.setup()
+        try:
+            if info.is_main:
+                check_out_dir(self.paths.out, self.paths.resume)
+            dist_utils.barrier()
+            return self.train(info)
+        finally:
+            dist_utils.teardown()
+
+    def resume_checkpoint(self) -> Path | None:
+        """The checkpoint ``paths.resume`` names (None: start fresh), checked to belong to this model."""
+        from modaloom.config_schema import to_dict
+        from modaloom.train.checkpoint import check_same_model, latest_checkpoint
+
+        if not self.paths.resume:
+            return None
+        path = latest_checkpoint(self.paths.out) if self.paths.resume == "latest" else Path(self.paths.resume)
+        if path is not None:
+            if not (path / "trainer_state.json").is_file():
+                raise ConfigError(f"--resume {path}: not a complete checkpoint directory")
+            check_same_model(path, to_dict(self.cfg.model))
+        return path
+
+    def train(self, info: DistInfo) -> dict[str, Any]:
+        """Model, loaders, Trainer, fit; then (rank 0) export and the printed summary."""
+        import torch
+
+        from modaloom.config_schema import to_dict
+        from modaloom.train.trainer import Trainer
+
+        cfg, out = self.cfg, self.paths.out
+        resume_from = self.resume_checkpoint()
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        torch.manual_seed(cfg.train.seed)
+        model = self.build_model()
+        train_loader = self.train_loader(info, model)
+        eval_loader = self.eval_loader(info) if cfg.train.eval_every else None
+        if info.is_main:
+            (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=1), encoding="utf-8")
+            self.announce(model, info)
+        trainer = Trainer(model, cfg.train, train_loader, out, eval_loader=eval_loader,
+                          model_config=to_dict(cfg.model), info=info, seq_length=cfg.data.seq_length,
+                          task=self, hooks=self.hooks(model))
+        summary = trainer.fit(resume=resume_from if resume_from is not None else False)
+        if info.is_main:
+            if summary.get("checkpoint"):
+                summary["model_dir"] = str(self.export(Path(summary["checkpoint"])))
+            self.report(summary)
+        return summary
+
+    def announce(self, model: nn.Module, info: DistInfo) -> None:
+        """The line printed (stderr, rank 0) before training starts."""
+        params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+        batch = self.cfg.train.batch_size * self.cfg.train.grad_accum_steps * info.world_size
+        print(f"modaloom {self.name}: {params:,} parameters, {info.world_size} process(es) on {info.device}, "
+              f"global batch {batch}", file=sys.stderr)
+        if self.init_report is not None:
+            print(f"modaloom {self.name}: {self.init_report.describe()}", file=sys.stderr)
+
+    def report(self, summary: dict[str, Any]) -> None:
+        """The lines printed (stdout, rank 0) after training: where the outputs are, and the speed."""
+        if summary["interrupted"]:
+            print(f"interrupted at step {summary['steps']}; checkpoint saved in {summary['checkpoint']}; "
+                  f"continue with --resume", file=sys.stderr)
+        print(f"loss curve: {summary.get('curves_png')}\nsummary:    {summary.get('summary_json')}\n"
+              f"model:      {summary.get('model_dir')}\n"
+              f"{summary['tokens_per_second']:.0f} tokens/s, {summary['samples_per_second']:.1f} samples/s, "
+              f"MFU {summary['mfu']}, peak RSS {summary['peak_rss_mb']:.0f} MB")

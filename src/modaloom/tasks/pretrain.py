@@ -1,0 +1,155 @@
+"""The ``pretrain`` task: train a model from a config on a dataset directory written by ``preprocess``.
+
+Everything that can be checked is checked before the first step, and refused with a message that says
+what to change: the config, the data directory (processor, vocabulary), the output directory, and a
+resumed checkpoint's model. The model runs once on the first batch (no update) before training starts.
+Evaluation is the model's loss and metrics averaged over evaluation batches of all ranks (``ModelSteps``).
+
+Prediction: pre-training objectives (masked tokens, shuffled sentences, next tokens on random text) have
+no per-example answer worth writing, so this task keeps the base ``prediction_records``, which refuses;
+fine-tuning tasks define it.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from modaloom.errors import ConfigError, DataError
+from modaloom.model_config import streams_of
+from modaloom.registry import register
+from modaloom.tasks.base import Task
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from modaloom.batch import Batch
+    from modaloom.config import Config
+    from modaloom.train.distributed import DistInfo
+
+
+def check_positions(cfg: Config) -> None:
+    """The sequence length must fit the model's learned positions."""
+    embedding = cfg.model.embedding
+    if "pos" in embedding.parts and cfg.data.seq_length > embedding.max_seq_length:
+        raise ConfigError(
+            f"data.seq_length {cfg.data.seq_length} exceeds model.embedding.max_seq_length "
+            f"{embedding.max_seq_length}; lower data.seq_length or raise max_seq_length")
+
+
+def check_data(cfg: Config, data_dir: Path, dataset: Any, processor: Any) -> None:
+    """Refuse data made by another processor or tokenizer than the model expects; fill vocab_size 0."""
+    entry = dataset.manifest.get("processor") or {}
+    made_by = entry.get("name", "?")
+    if cfg.data.processor and cfg.data.processor != made_by:
+        raise DataError(
+            f"{data_dir} was preprocessed with processor {made_by!r} but the config expects "
+            f"{cfg.data.processor!r}; preprocess again with --processor {cfg.data.processor} or set "
+            f"data.processor={made_by}")
+    tokenizer = getattr(processor, "tokenizer", None)
+    if tokenizer is None:
+        return
+    vocab = int(tokenizer.vocab_size)
+    embedding = cfg.model.embedding
+    sections = [("model.embedding", embedding)] + [
+        (f"model.embedding.streams.{i}", s) for i, s in enumerate(streams_of(embedding)) if "word" in s.parts]
+    if cfg.model.tgt_embedding is not None and cfg.model.share_embedding:
+        sections.append(("model.tgt_embedding", cfg.model.tgt_embedding))
+    for where, section in sections:
+        if not any(p.startswith("word") for p in section.parts):
+            continue
+        if section.vocab_size == 0:
+            section.vocab_size = vocab
+        elif section.vocab_size != vocab:
+            raise DataError(
+                f"{where}.vocab_size is {section.vocab_size} but {data_dir} was tokenized with a vocabulary of "
+                f"{vocab} ({', '.join(str(f) for f in tokenizer.files()) or tokenizer.type_name}); set "
+                f"{where}.vocab_size={vocab}, or preprocess with the vocabulary the model was made for")
+    for target in cfg.model.targets:
+        if getattr(target, "vocab_size", 0) not in (0, vocab):
+            raise DataError(f"target {target.label} has vocab_size {target.vocab_size} but the data's vocabulary "
+                            f"has {vocab}; set it to {vocab} or 0 (derived)")
+
+
+def preflight(model: nn.Module, loader_args: dict[str, Any], data_dir: Path) -> None:
+    """Run the model once on the first batch (no update) so that a data/model mismatch stops here."""
+    import torch
+
+    from modaloom.data.loader import build_loader
+
+    loader = build_loader(data_dir, **{**loader_args, "num_workers": 0})
+    batch = next(iter(loader), None)
+    if batch is None:
+        raise DataError(f"{data_dir} yields no batch of {loader_args['batch_size']} examples; lower --batch-size")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            output = model(batch)
+    except (KeyError, IndexError, RuntimeError) as exc:
+        raise DataError(f"the model cannot run on batches of {data_dir} (keys {sorted(batch)}): "
+                        f"{type(exc).__name__}: {exc}") from None
+    finally:
+        model.train(was_training)
+    if output.loss is None:
+        raise DataError(f"batches of {data_dir} (keys {sorted(batch)}) carry no labels for the model's targets "
+                        f"{[t.label for t in model.config.targets]}; preprocess with a matching processor")
+
+
+@register("task", "pretrain")
+class PretrainTask(Task):
+    """Pre-training on ``paths.data``; evaluation on ``paths.eval_data`` or a held-out part of the data."""
+
+    name = "pretrain"
+
+    def prepare(self) -> None:
+        from modaloom.data.processors.base import processor_from_dataset
+        from modaloom.data.storage import open_dataset
+
+        cfg, data_dir = self.cfg, self.paths.data
+        check_positions(cfg)
+        self.dataset = open_dataset(data_dir)
+        masking = {"masking": dict(cfg.data.masking)} if cfg.data.masking else None
+        self.processor = processor_from_dataset(self.dataset, cfg.data.seq_length, masking)
+        check_data(cfg, data_dir, self.dataset, self.processor)
+
+    def holdout(self) -> float:
+        """Records of ``paths.data`` held out for evaluation (none with --eval-data or without evaluation)."""
+        train = self.cfg.train
+        return train.eval_holdout if (train.eval_every and not self.paths.eval_data) else 0
+
+    def loader_args(self, info: DistInfo) -> dict[str, Any]:
+        cfg = self.cfg
+        return {"batch_size": cfg.train.batch_size, "seed": cfg.train.seed, "seq_length": cfg.data.seq_length,
+                "padding": cfg.data.padding, "rank": info.rank, "world_size": info.world_size,
+                "num_workers": cfg.data.num_workers, "shuffle": cfg.data.shuffle, "holdout": self.holdout()}
+
+    def train_loader(self, info: DistInfo, model: nn.Module) -> Iterable[Batch]:
+        from modaloom.data.loader import Loader
+
+        args = self.loader_args(info)
+        preflight(model, args, self.paths.data)
+        return Loader(self.dataset, self.processor, split="train", **args)
+
+    def eval_loader(self, info: DistInfo) -> Iterable[Batch] | None:
+        from modaloom.data.loader import Loader, build_loader
+
+        eval_args = {**self.loader_args(info), "shuffle": False, "drop_last": False, "num_workers": 0}
+        if self.paths.eval_data:
+            return build_loader(self.paths.eval_data, split="all", **{**eval_args, "holdout": 0})
+        if eval_args["holdout"]:
+            return Loader(self.dataset, self.processor, split="heldout", **eval_args)
+        return None
+
+    def export_dirs(self) -> dict[str, Path]:
+        return {"tokenizer": self.paths.data / "tokenizer"}
+
+    def announce(self, model: nn.Module, info: DistInfo) -> None:
+        params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+        batch = self.cfg.train.batch_size * self.cfg.train.grad_accum_steps * info.world_size
+        print(f"modaloom pretrain: {params:,} parameters, {len(self.dataset)} records in {self.paths.data}, "
+              f"{info.world_size} process(es) on {info.device}, global batch {batch}", file=sys.stderr)
+        if self.init_report is not None:
+            print(f"modaloom pretrain: {self.init_report.describe()}", file=sys.stderr)
