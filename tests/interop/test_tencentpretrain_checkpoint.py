@@ -19,7 +19,7 @@ from modaloom.interop.tencentpretrain import (
     tencentpretrain_model_config,
 )
 from modaloom.model import Model
-from modaloom.weights import load_weights_checked as load_state_checked
+from modaloom.weights import load_weights_checked
 
 CHECKPOINTS = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "tencentpretrain" / "checkpoints"
 BIN = CHECKPOINTS / "bert_tiny_book_review_1k.bin"
@@ -87,14 +87,14 @@ def test_missing_and_unexpected_keys_load_nothing():
     bad = dict(state)
     bad.pop("encoder.transformer.1.feed_forward.linear_2.bias")
     with pytest.raises(CheckpointError, match="missing"):
-        load_state_checked(model, map_state(bad, cfg), "bad.bin")
+        load_weights_checked(model, map_state(bad, cfg), "bad.bin")
     assert torch.equal(model.embedding.parts["word"].weight, before)
     extra = dict(state, **{"encoder.adapter.weight": torch.zeros(2)})
     with pytest.raises(CheckpointError, match="no modaloom counterpart"):
         map_state(extra, cfg)
     wrong = dict(state, **{"target.sp.linear_2.weight": torch.zeros(3, 128)})
     with pytest.raises(CheckpointError, match="shape mismatch"):
-        load_state_checked(model, map_state(wrong, cfg), "wrong.bin")
+        load_weights_checked(model, map_state(wrong, cfg), "wrong.bin")
 
 
 def test_unsafe_or_missing_file_is_refused(tmp_path):
