@@ -290,12 +290,17 @@ class Task(ModelSteps):
             self.report(summary)
         return summary
 
+    def data_description(self) -> str:
+        """What the job trains on, for the start line (e.g. ``1,000 records in data/``); empty: not said."""
+        return ""
+
     def announce(self, model: nn.Module, info: DistInfo) -> None:
         """The line printed (stderr, rank 0) before training starts."""
         params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
         batch = self.cfg.train.batch_size * self.cfg.train.grad_accum_steps * info.world_size
-        print(f"modaloom {self.name}: {params:,} parameters, {info.world_size} process(es) on {info.device}, "
-              f"global batch {batch}", file=sys.stderr)
+        data = self.data_description()
+        print(f"modaloom {self.name}: {params:,} parameters, {data + ', ' if data else ''}{info.world_size} "
+              f"process(es) on {info.device}, global batch {batch}", file=sys.stderr)
         if self.init_report is not None:
             print(f"modaloom {self.name}: {self.init_report.describe()}", file=sys.stderr)
 

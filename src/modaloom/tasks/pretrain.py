@@ -12,7 +12,6 @@ fine-tuning tasks define it.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -146,10 +145,5 @@ class PretrainTask(Task):
     def export_dirs(self) -> dict[str, Path]:
         return {"tokenizer": self.paths.data / "tokenizer"}
 
-    def announce(self, model: nn.Module, info: DistInfo) -> None:
-        params = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
-        batch = self.cfg.train.batch_size * self.cfg.train.grad_accum_steps * info.world_size
-        print(f"modaloom pretrain: {params:,} parameters, {len(self.dataset)} records in {self.paths.data}, "
-              f"{info.world_size} process(es) on {info.device}, global batch {batch}", file=sys.stderr)
-        if self.init_report is not None:
-            print(f"modaloom pretrain: {self.init_report.describe()}", file=sys.stderr)
+    def data_description(self) -> str:
+        return f"{len(self.dataset)} records in {self.paths.data}"
