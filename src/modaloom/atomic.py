@@ -168,12 +168,13 @@ def _carry_over(old: Path, new: Path) -> None:
 
 
 @contextmanager
-def replace_directory(directory: str | Path) -> Iterator[Path]:
+def replace_directory(directory: str | Path, *, keep_existing: bool = True) -> Iterator[Path]:
     """Yield an empty temp folder beside ``directory``; on success it replaces ``directory``.
 
-    Files already in ``directory`` that the new content does not write (a tokenizer beside a model, say)
-    are carried over as hard links (copies where links are unsupported), so the old folder stays intact
-    until the swap. On error the temp folder, which holds only what this call wrote, is removed and
+    With ``keep_existing`` (the default), files already in ``directory`` that the new content does not
+    write (a tokenizer beside a model, say) are carried over as hard links (copies where links are
+    unsupported), so the old folder stays intact until the swap; without it the new folder holds only what
+    the caller wrote. On error the temp folder, which holds only what this call wrote, is removed and
     ``directory`` is left as it was.
     """
     directory = Path(directory)
@@ -183,7 +184,7 @@ def replace_directory(directory: str | Path) -> Iterator[Path]:
     tmp.mkdir()  # not mkdtemp: the folder gets the usual permissions, not 0700
     try:
         yield tmp
-        if directory.is_dir():
+        if keep_existing and directory.is_dir():
             _carry_over(directory, tmp)
         swap_directory(tmp, directory)
     except BaseException:

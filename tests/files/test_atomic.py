@@ -119,6 +119,15 @@ def test_replace_directory_keeps_files_other_tools_put_there(tmp_path):
     assert leftovers(tmp_path) == []
 
 
+def test_replace_directory_without_keep_existing_holds_only_the_new_files(tmp_path):
+    target = tmp_path / "m"
+    make_tree(target, OLD)
+    with replace_directory(target, keep_existing=False) as tmp:
+        make_tree(tmp, NEW)
+    assert tree(target) == NEW
+    assert leftovers(tmp_path) == []
+
+
 def test_new_folder_gets_the_usual_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
