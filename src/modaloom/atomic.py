@@ -49,7 +49,8 @@ def temp_sibling(path: Path) -> Path:
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path for a writer to fill; on success it is fsynced and renamed onto ``path``.
 
-    On error the temporary file is removed and ``path`` keeps its previous content (or stays absent).
+    On error the temporary file is removed and ``path`` keeps its previous content (or stays absent); an
+    OSError that names no file, or the temporary one, is raised again naming ``path`` (disk full, say).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -60,6 +61,11 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
             raise FileNotFoundError(f"the writer for {path} produced no file at {tmp}")
         _fsync_file(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno is not None and (exc.filename is None or Path(exc.filename) == tmp):  # name the target
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

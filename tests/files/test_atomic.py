@@ -94,6 +94,14 @@ def test_failed_rename_keeps_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["f.txt"]
 
 
+def test_os_error_without_a_file_name_names_the_target(tmp_path):
+    path = tmp_path / "f.txt"
+    with pytest.raises(OSError) as err, atomic_file(path):
+        raise OSError(28, "No space left on device")  # what write() says on a full disk
+    assert err.value.errno == 28 and err.value.filename == str(path)
+    assert leftovers(tmp_path) == []
+
+
 def test_writer_that_writes_nothing_is_an_error(tmp_path):
     path = tmp_path / "f.txt"
     path.write_text("old")
