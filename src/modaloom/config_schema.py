@@ -40,7 +40,7 @@ class Source:
     def where(self, path: str) -> str:
         for key in sorted(self.overrides, key=len, reverse=True):  # the most specific override wins
             if path == key or path.startswith(key + "."):
-                text = f"override {self.overrides[key]}"
+                text = f"override {self.overrides[key]}" + (f" (config {self.file})" if self.file else "")
                 return text if path == key else f"{text}: {path}"
         parts = []
         if self.file:

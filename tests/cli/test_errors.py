@@ -105,7 +105,7 @@ def test_non_finite_float_override_names_the_override(tmp_path, value, capsys):
     assert main(["pretrain", "--config", str(config), "--data", str(data), "--out", str(tmp_path / "o"),
                  f"train.lr={value}"]) == 2
     err = one_line(capsys)
-    assert f"override train.lr={value}: expected a finite number" in err
+    assert f"override train.lr={value} (config {config}): expected a finite number" in err
     assert not (tmp_path / "o" / "model").exists()
 
 
@@ -115,7 +115,8 @@ def test_override_error_points_at_the_override_not_the_file(tmp_path, capsys):
     assert main(["pretrain", "--config", str(config), "--data", str(data), "--out", str(tmp_path / "o"),
                  "model.encoder.layers_num=two"]) == 2
     err = one_line(capsys)
-    assert "override model.encoder.layers_num=two: expected an integer" in err and "c.yaml:" not in err
+    assert f"override model.encoder.layers_num=two (config {config}): expected an integer" in err
+    assert "c.yaml:" not in err  # no line of the file, which does not hold this value
 
 
 def _cli(*args: str, **kwargs) -> subprocess.Popen:
