@@ -49,7 +49,8 @@ def temp_sibling(path: Path) -> Path:
 def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path for a writer to fill; on success it is fsynced and renamed onto ``path``.
 
-    On error the temporary file is removed and ``path`` keeps its previous content (or stays absent).
+    On error the temporary file is removed and ``path`` keeps its previous content (or stays absent); an
+    OSError that names no file, or the temporary one, is raised again naming ``path`` (disk full, say).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -60,6 +61,11 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
             raise FileNotFoundError(f"the writer for {path} produced no file at {tmp}")
         _fsync_file(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno is not None and (exc.filename is None or Path(exc.filename) == tmp):  # name the target
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -168,12 +174,13 @@ def _carry_over(old: Path, new: Path) -> None:
 
 
 @contextmanager
-def replace_directory(directory: str | Path) -> Iterator[Path]:
+def replace_directory(directory: str | Path, *, keep_existing: bool = True) -> Iterator[Path]:
     """Yield an empty temp folder beside ``directory``; on success it replaces ``directory``.
 
-    Files already in ``directory`` that the new content does not write (a tokenizer beside a model, say)
-    are carried over as hard links (copies where links are unsupported), so the old folder stays intact
-    until the swap. On error the temp folder, which holds only what this call wrote, is removed and
+    With ``keep_existing`` (the default), files already in ``directory`` that the new content does not
+    write (a tokenizer beside a model, say) are carried over as hard links (copies where links are
+    unsupported), so the old folder stays intact until the swap; without it the new folder holds only what
+    the caller wrote. On error the temp folder, which holds only what this call wrote, is removed and
     ``directory`` is left as it was.
     """
     directory = Path(directory)
@@ -183,7 +190,7 @@ def replace_directory(directory: str | Path) -> Iterator[Path]:
     tmp.mkdir()  # not mkdtemp: the folder gets the usual permissions, not 0700
     try:
         yield tmp
-        if directory.is_dir():
+        if keep_existing and directory.is_dir():
             _carry_over(directory, tmp)
         swap_directory(tmp, directory)
     except BaseException:

@@ -62,10 +62,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         data, source = config_dict(path)
     else:
         data, source = copy.deepcopy(base or {}), Source()
-    for key, value in parse_overrides(overrides or []):
+    for item, (key, value) in zip(overrides or [], parse_overrides(overrides or []), strict=True):
         if key.split(".")[0] not in ("model", "data", "train"):
             raise ConfigError(f"override {key!r} must start with model., data. or train.")
         set_dotted(data, key, value)
+        source.overrides[key] = item.strip()  # errors about this key name the override, not a file line
     return build(Config, data, source)
 
 

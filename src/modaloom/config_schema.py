@@ -2,13 +2,15 @@
 
 ``build(cls, data, source)`` turns a plain dict into a dataclass instance. Unknown keys, wrong types and
 values outside a field's ``choices`` raise ConfigError naming the file, line, dotted key, the bad value
-and the valid choices (with the nearest name for a typo).
+and the valid choices (with the nearest name for a typo); a value set by a command-line override is named
+by that override (``override train.lr=nan``) rather than by a line of the file. Floats must be finite.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -33,8 +35,13 @@ class Source:
 
     file: str | None = None
     lines: dict[str, int] = field(default_factory=dict)
+    overrides: dict[str, str] = field(default_factory=dict)  # dotted key -> the "key=value" that set it
 
     def where(self, path: str) -> str:
+        for key in sorted(self.overrides, key=len, reverse=True):  # the most specific override wins
+            if path == key or path.startswith(key + "."):
+                text = f"override {self.overrides[key]}" + (f" (config {self.file})" if self.file else "")
+                return text if path == key else f"{text}: {path}"
         parts = []
         if self.file:
             line = self.lines.get(path)
@@ -147,19 +154,29 @@ def _convert(tp: Any, value: Any, path: str, source: Source) -> Any:
             return int(value)
         raise ConfigError(f"{source.where(path)}: expected an integer, got {value!r}")
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{source.where(path)}: expected a number, got {value!r}")
+        return _finite_float(value, path, source)
     if tp is str:
         if isinstance(value, str):
             return value
         raise ConfigError(f"{source.where(path)}: expected a string, got {value!r}")
     return value
+
+
+def _finite_float(value: Any, path: str, source: Source) -> float:
+    """A number, or a string that reads as one; NaN and infinities are refused (a NaN lr trains nothing)."""
+    number: float | None = None
+    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        except OverflowError:  # an integer beyond the float range
+            number = math.inf
+    if number is None:
+        raise ConfigError(f"{source.where(path)}: expected a number, got {value!r}")
+    if not math.isfinite(number):
+        raise ConfigError(f"{source.where(path)}: expected a finite number, got {value!r}")
+    return number
 
 
 def build(cls: type[T], data: dict[str, Any], source: Source | None = None, path: str = "") -> T:

@@ -94,6 +94,14 @@ def test_failed_rename_keeps_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["f.txt"]
 
 
+def test_os_error_without_a_file_name_names_the_target(tmp_path):
+    path = tmp_path / "f.txt"
+    with pytest.raises(OSError) as err, atomic_file(path):
+        raise OSError(28, "No space left on device")  # what write() says on a full disk
+    assert err.value.errno == 28 and err.value.filename == str(path)
+    assert leftovers(tmp_path) == []
+
+
 def test_writer_that_writes_nothing_is_an_error(tmp_path):
     path = tmp_path / "f.txt"
     path.write_text("old")
@@ -116,6 +124,15 @@ def test_replace_directory_keeps_files_other_tools_put_there(tmp_path):
     make_tree(target, OLD)
     write_new(target)
     assert tree(target) == {**CARRIED, **NEW}
+    assert leftovers(tmp_path) == []
+
+
+def test_replace_directory_without_keep_existing_holds_only_the_new_files(tmp_path):
+    target = tmp_path / "m"
+    make_tree(target, OLD)
+    with replace_directory(target, keep_existing=False) as tmp:
+        make_tree(tmp, NEW)
+    assert tree(target) == NEW
     assert leftovers(tmp_path) == []
 
 

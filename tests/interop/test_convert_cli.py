@@ -45,13 +45,81 @@ def test_hf_to_modaloom_and_back_round_trips(tmp_path, capsys):
     assert transformers.AutoConfig.from_pretrained(tmp_path / "pre").architectures == ["BertForPreTraining"]
 
 
-def test_existing_destination_is_replaced_atomically(tmp_path):
+def tree(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_existing_folder_is_refused_without_overwrite(tmp_path, capsys):
     src = tiny_bert(tmp_path, transformers.BertForMaskedLM)
     (tmp_path / "dst").mkdir()
-    (tmp_path / "dst" / "notes.txt").write_text("kept")
-    assert main(["convert", "--from", "hf", "--to", "modaloom", str(src), str(tmp_path / "dst")]) == 0
-    assert (tmp_path / "dst" / "notes.txt").read_text() == "kept"
+    (tmp_path / "dst" / "notes.txt").write_text("mine")
+    assert main(["convert", "--from", "hf", "--to", "modaloom", str(src), str(tmp_path / "dst")]) == 2
+    err = capsys.readouterr().err
+    assert "not empty" in err and "--overwrite" in err and "Traceback" not in err
+    assert tree(tmp_path / "dst") == {"notes.txt": b"mine"}
+    # --overwrite does not make a folder that is not a model folder fair game either.
+    assert main(["convert", "--from", "hf", "--to", "modaloom", "--overwrite", str(src), str(tmp_path / "dst")]) == 2
+    assert "not a model folder" in capsys.readouterr().err
+    assert tree(tmp_path / "dst") == {"notes.txt": b"mine"}
+    # An empty folder is fine.
+    (tmp_path / "empty").mkdir()
+    assert main(["convert", "--from", "hf", "--to", "modaloom", str(src), str(tmp_path / "empty")]) == 0
+    assert (tmp_path / "empty" / "model.safetensors").is_file()
+
+
+def test_overwrite_replaces_a_model_folder_without_its_stale_files(tmp_path):
+    src = tiny_bert(tmp_path, transformers.BertForMaskedLM)
+    dst = tmp_path / "dst"
+    assert main(["convert", "--from", "hf", "--to", "modaloom", str(src), str(dst)]) == 0
+    (dst / "merges.txt").write_text("stale merges of another tokenizer")  # as a GPT-2 conversion would leave
+    (dst / "vocab.json").write_text("{}")
+    assert main(["convert", "--from", "hf", "--to", "modaloom", "--overwrite", str(src), str(dst)]) == 0
+    assert sorted(tree(dst)) == ["config.json", "model.safetensors", "vocab.txt"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".dst")]
+
+
+@pytest.mark.parametrize("spelling", ["same", "dotdot", "symlink", "inside"])
+def test_destination_that_is_or_is_inside_the_source_is_refused(tmp_path, capsys, spelling):
+    src = tiny_bert(tmp_path)
+    ml = tmp_path / "ml"
+    assert main(["convert", "--from", "hf", "--to", "modaloom", str(src), str(ml)]) == 0
+    before = tree(ml)
+    (tmp_path / "link").symlink_to(ml)
+    dst = {"same": ml, "dotdot": tmp_path / "hf_src" / ".." / "ml", "symlink": tmp_path / "link",
+           "inside": ml / "hf"}[spelling]
+    assert main(["convert", "--from", "modaloom", "--to", "hf", "--overwrite", str(ml), str(dst)]) == 2
+    err = capsys.readouterr().err
+    assert ("is the input" in err or "inside the input" in err) and "Traceback" not in err
+    assert tree(ml) == before
+
+
+def test_destination_holding_an_input_is_refused_even_with_overwrite(tmp_path, capsys):
+    src = tiny_bert(tmp_path)
+    out = tmp_path / "out"
+    assert main(["convert", "--from", "hf", "--to", "modaloom", str(src), str(out)]) == 0
+    # The source lies inside the destination: replacing it would delete the source.
+    ml = out / "nested"
+    assert main(["convert", "--from", "hf", "--to", "modaloom", str(src), str(ml)]) == 0
+    assert main(["convert", "--from", "modaloom", "--to", "hf", "--overwrite", str(ml), str(out)]) == 2
+    assert "contains the input" in capsys.readouterr().err
+    assert (ml / "model.safetensors").is_file()
+    # So does a model folder holding the --config file of a TencentPretrain conversion.
+    (out / "tp_config.json").write_text("{}")
+    (tmp_path / "model.bin").write_bytes(b"")
+    assert main(["convert", "--from", "tencentpretrain", "--to", "modaloom", "--overwrite", "--config",
+                 str(out / "tp_config.json"), str(tmp_path / "model.bin"), str(out)]) == 2
+    assert "contains the input" in capsys.readouterr().err
+    assert (out / "tp_config.json").read_text() == "{}"
+
+
+def test_destination_that_is_a_file_is_one_line(tmp_path, capsys):
+    src = tiny_bert(tmp_path)
+    (tmp_path / "file").write_text("x")
+    capsys.readouterr()
+    assert main(["convert", "--from", "hf", "--to", "modaloom", "--overwrite", str(src), str(tmp_path / "file")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not a folder" in err
+    assert (tmp_path / "file").read_text() == "x"
 
 
 def test_unsupported_architecture_exits_2(tmp_path, capsys):

@@ -45,6 +45,30 @@ def test_json_config_and_overrides(tmp_path):
     assert cfg.model.targets[0].weight == 0.5
 
 
+@pytest.mark.parametrize("value", [".nan", ".inf", "-.inf", "'nan'", "1e400"])
+def test_non_finite_float_in_a_file_names_file_line_and_key(tmp_path, value):
+    path = write(tmp_path, f"train:\n  steps: 3\n  lr: {value}\n")
+    with pytest.raises(ConfigError, match=r"c.yaml:3: train.lr: expected a finite number"):
+        load_config(path)
+
+
+def test_override_error_names_the_override_even_for_a_key_in_the_file(tmp_path):
+    path = write(tmp_path, "model:\n  encoder:\n    layers_num: 2\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, ["model.encoder.layers_num=-x"])
+    assert str(err.value).startswith(f"override model.encoder.layers_num=-x (config {path}): expected an integer")
+    with pytest.raises(ConfigError, match=r"^override model.targets=\[\{type: mlmm\}\] \(config .*c.yaml\): "
+                                          r"model.targets.0.type"):
+        load_config(path, ["model.targets=[{type: mlmm}]"])
+    with pytest.raises(ConfigError, match=r"c.yaml:3: model.encoder.layers_num"):  # the file's own value
+        load_config(write(tmp_path, "model:\n  encoder:\n    layers_num: two\n"), ["train.lr=0.1"])
+
+
+def test_override_without_a_file_names_only_the_override():
+    with pytest.raises(ConfigError, match=r"^override train.lr=nan: expected a finite number, got 'nan'"):
+        load_config(None, ["train.lr=nan"])
+
+
 def test_override_must_name_a_section():
     with pytest.raises(ConfigError, match="must start with model., data. or train."):
         load_config(None, ["encoder.layers_num=3"])

@@ -6,6 +6,10 @@
 - ``--from modaloom --to hf``: a folder that ``transformers``' ``from_pretrained`` loads.
 - ``--from tencentpretrain``: a TencentPretrain ``.bin`` (read weights-only) with its JSON ``--config``.
 Tokenizer files found beside SRC are copied next to the converted weights.
+
+DST must be new, empty, or (with ``--overwrite``) a model folder; it is never SRC, inside SRC, or a folder
+holding an input (``modaloom.outputs.check_output_dir``). A replaced DST holds only what this conversion
+wrote: files of the previous model (its tokenizer, say) do not survive into it.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from modaloom.atomic import replace_directory
 from modaloom.errors import ConfigError
+from modaloom.outputs import check_output_dir
 
 HELP = "convert checkpoints between HuggingFace transformers, TencentPretrain and modaloom"
 
@@ -24,13 +30,17 @@ SOURCES = ("hf", "modaloom", "tencentpretrain")
 TARGETS = ("hf", "modaloom")
 TOKENIZER_FILES = ("vocab.txt", "vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json",
                    "special_tokens_map.json", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
+MODEL_MARKERS = ("config.json", ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                                 "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack"))
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from", dest="source_format", choices=SOURCES, required=True, help="format of SRC")
     parser.add_argument("--to", dest="target_format", choices=TARGETS, required=True, help="format of DST")
     parser.add_argument("src", help="source folder (hf, modaloom) or .bin file (tencentpretrain)")
-    parser.add_argument("dst", help="destination folder (written atomically)")
+    parser.add_argument("dst", help="destination folder (written atomically); must be new or empty")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace DST when it is a model folder (its old files are not kept)")
     parser.add_argument("--config", help="TencentPretrain JSON config (with --from tencentpretrain)")
     parser.add_argument("--model-type", help="HF model_type to export to (default: from the model, or inferred)")
     parser.add_argument("--architecture", help="HF class, e.g. BertForMaskedLM (default: from the targets)")
@@ -40,7 +50,7 @@ def _copy_tokenizer(src: Path, dst: Path) -> list[str]:
     copied = []
     folder = src if src.is_dir() else src.parent
     for name in TOKENIZER_FILES:
-        if (folder / name).is_file() and not (dst / name).exists():
+        if (folder / name).is_file() and not (dst / name).exists():  # the converter's own files win
             shutil.copy2(folder / name, dst / name)
             copied.append(name)
     return copied
@@ -62,9 +72,7 @@ def _load_modaloom(src: Path) -> tuple[Any, dict[str, Any]]:
     return model, origin if isinstance(origin, dict) else {}
 
 
-def _load_tencentpretrain(src: Path, config: str | None):
-    if not config:
-        raise ConfigError("--from tencentpretrain needs --config, the TencentPretrain JSON config of the model")
+def _load_tencentpretrain(src: Path, config: str):
     from modaloom.interop.tencentpretrain import convert_tencentpretrain
 
     return convert_tencentpretrain(src, config)
@@ -78,18 +86,29 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"source {src} does not exist")
     if args.config and args.source_format != "tencentpretrain":
         raise ConfigError("--config is only used with --from tencentpretrain")
+    if args.source_format == "tencentpretrain" and not args.config:
+        raise ConfigError("--from tencentpretrain needs --config, the TencentPretrain JSON config of the model")
+    inputs = [src, *([args.config] if args.config else [])]
+    check_output_dir(dst, kind="model", markers=MODEL_MARKERS, inputs=inputs, overwrite=args.overwrite)
+    # keep_existing=False: a replaced model folder must not keep the previous model's tokenizer files
+    with replace_directory(dst, keep_existing=False) as staging:
+        message = _convert(args, src, staging, dst)
+    print(message)
+    return 0
 
+
+def _convert(args: argparse.Namespace, src: Path, out: Path, dst: Path) -> str:
+    """Convert SRC into the fresh folder ``out`` (renamed to ``dst`` afterwards); returns the summary."""
     if args.source_format == "hf":
         from modaloom.interop.hf import convert_from_hf
 
         conv = convert_from_hf(src, architecture=args.architecture)
-        conv.model.save(dst, extra={"interop": conv.origin()})
-        copied = _copy_tokenizer(src, dst)
-        print(f"converted HF {conv.model_type} ({conv.architecture}) -> {dst}: "
-              f"{conv.model.num_parameters():,} parameters"
-              + _summary("randomly initialised (not in the checkpoint)", conv.random_init)
-              + _summary("tokenizer files copied", copied))
-        return 0
+        conv.model.save(out, extra={"interop": conv.origin()})
+        copied = _copy_tokenizer(src, out)
+        return (f"converted HF {conv.model_type} ({conv.architecture}) -> {dst}: "
+                f"{conv.model.num_parameters():,} parameters"
+                + _summary("randomly initialised (not in the checkpoint)", conv.random_init)
+                + _summary("tokenizer files copied", copied))
 
     if args.source_format == "modaloom":
         model, origin = _load_modaloom(src)
@@ -97,9 +116,10 @@ def run(args: argparse.Namespace) -> int:
         model, origin = _load_tencentpretrain(src, args.config), {}
 
     if args.target_format == "modaloom":
-        model.save(dst, extra={"interop": {"from": "tencentpretrain", "source": str(src)}})
-        print(f"converted TencentPretrain {src} -> {dst}: {model.num_parameters():,} parameters")
-        return 0
+        model.save(out, extra={"interop": {"from": "tencentpretrain", "source": str(src)}})
+        copied = _copy_tokenizer(src, out)
+        return (f"converted TencentPretrain {src} -> {dst}: {model.num_parameters():,} parameters"
+                + _summary("tokenizer files copied", copied))
 
     from modaloom.interop.hf import modaloom_to_hf
 
@@ -107,9 +127,8 @@ def run(args: argparse.Namespace) -> int:
     architecture = args.architecture
     if architecture is None and model_type is not None and model_type == origin.get("model_type"):
         architecture = origin.get("architecture")
-    export = modaloom_to_hf(model, dst, model_type=model_type, architecture=architecture)
-    copied = _copy_tokenizer(src, dst)
-    print(f"exported {src} -> HF {export.model_type} ({export.architecture}) at {dst}"
-          + _summary("left out (no place in this HF class)", export.dropped)
-          + _summary("tokenizer files copied", copied))
-    return 0
+    export = modaloom_to_hf(model, out, model_type=model_type, architecture=architecture)
+    copied = _copy_tokenizer(src, out)
+    return (f"exported {src} -> HF {export.model_type} ({export.architecture}) at {dst}"
+            + _summary("left out (no place in this HF class)", export.dropped)
+            + _summary("tokenizer files copied", copied))

@@ -1,13 +1,22 @@
 """`modaloom <verb>`: one entry point; each verb lives in its own module under modaloom.cli.
 
-A verb module defines ``HELP`` (one line), ``configure(parser)`` and ``run(args) -> int``. Errors caused by
-user input (ModaloomError) print one line and exit with code 2; ``--debug`` shows the traceback.
+A verb module defines ``HELP`` (one line), ``configure(parser)`` and ``run(args) -> int``. Every error a
+user can meet prints one line, ``--debug`` shows the traceback instead:
+
+- errors caused by user input (ModaloomError) and operating-system errors (disk full, read-only file
+  system, permission denied, a path that is a file) exit with code 2, the latter naming the path and cause;
+- Ctrl-C prints ``interrupted`` and exits with 130 (worker processes ignore SIGINT and are stopped by the
+  main process);
+- a closed output pipe (``modaloom inspect DIR | head``) exits quietly with 141, the status a shell reports
+  for a command killed by SIGPIPE, so that ``set -o pipefail`` scripts see the truncation as usual.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
 import sys
 
 from modaloom.errors import ModaloomError
@@ -56,22 +65,70 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_USER_ERROR = 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+
+WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EFBIG}
+
+
+def os_error_text(exc: OSError, output: str | None = None) -> str:
+    """One line naming the path and the cause: ``cannot write /x/y: No space left on device``.
+
+    A write error that names no file (a full disk seen by ``write``) names the command's ``output`` instead.
+    """
+    cause = exc.strerror or str(exc)
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    if not paths and output and exc.errno in WRITE_ERRNOS:
+        paths = [f"under {output}"]
+    if exc.errno in WRITE_ERRNOS:
+        action = "cannot write"
+    elif exc.errno in (errno.ENOENT,):
+        action = "cannot find"
+    else:
+        action = "cannot access"
+    return f"{action} {' -> '.join(paths)}: {cause}" if paths else f"{action}: {cause}"
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush does not fail on the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout without a file descriptor (captured in tests): nothing to flush
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "_run", None):
         parser.print_help()
-        return 2
+        return EXIT_USER_ERROR
+    prefix = f"modaloom {args.verb}"
     try:
-        return int(args._run(args) or 0)
+        code = int(args._run(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
     except ModaloomError as exc:
         if args.debug:
             raise
-        print(f"modaloom {args.verb}: error: {exc}", file=sys.stderr)
-        return 2
+        print(f"{prefix}: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+    except OSError as exc:
+        if args.debug:
+            raise
+        output = getattr(args, "out", None) or getattr(args, "dst", None)
+        print(f"{prefix}: error: {os_error_text(exc, output)}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print(f"modaloom {args.verb}: interrupted", file=sys.stderr)
-        return 130
+        if args.debug:
+            raise
+        print(f"{prefix}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import multiprocessing
 import os
+import signal
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -79,6 +80,8 @@ _WORKER_PROCESSOR: Processor | None = None
 
 def _init_worker(job: PreprocessJob) -> None:
     global _WORKER_PROCESSOR
+    # Ctrl-C reaches the whole process group: the main process alone reports it and terminates the pool.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WORKER_PROCESSOR = job.build()
 
 

@@ -1,0 +1,79 @@
+"""The one rule for "may this command write its output folder here?", shared by every verb with an output.
+
+A user's folder is precious: a command never writes into a folder that holds one of its own inputs, and
+replaces an existing non-empty folder only when asked (``--overwrite``) and only when that folder is what
+the command itself would write (a model folder, a dataset folder), recognised by its marker files.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from modaloom.errors import ConfigError
+
+Marker = str | Sequence[str]  # a file name, or alternatives of which one must exist
+
+
+def _resolved(path: str | Path) -> Path:
+    """The absolute path with symlinks and ``..`` resolved, so that two spellings of a folder compare equal."""
+    return Path(os.path.realpath(os.path.abspath(os.fspath(path))))
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+def _has_markers(folder: Path, markers: Sequence[Marker]) -> bool:
+    for marker in markers:
+        names = (marker,) if isinstance(marker, str) else tuple(marker)
+        if not any((folder / name).is_file() for name in names):
+            return False
+    return True
+
+
+def _describe(markers: Sequence[Marker]) -> str:
+    return " and ".join(m if isinstance(m, str) else " or ".join(m) for m in markers)
+
+
+def check_output_dir(out: str | Path, *, kind: str, markers: Sequence[Marker], inputs: Iterable[str | Path],
+                     overwrite: bool, flag: str = "--overwrite") -> Path:
+    """Refuse, with a ConfigError naming the folder and what to do, an output folder that must not be written.
+
+    Contract (the same for every verb):
+    - ``out`` is compared by resolved path (symlinks, ``..``) with each of ``inputs`` (files or folders the
+      command reads). It is always refused when it is an input, lies inside an input folder, or contains an
+      input, whatever ``overwrite`` says.
+    - ``out`` that does not exist, or is an empty folder, is accepted.
+    - ``out`` that exists and is not a folder is refused.
+    - a non-empty folder is refused without ``overwrite`` (the message names ``flag``); with it, it is
+      accepted only when it holds every one of ``markers`` (each a file name, or a tuple of alternatives of
+      which one must be a file), i.e. when it is a ``kind`` folder the command would write itself.
+    Returns the resolved ``out``. Writing, and what happens to files already there, is the caller's job.
+    """
+    given = Path(out)
+    target = _resolved(given)
+    for item in inputs:
+        source = _resolved(item)
+        if target == source:
+            raise ConfigError(f"output {given} is the input {item}; choose another output folder")
+        if _inside(target, source):
+            raise ConfigError(f"output {given} lies inside the input folder {item}; choose a folder outside it")
+        if _inside(source, target):
+            raise ConfigError(f"output {given} contains the input {item}; replacing it would destroy the input; "
+                              f"choose another output folder")
+    if not target.exists():
+        return target
+    if not target.is_dir():
+        raise ConfigError(f"output {given} exists and is not a folder; remove it or choose another path")
+    if not any(target.iterdir()):
+        return target
+    if not overwrite:
+        raise ConfigError(f"output {given} already exists and is not empty; pass {flag} to replace it, "
+                          f"or choose another folder")
+    if not _has_markers(target, markers):
+        raise ConfigError(f"output {given} is not a {kind} folder (it lacks {_describe(markers)}); {flag} only "
+                          f"replaces a {kind} folder or an empty one, so this folder is left alone: remove it "
+                          f"yourself or choose another folder")
+    return target
