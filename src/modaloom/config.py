@@ -55,9 +55,31 @@ def config_dict(path: str | Path) -> tuple[dict[str, Any], Source]:
     return data, source
 
 
+def require_named_parts(model: Any, origin: str) -> None:
+    """A config must name its model's parts: defaults alone would build a BERT-base without a word."""
+    missing = []
+    if not isinstance(model, dict) or not model:
+        missing = ["model.embedding.parts", "model.encoder", "model.targets"]
+    else:
+        embedding = model.get("embedding")
+        if not isinstance(embedding, dict) or "parts" not in embedding:
+            missing.append("model.embedding.parts")
+        if not model.get("encoder"):
+            missing.append("model.encoder")
+        if not model.get("targets"):
+            missing.append("model.targets")
+    if missing:
+        raise ConfigError(f"{origin}: the config does not name {', '.join(missing)}; a model is chosen, never "
+                          f"defaulted: start from a zoo config (--config bert/tiny, `modaloom zoo` lists them) "
+                          f"or name the parts and sizes yourself")
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                base: dict[str, Any] | None = None) -> Config:
-    """Build a validated Config from a file or zoo name (or ``base`` dict) plus ``key.sub=value`` overrides."""
+                base: dict[str, Any] | None = None, require_parts: bool = False) -> Config:
+    """Build a validated Config from a file or zoo name (or ``base`` dict) plus ``key.sub=value`` overrides.
+
+    With ``require_parts`` (every command line job) the model section must name its parts.
+    """
     if path is not None:
         data, source = config_dict(path)
     else:
@@ -67,6 +89,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"override {key!r} must start with model., data. or train.")
         set_dotted(data, key, value)
         source.overrides[key] = item.strip()  # errors about this key name the override, not a file line
+    if require_parts:
+        require_named_parts(data.get("model"), str(path) if path is not None else "config")
     return build(Config, data, source)
 
 

@@ -7,13 +7,15 @@ the command itself would write (a model folder, a dataset folder), recognised by
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from modaloom.errors import ConfigError
 
 Marker = str | Sequence[str]  # a file name, or alternatives of which one must exist
+LOCK_NAME = ".modaloom.lock"
 
 
 def _resolved(path: str | Path) -> Path:
@@ -37,6 +39,57 @@ def _describe(markers: Sequence[Marker]) -> str:
     return " and ".join(m if isinstance(m, str) else " or ".join(m) for m in markers)
 
 
+def check_not_input(out: str | Path, inputs: Iterable[str | Path]) -> Path:
+    """Refuse an output folder that is, lies inside, or contains one of ``inputs``; returns it resolved."""
+    given = Path(out)
+    target = _resolved(given)
+    for item in inputs:
+        source = _resolved(item)
+        if target == source:
+            raise ConfigError(f"output {given} is the input {item}; choose another output folder")
+        if _inside(target, source):
+            raise ConfigError(f"output {given} lies inside the input folder {item}; choose a folder outside it")
+        if _inside(source, target):
+            raise ConfigError(f"output {given} contains the input {item}; replacing it would destroy the input; "
+                              f"choose another output folder")
+    return target
+
+
+@contextlib.contextmanager
+def run_lock(out: str | Path, command: str) -> Iterator[None]:
+    """Hold an exclusive lock on the run folder ``out`` while a job writes it; a second writer is refused.
+
+    The lock is a POSIX record lock (``lockf``) on ``out/.modaloom.lock``: the kernel releases it when the
+    holder exits, however it exits, so a crashed run never leaves a stale lock, and unlike ``flock`` it is
+    not inherited by forked data-loader workers, which may outlive a killed run for a moment. The file
+    records the holder's pid and command for the refusal message. Without ``fcntl`` (Windows) no lock.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the whole job
+    try:
+        try:
+            fcntl.lockf(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise ConfigError(f"{folder} is being written by {holder}; wait for it to finish, or choose "
+                              f"another output folder") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{command} (pid {os.getpid()})\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
 def check_output_dir(out: str | Path, *, kind: str, markers: Sequence[Marker], inputs: Iterable[str | Path],
                      overwrite: bool, flag: str = "--overwrite") -> Path:
     """Refuse, with a ConfigError naming the folder and what to do, an output folder that must not be written.
@@ -53,16 +106,7 @@ def check_output_dir(out: str | Path, *, kind: str, markers: Sequence[Marker], i
     Returns the resolved ``out``. Writing, and what happens to files already there, is the caller's job.
     """
     given = Path(out)
-    target = _resolved(given)
-    for item in inputs:
-        source = _resolved(item)
-        if target == source:
-            raise ConfigError(f"output {given} is the input {item}; choose another output folder")
-        if _inside(target, source):
-            raise ConfigError(f"output {given} lies inside the input folder {item}; choose a folder outside it")
-        if _inside(source, target):
-            raise ConfigError(f"output {given} contains the input {item}; replacing it would destroy the input; "
-                              f"choose another output folder")
+    target = check_not_input(given, inputs)
     if not target.exists():
         return target
     if not target.is_dir():

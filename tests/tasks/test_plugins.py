@@ -118,7 +118,7 @@ def test_the_toy_loss_is_configured_by_name_with_its_own_options():
 
 def test_a_task_from_a_test_file_trains_evaluates_predicts_and_exports(tmp_path):
     task_cls = registry.get("task", "test_marked")
-    task = task_cls(job(60), JobPaths(data=tmp_path, out=tmp_path / "run"))
+    task = task_cls(job(60), JobPaths(data=tmp_path / "data", out=tmp_path / "run"))
     torch.manual_seed(0)
     summary = task.run()
     assert summary["steps"] == 60 and summary["eval/examples"] == 16 + 5 + 9 + 16

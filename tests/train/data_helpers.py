@@ -14,8 +14,10 @@ WORDS = ["the", "cat", "sat", "on", "a", "mat", "while", "dogs", "ran", "fast", 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-def write_vocab(path: Path, extra: int = 0) -> Path:
-    tokens = SPECIALS + sorted(set(WORDS)) + [f"extra{i}" for i in range(extra)]
+def write_vocab(path: Path, extra: int = 0, reverse: bool = False) -> Path:
+    """A WordPiece vocabulary; ``reverse`` gives the same tokens (same size) in another order."""
+    words = sorted(set(WORDS), reverse=reverse)
+    tokens = SPECIALS + words + [f"extra{i}" for i in range(extra)]
     path.write_text("\n".join(tokens) + "\n", encoding="utf-8")
     return path
 
@@ -28,9 +30,9 @@ def sentences(count: int, seed: int = 0) -> list[str]:
 
 
 def write_dataset(directory: Path, processor: str = "bert", documents: int = 60, seq_length: int = 32,
-                  vocab_extra: int = 0) -> Path:
+                  vocab_extra: int = 0, reverse_vocab: bool = False) -> Path:
     """A preprocessed dataset of ``documents`` 4-sentence documents (or lines for ``lm``/``mlm``)."""
-    vocab = write_vocab(directory.parent / f"vocab-{directory.name}.txt", vocab_extra)
+    vocab = write_vocab(directory.parent / f"vocab-{directory.name}.txt", vocab_extra, reverse_vocab)
     tokenizer = load_tokenizer({"type": "wordpiece", "vocab": str(vocab)})
     proc = build_processor(processor, tokenizer, seq_length)
     records = []
@@ -45,7 +47,7 @@ def write_dataset(directory: Path, processor: str = "bert", documents: int = 60,
         writer.add_batch(result.batch)
         tokenizer.save(writer.path / "tokenizer")
         writer.close({"processor": proc.manifest_entry(),
-                      "tokenizer": {"vocab_size": tokenizer.vocab_size}})
+                      "tokenizer": {"vocab_size": tokenizer.vocab_size, "fingerprint": tokenizer.fingerprint()}})
     return directory
 
 

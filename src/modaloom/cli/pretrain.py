@@ -56,11 +56,10 @@ def overrides_of(args: argparse.Namespace) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from modaloom import registry
-    from modaloom.tasks.base import JobPaths, load_job_config
+    from modaloom.tasks.base import JobPaths, exit_status, load_job_config
 
     cfg = load_job_config(args.config, overrides_of(args))
     paths = JobPaths(data=Path(args.data), out=Path(args.out), resume=args.resume,
                      eval_data=Path(args.eval_data) if args.eval_data else None,
                      init_from=Path(args.init_from) if args.init_from else None)
-    registry.get("task", "pretrain")(cfg, paths).run()
-    return 0
+    return exit_status(registry.get("task", "pretrain")(cfg, paths).run())

@@ -20,7 +20,9 @@ them. A new task is a module in ``modaloom/tasks/`` imported by ``modaloom/tasks
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import sys
 import uuid
@@ -29,8 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from modaloom.atomic import atomic_file, recover_stale, swap_directory, temp_sibling
-from modaloom.errors import CheckpointError, ConfigError
+from modaloom.atomic import atomic_file, atomic_write_json, recover_stale, swap_directory, temp_sibling
+from modaloom.errors import CheckpointError, ConfigError, DataError
+from modaloom.outputs import LOCK_NAME, check_not_input, run_lock
 from modaloom.train.steps import ModelSteps, Outputs
 
 if TYPE_CHECKING:
@@ -80,9 +83,9 @@ def load_job_config(path: str | Path, overrides: list[str]) -> Config:
 
     data, _ = config_dict(str(path))
     if set(data) & {"model", "data", "train"}:
-        return load_config(str(path), overrides)
+        return load_config(str(path), overrides, require_parts=True)
     try:
-        return load_config(None, overrides, base={"model": data})
+        return load_config(None, overrides, base={"model": data}, require_parts=True)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 
@@ -110,6 +113,21 @@ def initial_model(model_config: Any | None, init_from: Path | None = None) -> tu
 
 
 # ---------------------------------------------------------------- output files
+
+
+RUN_MARKERS = ("checkpoints", "metrics.jsonl", "summary.json", LOCK_NAME)
+
+
+def check_run_folder(out: Path) -> None:
+    """``--out`` is new, empty, or a run folder a job wrote (it has one of RUN_MARKERS); a folder of other
+    files is refused, because a run writes config.json, model/ and more into it."""
+    if not out.is_dir() or any((out / marker).exists() for marker in RUN_MARKERS):
+        return
+    others = sorted(p.name for p in out.iterdir())
+    if others:
+        shown = ", ".join(others[:5]) + (" ..." if len(others) > 5 else "")
+        raise ConfigError(f"--out {out} holds files that are not a modaloom run ({shown}); a run writes "
+                          f"config.json, model/, checkpoints/ and logs into it: choose a new or empty folder")
 
 
 def check_out_dir(out: Path, resume: str | None) -> None:
@@ -158,6 +176,35 @@ def write_jsonl(path: Path, records: Iterable[dict[str, Any]]) -> Path:
         for record in records:
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
     return path
+
+
+def exit_status(summary: dict[str, Any]) -> int:
+    """The process exit status of a job: 0 when it finished, 128 + the signal when SIGINT/SIGTERM stopped it
+    (130 / 143, as a shell reports a process killed by that signal), so ``pretrain && convert`` stops."""
+    if summary.get("interrupted"):
+        return 128 + int(summary.get("stop_signal") or 15)
+    return 0
+
+
+def set_aside_later_checkpoints(out: Path, step: int) -> list[Path]:
+    """Move the complete checkpoints of ``out`` past ``step`` into ``checkpoints/abandoned/`` (kept, not
+    deleted): a run resumed from an earlier checkpoint starts a new branch, and ``--resume`` must continue
+    that branch, not the step numbers of the one it left."""
+    from modaloom.train.checkpoint import checkpoint_root, complete_checkpoints
+
+    moved = []
+    for found_step, path in complete_checkpoints(out):
+        if found_step <= step:
+            continue
+        target = checkpoint_root(out) / "abandoned" / path.name
+        n = 1
+        while target.exists():
+            n += 1
+            target = target.with_name(f"{path.name}.{n}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
+        moved.append(target)
+    return moved
 
 
 # ---------------------------------------------------------------- the contract
@@ -239,27 +286,62 @@ class Task(ModelSteps):
         from modaloom.train import distributed as dist_utils
 
         self.prepare()
-        info = dist_utils.setup()
-        try:
-            if info.is_main:
-                check_out_dir(self.paths.out, self.paths.resume)
-            dist_utils.barrier()
-            return self.train(info)
-        finally:
-            dist_utils.teardown()
+        check_not_input(self.paths.out, self.inputs())
+        check_run_folder(self.paths.out)
+        first_process = os.environ.get("RANK", "0") == "0"  # before the process group exists
+        with run_lock(self.paths.out, f"modaloom {self.name}") if first_process else contextlib.nullcontext():
+            info = dist_utils.setup()
+            try:
+                if info.is_main:
+                    check_out_dir(self.paths.out, self.paths.resume)
+                dist_utils.barrier()
+                return self.train(info)
+            finally:
+                dist_utils.teardown()
 
-    def resume_checkpoint(self) -> Path | None:
-        """The checkpoint ``paths.resume`` names (None: start fresh), checked to belong to this model."""
+    def inputs(self) -> list[Path]:
+        """Every file or folder the job reads; the run folder may not be, contain or lie inside one."""
+        return [p for p in (self.paths.data, self.paths.eval_data, self.paths.init_from) if p is not None]
+
+    def identity(self) -> dict[str, Any]:
+        """What the training data is (e.g. processor and tokenizer fingerprint), stored in every checkpoint
+        so that a resumed run on other data is refused; empty: nothing to compare."""
+        return {}
+
+    def resume_checkpoint(self, info: DistInfo | None = None) -> Path | None:
+        """The checkpoint ``paths.resume`` names (None: start fresh), checked to belong to this model and data
+        and to lie before ``train.steps``. Resuming an earlier checkpoint than the newest sets the later ones
+        aside (``checkpoints/abandoned/``), so that ``--resume`` afterwards continues this branch."""
         from modaloom.config_schema import to_dict
-        from modaloom.train.checkpoint import check_same_model, latest_checkpoint
+        from modaloom.train import distributed as dist_utils
+        from modaloom.train.checkpoint import STATE_FILE, check_same_model, latest_checkpoint, read_json
 
         if not self.paths.resume:
             return None
         path = latest_checkpoint(self.paths.out) if self.paths.resume == "latest" else Path(self.paths.resume)
-        if path is not None:
-            if not (path / "trainer_state.json").is_file():
-                raise ConfigError(f"--resume {path}: not a complete checkpoint directory")
-            check_same_model(path, to_dict(self.cfg.model))
+        if path is None:
+            return None
+        if not (path / STATE_FILE).is_file():
+            raise ConfigError(f"--resume {path}: not a complete checkpoint directory")
+        check_same_model(path, to_dict(self.cfg.model))
+        state = read_json(path / STATE_FILE)
+        saved, current = state.get("job") or {}, self.identity()
+        changed = sorted(k for k in set(saved) & set(current) if saved[k] != current[k])
+        if changed:
+            shown = "; ".join(f"{k}: checkpoint {saved[k]!r}, now {current[k]!r}" for k in changed)
+            raise DataError(f"checkpoint {path} was trained on other data ({shown}); resume with the data it was "
+                            f"trained on, or start a fresh run with another --out")
+        step = int(state["step"])
+        if step > self.cfg.train.steps:
+            raise ConfigError(f"checkpoint {path} is at step {step}, past train.steps {self.cfg.train.steps}; "
+                              f"raise --steps to continue it, or resume an earlier checkpoint")
+        if info is None or info.is_main:
+            moved = set_aside_later_checkpoints(self.paths.out, step)
+            if moved:
+                print(f"modaloom {self.name}: resuming step {step}, an earlier checkpoint than the newest; "
+                      f"{len(moved)} later checkpoint(s) moved to {moved[0].parent} (kept, not deleted)",
+                      file=sys.stderr)
+        dist_utils.barrier()
         return path
 
     def train(self, info: DistInfo) -> dict[str, Any]:
@@ -270,7 +352,7 @@ class Task(ModelSteps):
         from modaloom.train.trainer import Trainer
 
         cfg, out = self.cfg, self.paths.out
-        resume_from = self.resume_checkpoint()
+        resume_from = self.resume_checkpoint(info)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         torch.manual_seed(cfg.train.seed)
@@ -278,15 +360,17 @@ class Task(ModelSteps):
         train_loader = self.train_loader(info, model)
         eval_loader = self.eval_loader(info) if cfg.train.eval_every else None
         if info.is_main:
-            (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=1), encoding="utf-8")
+            atomic_write_json(out / "config.json", to_dict(cfg), indent=1)
             self.announce(model, info)
         trainer = Trainer(model, cfg.train, train_loader, out, eval_loader=eval_loader,
                           model_config=to_dict(cfg.model), info=info, seq_length=cfg.data.seq_length,
-                          task=self, hooks=self.hooks(model))
+                          task=self, hooks=self.hooks(model), job_identity=self.identity())
         summary = trainer.fit(resume=resume_from if resume_from is not None else False)
         if info.is_main:
-            if summary.get("checkpoint"):
+            if summary.get("checkpoint") and not summary["interrupted"] and summary["steps_this_run"]:
                 summary["model_dir"] = str(self.export(Path(summary["checkpoint"])))
+            elif not summary["steps_this_run"] and (out / "model").is_dir():
+                summary["model_dir"] = str(out / "model")
             self.report(summary)
         return summary
 
@@ -308,7 +392,13 @@ class Task(ModelSteps):
         """The lines printed (stdout, rank 0) after training: where the outputs are, and the speed."""
         if summary["interrupted"]:
             print(f"interrupted at step {summary['steps']}; checkpoint saved in {summary['checkpoint']}; "
-                  f"continue with --resume", file=sys.stderr)
+                  f"continue with --resume (the final model is written when the run completes)", file=sys.stderr)
+            return
+        if not summary["steps_this_run"]:
+            print(f"{self.paths.out} already holds this run, complete at step {summary['steps']} "
+                  f"(train.steps {self.cfg.train.steps}); nothing to do; model: {summary.get('model_dir')}",
+                  file=sys.stderr)
+            return
         print(f"loss curve: {summary.get('curves_png')}\nsummary:    {summary.get('summary_json')}\n"
               f"model:      {summary.get('model_dir')}\n"
               f"{summary['tokens_per_second']:.0f} tokens/s, {summary['samples_per_second']:.1f} samples/s, "

@@ -29,6 +29,23 @@ if TYPE_CHECKING:
     from modaloom.train.distributed import DistInfo
 
 
+def dataset_identity(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What makes two datasets interchangeable for one model: processor and tokenizer (vocabulary bytes and
+    options, by fingerprint; the size alone misses a shuffled vocabulary)."""
+    tokenizer = manifest.get("tokenizer") or {}
+    return {"processor": (manifest.get("processor") or {}).get("name"), "tokenizer": tokenizer.get("fingerprint")}
+
+
+def check_same_kind(data_dir: Path, manifest: dict[str, Any], other_dir: Path, other: dict[str, Any]) -> None:
+    """Evaluation data must be made like the training data, or its numbers mean nothing (or crash)."""
+    ours, theirs = dataset_identity(manifest), dataset_identity(other)
+    changed = [k for k in ours if ours[k] != theirs[k]]
+    if changed:
+        shown = "; ".join(f"{k} {theirs[k]!r} vs {ours[k]!r}" for k in changed)
+        raise DataError(f"--eval-data {other_dir} was not made like --data {data_dir} ({shown}); preprocess the "
+                        f"evaluation corpus with the same processor and vocabulary")
+
+
 def check_positions(cfg: Config) -> None:
     """The sequence length must fit the model's learned positions."""
     embedding = cfg.model.embedding
@@ -113,6 +130,12 @@ class PretrainTask(Task):
         masking = {"masking": dict(cfg.data.masking)} if cfg.data.masking else None
         self.processor = processor_from_dataset(self.dataset, cfg.data.seq_length, masking)
         check_data(cfg, data_dir, self.dataset, self.processor)
+        if self.paths.eval_data:
+            check_same_kind(data_dir, self.dataset.manifest, self.paths.eval_data,
+                            open_dataset(self.paths.eval_data).manifest)
+
+    def identity(self) -> dict[str, Any]:
+        return dataset_identity(self.dataset.manifest)
 
     def holdout(self) -> float:
         """Records of ``paths.data`` held out for evaluation (none with --eval-data or without evaluation)."""

@@ -20,13 +20,33 @@ from typing import Any
 
 from tqdm import tqdm
 
-from modaloom.atomic import atomic_file, atomic_write_json
+from modaloom.atomic import atomic_file, atomic_write_json, atomic_write_text
 
 
 def peak_rss_mb() -> float:
     """Peak resident memory of this process in MiB (Linux reports KiB, macOS bytes)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def drop_rows_after(path: Path, step: int) -> None:
+    """Remove the rows of steps after ``step`` (logged by a run killed after its last checkpoint, about to be
+    redone by the resumed run), so that every step appears once; a half-written last line goes too."""
+    if not path.is_file():
+        return
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            dropped += 1
+            continue
+        if isinstance(row, dict) and int(row.get("step", 0)) > step:
+            dropped += 1
+            continue
+        kept.append(line)
+    if dropped:
+        atomic_write_text(path, "".join(f"{line}\n" for line in kept))
 
 
 class Monitor:
@@ -44,6 +64,7 @@ class Monitor:
         if not enabled:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        drop_rows_after(self.out_dir / "metrics.jsonl", start_step)
         self.jsonl = open(self.out_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
         if progress:
             self.bar = tqdm(total=total_steps, initial=start_step, desc="train", unit="step",

@@ -127,8 +127,10 @@ class Trainer:
         seq_length: int = 0,
         task: TaskSteps | None = None,
         hooks: Sequence[Any] = (),
+        job_identity: dict[str, Any] | None = None,
     ) -> None:
         self.cfg = cfg
+        self.job_identity = dict(job_identity or {})  # what the data is (processor, tokenizer), checkpointed
         self.info = info or dist_utils.current()
         self.device = self.info.device
         self.out_dir = Path(out_dir)
@@ -144,6 +146,9 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         self.stream = BatchStream(train_loader)
         self.eval_loader = eval_loader
+        # every evaluation reads the same held-out batches: a resumable loader is put back to where it
+        # started (epoch 0, position 0) before each one, so eval curves compare like with like
+        self._eval_start = eval_loader.state_dict() if hasattr(eval_loader, "state_dict") else None
         self.step = 0
         self.skipped_steps = 0
         self.stop_signal: int | None = None
@@ -171,6 +176,7 @@ class Trainer:
         trainer_state = {
             "skipped_steps": self.skipped_steps,
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "job": self.job_identity,
         }
         hook_entries, hook_tensors = save_hook_states(self.hooks)
         return ckpt.save_checkpoint(
@@ -265,7 +271,10 @@ class Trainer:
 
         Every rank must call it (the outputs are gathered); every rank receives the whole set.
         """
-        loader = self.eval_loader if loader is None else loader
+        if loader is None:
+            loader = self.eval_loader
+            if self._eval_start is not None:
+                loader.load_state_dict(self._eval_start)  # type: ignore[union-attr]
         limit = self.cfg.eval_batches if max_batches is None else max_batches
         return collect_outputs(self.task, self.forward_model, loader, self.device, limit, self._autocast)
 
@@ -366,6 +375,12 @@ class Trainer:
 
     def _summarise(self, start_step: int, clock: float, end: float, measured_since: float | None,
                    tokens: int, samples: int, last_eval: dict[str, float], saved: Path | None) -> dict[str, Any]:
+        previous = self.out_dir / "summary.json"
+        if self.step == start_step and previous.is_file():  # nothing was trained: keep the run's summary
+            import json
+
+            kept = json.loads(previous.read_text(encoding="utf-8"))
+            return {**kept, "steps_this_run": 0, "interrupted": False, "stop_signal": None}
         timed = (end - measured_since) if measured_since is not None else 0.0
         tps = tokens / timed if timed > 0 else 0.0
         sps = samples / timed if timed > 0 else 0.0
@@ -388,6 +403,7 @@ class Trainer:
             "world_size": self.info.world_size,
             "skipped_steps": self.skipped_steps,
             "interrupted": self.stop_signal is not None and self.step < self.cfg.steps,
+            "stop_signal": int(self.stop_signal) if self.stop_signal is not None else None,
             "checkpoint": str(saved) if saved else None,
             **last_eval,
         }
