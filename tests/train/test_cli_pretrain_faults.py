@@ -172,3 +172,22 @@ def test_killed_runs_log_each_step_once_and_evaluate_the_same_batches(tmp_path, 
         return {row["step"]: row["eval/loss"] for row in rows if "eval/loss" in row}
 
     assert evals(out) == evals(full) and sorted(evals(full)) == [4, 8, 12]
+
+
+def test_token_ids_beyond_the_vocabulary_are_one_line_errors(tmp_path):
+    import torch
+
+    from modaloom.errors import DataError
+    from modaloom.model import build_model
+    from modaloom.train.config import TrainConfig
+    from modaloom.train.trainer import Trainer
+
+    model = build_model({"embedding": {"parts": ["word", "pos"], "vocab_size": 10, "emb_size": 8,
+                                       "max_seq_length": 8},
+                         "encoder": {"hidden_size": 8, "layers_num": 1, "heads_num": 2, "feedforward_size": 8},
+                         "targets": [{"type": "lm"}]})
+    ids = torch.tensor([[1, 2, 3, 40]])
+    batches = [{"input_ids": ids, "lm_labels": torch.tensor([[2, 3, 4, 5]])}]
+    trainer = Trainer(model, TrainConfig(steps=1, progress=False, tensorboard=False), batches, tmp_path)
+    with pytest.raises(DataError, match=r"training batch #1 .* does not fit the model: index out of range"):
+        trainer.fit()

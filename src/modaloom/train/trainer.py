@@ -197,7 +197,13 @@ class Trainer:
         context = no_sync() if (no_sync is not None and not sync) else contextlib.nullcontext()
         with context:
             with self._autocast():
-                loss, metrics = self.task.loss(self.forward_model, batch)
+                try:
+                    loss, metrics = self.task.loss(self.forward_model, batch)
+                except IndexError as exc:  # e.g. a token id beyond the vocabulary of the model's tables
+                    raise DataError(
+                        f"training batch #{self.stream.consumed} (keys {sorted(batch)}) does not fit the model: "
+                        f"{exc}; were the data and the model made with the same vocabulary and sizes?"
+                    ) from None
             if loss is None:
                 raise DataError(f"the model computed no loss for a batch with keys {sorted(batch)}; "
                                 f"the batch lacks the labels its targets need")
