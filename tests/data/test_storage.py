@@ -93,12 +93,45 @@ def test_existing_dataset_needs_overwrite_and_survives_a_failed_replacement(tmp_
     assert len(open_dataset(out)) == 9
 
 
-def test_truncated_shard_is_detected(tmp_path):
+def test_truncated_offsets_are_detected_on_open(tmp_path):
     _write(tmp_path / "ds", shard_bytes=1 << 20)
     offsets = tmp_path / "ds" / "shard-00000" / "input_ids.offsets"
     offsets.write_bytes(offsets.read_bytes()[:-8])
-    with pytest.raises(DataError, match="holds 25 entries, manifest says 26"):
-        open_dataset(tmp_path / "ds")[0]
+    with pytest.raises(DataError, match=r"input_ids.offsets is 200 bytes, expected 208"):
+        open_dataset(tmp_path / "ds")
+
+
+@pytest.mark.parametrize("cut", [2, 20, 1])
+def test_truncated_data_is_detected_on_open(tmp_path, cut):
+    """An even cut keeps whole uint16 values, so only the sizes can tell (the probe's case)."""
+    _write(tmp_path / "ds", shard_bytes=1 << 20)
+    data = tmp_path / "ds" / "shard-00000" / "input_ids.data"
+    size = data.stat().st_size
+    data.write_bytes(data.read_bytes()[:-cut])
+    with pytest.raises(DataError, match=rf"input_ids.data is {size - cut} bytes, expected {size}"):
+        open_dataset(tmp_path / "ds")
+
+
+def test_manifest_records_byte_counts_and_old_manifests_are_checked_by_offsets(tmp_path):
+    _write(tmp_path / "ds", shard_bytes=1 << 20)
+    manifest_path = tmp_path / "ds" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    shard = manifest["shards"][0]
+    assert shard["bytes"] == {"input_ids.data": 2 * sum(i % 7 + 1 for i in range(25)),
+                              "input_ids.offsets": 8 * 26, "label.data": 8 * 25}
+    del shard["bytes"]  # a dataset written before byte counts were recorded
+    manifest_path.write_text(json.dumps(manifest))
+    assert len(open_dataset(tmp_path / "ds")) == 25
+    data = tmp_path / "ds" / "shard-00000" / "input_ids.data"
+    whole = data.read_bytes()
+    data.write_bytes(whole[:-4])
+    with pytest.raises(DataError, match=f"input_ids.data is {len(whole) - 4} bytes, expected {len(whole)}"):
+        open_dataset(tmp_path / "ds")
+    data.write_bytes(whole)
+    label = tmp_path / "ds" / "shard-00000" / "label.data"
+    label.write_bytes(label.read_bytes() + b"\0" * 8)
+    with pytest.raises(DataError, match="label.data is 208 bytes, expected 200"):
+        open_dataset(tmp_path / "ds")
 
 
 def test_pickled_dataset_reopens_maps(tmp_path):
