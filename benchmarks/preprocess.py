@@ -93,13 +93,13 @@ def memory(tmp: Path, megabytes: int, workers: int) -> None:
 
 
 def long_line_corpus(path: Path, megabytes: int) -> None:
-    """Two documents: one line of ``megabytes`` MB (CLUE text joined without newlines), then a short one."""
+    """Two documents: a short line, a line of ``megabytes`` MB (CLUE text joined), a short line; then a short
+    document (the other document bert draws random next segments from)."""
     text = "".join((SHARED / "corpora" / "CLUECorpusSmall_sampled.txt").read_text(encoding="utf-8").split())
     target = megabytes << 20
     line = (text * (target // len(text.encode("utf-8")) + 1)).encode("utf-8")[:target].decode("utf-8", "ignore")
-    # two sentences in the long document, so albert (which needs two) keeps it too
-    half = len(line) // 2
-    path.write_text(f"{line[:half]}\n{line[half:]}\n\n{text[:200]}\n{text[200:400]}\n", encoding="utf-8")
+    short = [text[i:i + 40] for i in range(0, 200, 40)]
+    path.write_text(f"{short[0]}\n{line}\n{short[1]}\n\n{short[2]}\n{short[3]}\n{short[4]}\n", encoding="utf-8")
 
 
 def long_lines(tmp: Path) -> None:
