@@ -155,3 +155,55 @@ def test_manifest_is_valid_json_written_last(tmp_path):
     data = json.loads((tmp_path / "ds" / "manifest.json").read_text())
     assert data["format_version"] == 1 and data["shards"]
     assert not list((tmp_path / "ds").glob("*.tmp"))
+
+
+def _batch(start, count):
+    batch = RecordBatch(FIELDS)
+    for i in range(start, start + count):
+        batch.add({"input_ids": [i, i + 1], "label": i})
+    return batch
+
+
+def test_interrupt_keeps_saved_progress_and_only_the_same_key_resumes(tmp_path):
+    out = tmp_path / "ds"
+    with pytest.raises(KeyboardInterrupt), DatasetWriter(out, FIELDS, shard_bytes=30, resume_key="k1") as writer:
+        assert writer.add_batch(_batch(0, 3))  # 3 * (4 + 8) bytes >= 30: the shard is complete
+        writer.skip(Skip("c.txt", 2, "empty: none"))
+        writer.save_progress({"chunks": 1})
+        assert not writer.add_batch(_batch(3, 1))  # the next shard is open when Ctrl-C comes
+        writer.skip(Skip("c.txt", 9, "empty: lost with the open shard"))
+        raise KeyboardInterrupt
+    assert (tmp_path / ".ds.partial" / "shard-00001").is_dir()
+    with DatasetWriter(out, FIELDS, shard_bytes=30, resume_key="k1") as writer:
+        assert writer.resumed == {"chunks": 1} and writer.count == 3 and writer.resumed_shards == 1
+        assert not (writer.path / "shard-00001").exists()
+        writer.add_batch(_batch(3, 2))
+        writer.close()
+    ds = open_dataset(out)
+    assert [int(ds[i]["label"]) for i in range(len(ds))] == [0, 1, 2, 3, 4]
+    assert [row["line"] for row in ds.skipped()] == [2] and ds.manifest["skipped"]["count"] == 1
+    assert not (out / "progress.json").exists()
+
+
+def test_progress_of_another_key_or_a_damaged_shard_starts_clean(tmp_path):
+    out = tmp_path / "ds"
+    for key, damage in (("other", False), ("k1", True)):
+        with pytest.raises(KeyboardInterrupt), DatasetWriter(out, FIELDS, shard_bytes=30, overwrite=True,
+                                                             resume_key="k1") as writer:
+            writer.add_batch(_batch(0, 3))
+            writer.save_progress({"chunks": 1})
+            raise KeyboardInterrupt
+        if damage:
+            data = tmp_path / ".ds.partial" / "shard-00000" / "input_ids.data"
+            data.write_bytes(data.read_bytes()[:-2])
+        with DatasetWriter(out, FIELDS, overwrite=True, resume_key=key) as writer:
+            assert writer.resumed is None and writer.count == 0
+            writer.add_batch(_batch(10, 1))
+            writer.close()
+        assert len(open_dataset(out)) == 1
+    with pytest.raises(ValueError, match="resume_key"), DatasetWriter(tmp_path / "x", FIELDS) as writer:
+        writer.save_progress({})
+    with pytest.raises(KeyboardInterrupt), DatasetWriter(tmp_path / "y", FIELDS, resume_key="k") as writer:
+        writer.add({"input_ids": [1], "label": 1})
+        raise KeyboardInterrupt  # nothing saved yet: nothing worth keeping
+    assert not (tmp_path / ".y.partial").exists()

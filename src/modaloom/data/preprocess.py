@@ -3,7 +3,8 @@
 The main process reads the corpus in chunks of records and hands them to worker processes; results come
 back in order and are appended to the shards. At most ``2 * workers`` chunks are in flight, so memory
 does not grow with the corpus. Everything is written to a partial directory that is renamed into place
-only when complete (manifest last).
+only when complete (manifest last). Chunk boundaries and per-chunk random seeds depend only on the input
+and options, so a killed run resumes after its last complete shard with the same records.
 """
 
 from __future__ import annotations

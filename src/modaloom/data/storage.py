@@ -10,7 +10,10 @@ Layout of a dataset directory (see docs/data.md)::
 
 Fields are either ``sequence`` (variable length per record) or ``scalar`` (one value per record).
 A writer builds everything in a sibling ``.<name>.partial`` directory and renames it into place at the
-end, so an interrupted run never leaves a directory that looks complete.
+end, so an interrupted run never leaves a directory that looks complete. The manifest records each shard
+file's byte size; opening a dataset checks them, so a truncated copy is refused rather than read.
+With a ``resume_key`` the writer records its complete shards in ``.<name>.partial/progress.json``, and a
+later writer with the same key continues after them.
 """
 
 from __future__ import annotations
@@ -167,9 +170,10 @@ class _ShardWriter:
 class DatasetWriter:
     """Writes records into a new dataset directory atomically (temp dir, manifest last, rename).
 
-    Use as a context manager: an exception removes the partial directory; ``close(manifest)`` publishes.
-    An existing complete dataset at ``out_dir`` is replaced only when ``overwrite`` is set, and only once
-    the new one is complete.
+    Use as a context manager: an exception removes the partial directory (a KeyboardInterrupt keeps it
+    when progress was saved, for a resume); ``close(manifest)`` publishes. ``out_dir`` must pass
+    ``check_replaceable``: an existing dataset is replaced only when ``overwrite`` is set, and only once the
+    new one is complete; other non-empty folders, and folders holding one of ``inputs``, never are.
     """
 
     def __init__(self, out_dir: str | Path, fields: Mapping[str, FieldSpec], *,
