@@ -119,6 +119,18 @@ def test_truncated_shard_is_refused_by_inspect_and_by_loading(tmp_path, capsys):
         open_dataset(out)
 
 
+def test_pretrain_refuses_a_truncated_shard(tmp_path, capsys):
+    from tests.train.data_helpers import tiny_bert_config, write_dataset
+
+    data = write_dataset(tmp_path / "data")
+    shard = data / "shard-00000" / "input_ids.data"
+    shard.write_bytes(shard.read_bytes()[:(shard.stat().st_size // 3) & ~1])
+    code = main(["pretrain", "--config", str(tiny_bert_config(tmp_path / "c.yaml")), "--data", str(data),
+                 "--out", str(tmp_path / "out"), "--steps", "2"])
+    assert code == 2 and f"{shard} is" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "model").exists()
+
+
 # ------------------------------------------------------------ 4. the summary line
 
 

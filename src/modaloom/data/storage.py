@@ -214,18 +214,18 @@ class DatasetWriter:
             return False
         try:
             progress = json.loads(progress_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return False
-        if progress.get("resume_key") != self.resume_key:
-            return False
-        skips_path = self.partial / SKIPPED
-        kept = {shard["name"] for shard in progress["shards"]}
-        if any(shard_problem(self.partial / shard["name"], shard, self.fields) for shard in progress["shards"]) or \
-                not skips_path.is_file() or skips_path.stat().st_size < progress["skipped_bytes"]:
+            if progress.get("resume_key") != self.resume_key:
+                return False
+            skips_path = self.partial / SKIPPED
+            kept = {shard["name"] for shard in progress["shards"]}
+            if any(shard_problem(self.partial / shard["name"], shard, self.fields) for shard in progress["shards"]) \
+                    or not skips_path.is_file() or skips_path.stat().st_size < progress["skipped_bytes"]:
+                return False
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):  # unreadable progress: start clean
             return False
         for item in self.partial.iterdir():  # the shard being written when the run stopped
             if item.name.startswith("shard-") and item.name not in kept:
-                shutil.rmtree(item)
+                shutil.rmtree(item) if item.is_dir() else item.unlink()
         with open(skips_path, "r+b") as handle:  # drop skips recorded after the last complete shard
             handle.truncate(progress["skipped_bytes"])
         self.shards = progress["shards"]
@@ -248,7 +248,7 @@ class DatasetWriter:
         os.fsync(self._skips_file.fileno())
         atomic_write_json(self.partial / PROGRESS, {
             "resume_key": self.resume_key, "shards": self.shards, "records": self.count,
-            "skipped_bytes": self._skips_file.tell(), "skip_reasons": dict(self.skip_reasons),
+            "skipped_bytes": os.fstat(self._skips_file.fileno()).st_size, "skip_reasons": dict(self.skip_reasons),
             "first_skips": self.first_skips, "state": dict(state)})
 
     @property
