@@ -1,9 +1,10 @@
-"""Preprocessing speed and memory: `python benchmarks/preprocess.py [--memory] [--memory-mb N]`.
+"""Preprocessing speed and memory: `python benchmarks/preprocess.py [--memory] [--memory-mb N] [--long-lines]`.
 
 Throughput mode runs `modaloom preprocess` (bert and lm, 1 and 2 workers, seq length 128, google_zh_vocab)
 on the shared TencentPretrain corpora and prints wall time (whole command, output included), records/s,
 tokens/s and the peak RSS of the whole process tree. Memory mode preprocesses a synthetic corpus of N MB
-and of 10 N MB and compares peak RSS.
+and of 10 N MB and compares peak RSS. Long-lines mode times bert and albert on documents that are one
+very long line (1, 2 and 5 MB, generated): the time must grow linearly with the line length.
 """
 
 from __future__ import annotations
@@ -91,17 +92,43 @@ def memory(tmp: Path, megabytes: int, workers: int) -> None:
     print(f"peak RSS change for 10x the corpus: {100 * (peaks[1] - peaks[0]) / peaks[0]:+.1f}%")
 
 
+def long_line_corpus(path: Path, megabytes: int) -> None:
+    """Two documents: a short line, a line of ``megabytes`` MB (CLUE text joined), a short line; then a short
+    document (the other document bert draws random next segments from)."""
+    text = "".join((SHARED / "corpora" / "CLUECorpusSmall_sampled.txt").read_text(encoding="utf-8").split())
+    target = megabytes << 20
+    line = (text * (target // len(text.encode("utf-8")) + 1)).encode("utf-8")[:target].decode("utf-8", "ignore")
+    short = [text[i:i + 40] for i in range(0, 200, 40)]
+    path.write_text(f"{short[0]}\n{line}\n{short[1]}\n\n{short[2]}\n{short[3]}\n{short[4]}\n", encoding="utf-8")
+
+
+def long_lines(tmp: Path) -> None:
+    print(f"{'processor':9} {'line MB':>7} {'wall s':>7} {'records':>7}")
+    for megabytes in (1, 2, 5):
+        corpus = tmp / f"long_{megabytes}mb.txt"
+        long_line_corpus(corpus, megabytes)
+        for processor in ("bert", "albert"):
+            out = tmp / f"long_{processor}_{megabytes}"
+            wall, _ = run_measured(preprocess_args(processor, corpus, out, 1))
+            records = json.loads((out / "manifest.json").read_text())["counts"]["records"]
+            print(f"{processor:9} {megabytes:7d} {wall:7.2f} {records:7d}")
+        corpus.unlink()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--memory", action="store_true", help="run the memory check instead of throughput")
     parser.add_argument("--memory-mb", type=int, default=20, help="small corpus size (the large one is 10x)")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--long-lines", action="store_true", help="time bert/albert on 1, 2 and 5 MB lines")
     args = parser.parse_args()
     if not VOCAB.exists():
         raise SystemExit(f"{VOCAB} not found (../shared beside the repository is needed)")
     with tempfile.TemporaryDirectory() as tmp:
         if args.memory:
             memory(Path(tmp), args.memory_mb, args.workers)
+        elif args.long_lines:
+            long_lines(Path(tmp))
         else:
             throughput(Path(tmp))
 

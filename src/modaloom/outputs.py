@@ -100,9 +100,10 @@ def check_output_dir(out: str | Path, *, kind: str, markers: Sequence[Marker], i
       input, whatever ``overwrite`` says.
     - ``out`` that does not exist, or is an empty folder, is accepted.
     - ``out`` that exists and is not a folder is refused.
-    - a non-empty folder is refused without ``overwrite`` (the message names ``flag``); with it, it is
-      accepted only when it holds every one of ``markers`` (each a file name, or a tuple of alternatives of
-      which one must be a file), i.e. when it is a ``kind`` folder the command would write itself.
+    - a non-empty folder that lacks one of ``markers`` (each a file name, or a tuple of alternatives of
+      which one must be a file) is not a ``kind`` folder the command would write itself: it is refused, and
+      the message does not suggest ``flag``, which would not help;
+    - a ``kind`` folder is refused without ``overwrite`` (the message names ``flag``) and accepted with it.
     Returns the resolved ``out``. Writing, and what happens to files already there, is the caller's job.
     """
     given = Path(out)
@@ -113,11 +114,11 @@ def check_output_dir(out: str | Path, *, kind: str, markers: Sequence[Marker], i
         raise ConfigError(f"output {given} exists and is not a folder; remove it or choose another path")
     if not any(target.iterdir()):
         return target
-    if not overwrite:
-        raise ConfigError(f"output {given} already exists and is not empty; pass {flag} to replace it, "
-                          f"or choose another folder")
     if not _has_markers(target, markers):
-        raise ConfigError(f"output {given} is not a {kind} folder (it lacks {_describe(markers)}); {flag} only "
-                          f"replaces a {kind} folder or an empty one, so this folder is left alone: remove it "
-                          f"yourself or choose another folder")
+        raise ConfigError(f"output {given} is a non-empty folder that is not a {kind} folder (it lacks "
+                          f"{_describe(markers)}); modaloom replaces only its own {kind} folders, so this one is "
+                          f"left alone: choose another output folder, or empty this one yourself")
+    if not overwrite:
+        raise ConfigError(f"output {given} already holds a {kind}; pass {flag} to replace it, "
+                          f"or choose another folder")
     return target

@@ -231,3 +231,40 @@ def test_mlm_needs_a_mask_token(tmp_path):
     vocab.write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\ncat\n", encoding="utf-8")
     with pytest.raises(DataError, match="no mask token"):
         build_processor("mlm", load_tokenizer({"type": "wordpiece", "vocab": str(vocab)}), 32)
+
+
+def _truncate_one_at_a_time(a, b, max_tokens, rng):
+    """The reference: Google BERT's truncate_seq_pair, one token and one draw per step."""
+    a, b = list(a), list(b)
+    while len(a) + len(b) > max_tokens:
+        longer = a if len(a) > len(b) else b
+        if rng.random() < 0.5:
+            del longer[0]
+        else:
+            longer.pop()
+    return a, b
+
+
+def test_truncate_pair_matches_the_step_by_step_reference_and_its_random_draws():
+    from modaloom.data.processors.bert import _truncate_pair
+
+    cases = np.random.default_rng(0)
+    for _ in range(3000):
+        la, lb, limit = (int(x) for x in cases.integers(0, 30, 3))
+        a, b = list(range(la)), list(range(100, 100 + lb))
+        seed = int(cases.integers(1 << 30))
+        ref_rng, rng = np.random.default_rng(seed), np.random.default_rng(seed)
+        assert _truncate_pair(a, b, limit, rng) == _truncate_one_at_a_time(a, b, limit, ref_rng), (la, lb, limit)
+        assert rng.random() == ref_rng.random()  # the same number of draws: later records are unchanged
+
+
+def test_truncate_pair_is_linear_in_the_line_length():
+    """A 1 MB line is about 340k tokens; trimming it one token at a time took seconds (quadratic)."""
+    import time
+
+    from modaloom.data.processors.bert import _truncate_pair
+
+    started = time.perf_counter()
+    a, b = _truncate_pair(list(range(1_000_000)), [1, 2, 3], 125, np.random.default_rng(0))
+    assert len(a) + len(b) == 125 and b == [1, 2, 3]
+    assert time.perf_counter() - started < 2.0

@@ -93,12 +93,45 @@ def test_existing_dataset_needs_overwrite_and_survives_a_failed_replacement(tmp_
     assert len(open_dataset(out)) == 9
 
 
-def test_truncated_shard_is_detected(tmp_path):
+def test_truncated_offsets_are_detected_on_open(tmp_path):
     _write(tmp_path / "ds", shard_bytes=1 << 20)
     offsets = tmp_path / "ds" / "shard-00000" / "input_ids.offsets"
     offsets.write_bytes(offsets.read_bytes()[:-8])
-    with pytest.raises(DataError, match="holds 25 entries, manifest says 26"):
-        open_dataset(tmp_path / "ds")[0]
+    with pytest.raises(DataError, match=r"input_ids.offsets is 200 bytes, expected 208"):
+        open_dataset(tmp_path / "ds")
+
+
+@pytest.mark.parametrize("cut", [2, 20, 1])
+def test_truncated_data_is_detected_on_open(tmp_path, cut):
+    """An even cut keeps whole uint16 values, so only the sizes can tell (the probe's case)."""
+    _write(tmp_path / "ds", shard_bytes=1 << 20)
+    data = tmp_path / "ds" / "shard-00000" / "input_ids.data"
+    size = data.stat().st_size
+    data.write_bytes(data.read_bytes()[:-cut])
+    with pytest.raises(DataError, match=rf"input_ids.data is {size - cut} bytes, expected {size}"):
+        open_dataset(tmp_path / "ds")
+
+
+def test_manifest_records_byte_counts_and_old_manifests_are_checked_by_offsets(tmp_path):
+    _write(tmp_path / "ds", shard_bytes=1 << 20)
+    manifest_path = tmp_path / "ds" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    shard = manifest["shards"][0]
+    assert shard["bytes"] == {"input_ids.data": 2 * sum(i % 7 + 1 for i in range(25)),
+                              "input_ids.offsets": 8 * 26, "label.data": 8 * 25}
+    del shard["bytes"]  # a dataset written before byte counts were recorded
+    manifest_path.write_text(json.dumps(manifest))
+    assert len(open_dataset(tmp_path / "ds")) == 25
+    data = tmp_path / "ds" / "shard-00000" / "input_ids.data"
+    whole = data.read_bytes()
+    data.write_bytes(whole[:-4])
+    with pytest.raises(DataError, match=f"input_ids.data is {len(whole) - 4} bytes, expected {len(whole)}"):
+        open_dataset(tmp_path / "ds")
+    data.write_bytes(whole)
+    label = tmp_path / "ds" / "shard-00000" / "label.data"
+    label.write_bytes(label.read_bytes() + b"\0" * 8)
+    with pytest.raises(DataError, match="label.data is 208 bytes, expected 200"):
+        open_dataset(tmp_path / "ds")
 
 
 def test_pickled_dataset_reopens_maps(tmp_path):
@@ -122,3 +155,55 @@ def test_manifest_is_valid_json_written_last(tmp_path):
     data = json.loads((tmp_path / "ds" / "manifest.json").read_text())
     assert data["format_version"] == 1 and data["shards"]
     assert not list((tmp_path / "ds").glob("*.tmp"))
+
+
+def _batch(start, count):
+    batch = RecordBatch(FIELDS)
+    for i in range(start, start + count):
+        batch.add({"input_ids": [i, i + 1], "label": i})
+    return batch
+
+
+def test_interrupt_keeps_saved_progress_and_only_the_same_key_resumes(tmp_path):
+    out = tmp_path / "ds"
+    with pytest.raises(KeyboardInterrupt), DatasetWriter(out, FIELDS, shard_bytes=30, resume_key="k1") as writer:
+        assert writer.add_batch(_batch(0, 3))  # 3 * (4 + 8) bytes >= 30: the shard is complete
+        writer.skip(Skip("c.txt", 2, "empty: none"))
+        writer.save_progress({"chunks": 1})
+        assert not writer.add_batch(_batch(3, 1))  # the next shard is open when Ctrl-C comes
+        writer.skip(Skip("c.txt", 9, "empty: lost with the open shard"))
+        raise KeyboardInterrupt
+    assert (tmp_path / ".ds.partial" / "shard-00001").is_dir()
+    with DatasetWriter(out, FIELDS, shard_bytes=30, resume_key="k1") as writer:
+        assert writer.resumed == {"chunks": 1} and writer.count == 3 and writer.resumed_shards == 1
+        assert not (writer.path / "shard-00001").exists()
+        writer.add_batch(_batch(3, 2))
+        writer.close()
+    ds = open_dataset(out)
+    assert [int(ds[i]["label"]) for i in range(len(ds))] == [0, 1, 2, 3, 4]
+    assert [row["line"] for row in ds.skipped()] == [2] and ds.manifest["skipped"]["count"] == 1
+    assert not (out / "progress.json").exists()
+
+
+def test_progress_of_another_key_or_a_damaged_shard_starts_clean(tmp_path):
+    out = tmp_path / "ds"
+    for key, damage in (("other", False), ("k1", True)):
+        with pytest.raises(KeyboardInterrupt), DatasetWriter(out, FIELDS, shard_bytes=30, overwrite=True,
+                                                             resume_key="k1") as writer:
+            writer.add_batch(_batch(0, 3))
+            writer.save_progress({"chunks": 1})
+            raise KeyboardInterrupt
+        if damage:
+            data = tmp_path / ".ds.partial" / "shard-00000" / "input_ids.data"
+            data.write_bytes(data.read_bytes()[:-2])
+        with DatasetWriter(out, FIELDS, overwrite=True, resume_key=key) as writer:
+            assert writer.resumed is None and writer.count == 0
+            writer.add_batch(_batch(10, 1))
+            writer.close()
+        assert len(open_dataset(out)) == 1
+    with pytest.raises(ValueError, match="resume_key"), DatasetWriter(tmp_path / "x", FIELDS) as writer:
+        writer.save_progress({})
+    with pytest.raises(KeyboardInterrupt), DatasetWriter(tmp_path / "y", FIELDS, resume_key="k") as writer:
+        writer.add({"input_ids": [1], "label": 1})
+        raise KeyboardInterrupt  # nothing saved yet: nothing worth keeping
+    assert not (tmp_path / ".y.partial").exists()

@@ -56,7 +56,8 @@ def write_vocab(directory: Path, sentinels: int = 20, extra: tuple[str, ...] = (
         "[SEP]",
         "[MASK]",
     ]
-    tokens += [*WORDS, "##s", "##ing", *"abcdefghijklmnopqrstuvwxyz", ".", ",", *extra]
+    letters = [c for c in "abcdefghijklmnopqrstuvwxyz" if c not in WORDS]  # "a" is a word already
+    tokens += [*WORDS, "##s", "##ing", *letters, ".", ",", *extra]
     path = directory / "vocab.txt"
     path.write_text("\n".join(tokens) + "\n", encoding="utf-8")
     return path

@@ -55,7 +55,7 @@ def test_existing_folder_is_refused_without_overwrite(tmp_path, capsys):
     (tmp_path / "dst" / "notes.txt").write_text("mine")
     assert main(["convert", "--from", "hf", "--to", "modaloom", str(src), str(tmp_path / "dst")]) == 2
     err = capsys.readouterr().err
-    assert "not empty" in err and "--overwrite" in err and "Traceback" not in err
+    assert "not a model folder" in err and "--overwrite" not in err and "Traceback" not in err
     assert tree(tmp_path / "dst") == {"notes.txt": b"mine"}
     # --overwrite does not make a folder that is not a model folder fair game either.
     assert main(["convert", "--from", "hf", "--to", "modaloom", "--overwrite", str(src), str(tmp_path / "dst")]) == 2

@@ -3,12 +3,15 @@
 The main process reads the corpus in chunks of records and hands them to worker processes; results come
 back in order and are appended to the shards. At most ``2 * workers`` chunks are in flight, so memory
 does not grow with the corpus. Everything is written to a partial directory that is renamed into place
-only when complete (manifest last).
+only when complete (manifest last). Chunk boundaries and per-chunk random seeds depend only on the input
+and options, so a killed run resumes after its last complete shard with the same records.
 """
 
 from __future__ import annotations
 
 import collections
+import hashlib
+import json
 import multiprocessing
 import os
 import signal
@@ -130,9 +133,17 @@ def _results(job: PreprocessJob, processor: Processor, chunks: Iterator[Chunk],
 def preprocess(processor_name: str, corpora: Sequence[str | Path], out_dir: str | Path, *,
                tokenizer: TokenizerConfig | None, seq_length: int, workers: int = 1,
                options: Mapping[str, Any] | None = None, corpus_format: str = "", seed: int = 7,
-               overwrite: bool = False, progress: Any = None, chunk_records: int = 1024) -> dict[str, Any]:
-    """Preprocess ``corpora`` into ``out_dir``; returns the manifest. Raises DataError on bad input."""
+               overwrite: bool = False, progress: Any = None, chunk_records: int = 1024,
+               shard_bytes: int = 256 << 20) -> dict[str, Any]:
+    """Preprocess ``corpora`` into ``out_dir``; returns the manifest. Raises DataError on bad input.
+
+    A run that was killed resumes: a rerun with the same inputs and options reuses the shards it completed
+    (kept in ``.<out>.partial``) and produces the same records as an uninterrupted run."""
     started = time.perf_counter()
+    if workers < 1:
+        raise DataError(f"workers must be at least 1, got {workers}")
+    if shard_bytes < 1:
+        raise DataError(f"shard size must be positive, got {shard_bytes} bytes")
     if workers > 1:
         _limit_rust_threads()
     corpora = [Path(c) for c in corpora]
@@ -142,14 +153,19 @@ def preprocess(processor_name: str, corpora: Sequence[str | Path], out_dir: str 
     job = PreprocessJob(processor_name, seq_length, asdict(tokenizer) if tokenizer else None,
                         dict(options or {}), seed)
     processor = job.build()  # fails early on a bad name, option or vocabulary
-    counters: collections.Counter[str] = collections.Counter()
-    tokens = 0
+    inputs = [*corpora, *(Path(f) for f in (tokenizer.vocab, tokenizer.merges) if f)] if tokenizer else corpora
+    key = _resume_key(processor, corpora, corpus_format, seq_length, seed, chunk_records, shard_bytes)
     token_field = "input_ids" if "input_ids" in processor.fields else ""
-    with DatasetWriter(out_dir, processor.fields, overwrite=overwrite) as writer:
+    with DatasetWriter(out_dir, processor.fields, overwrite=overwrite, inputs=inputs, shard_bytes=shard_bytes,
+                       resume_key=key) as writer:
+        state = writer.resumed or {"chunks": 0, "counters": {}, "tokens": 0}
+        counters: collections.Counter[str] = collections.Counter(state["counters"])
+        tokens = int(state["tokens"])
         if processor.tokenizer is not None:
             processor.tokenizer.save(writer.path / "tokenizer")
         chunks = make_chunks(_sources(processor, corpora, corpus_format), max_records=chunk_records)
-        for chunk, result in _results(job, processor, chunks, workers):
+        todo = (chunk for chunk in chunks if chunk.index >= state["chunks"])  # earlier ones are in shards
+        for chunk, result in _results(job, processor, todo, workers):
             for skip in chunk.skips:
                 writer.skip(skip)
             for skip in result.skips:
@@ -159,7 +175,8 @@ def preprocess(processor_name: str, corpora: Sequence[str | Path], out_dir: str 
             counters["blank_lines"] += chunk.blank_lines
             if token_field and result.batch.count:
                 tokens += result.batch.total_length(token_field)
-            writer.add_batch(result.batch)
+            if writer.add_batch(result.batch):
+                writer.save_progress({"chunks": chunk.index + 1, "counters": dict(counters), "tokens": tokens})
             if progress is not None:
                 progress(writer.count, counters["input_records"])
         if writer.count == 0:
@@ -175,8 +192,24 @@ def preprocess(processor_name: str, corpora: Sequence[str | Path], out_dir: str 
             "workers": workers,
             "seconds": round(elapsed, 3),
         }
+        if writer.resumed is not None:
+            manifest["resumed"] = {"shards": writer.resumed_shards, "records": writer.resumed_records}
         writer.close(manifest)
-    return manifest
+    return writer.manifest
+
+
+def _resume_key(processor: Processor, corpora: Sequence[Path], corpus_format: str, seq_length: int, seed: int,
+                chunk_records: int, shard_bytes: int) -> str:
+    """A digest of everything that decides the records: a partial run is resumed only when it matches."""
+    inputs = []
+    for path in corpora:
+        files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+        inputs.append([str(path.resolve()), [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files]])
+    body = {"processor": processor.manifest_entry(), "tokenizer": _tokenizer_entry(processor),
+            "fields": {n: [s.dtype, s.kind] for n, s in processor.fields.items()}, "inputs": inputs,
+            "format": corpus_format, "seq_length": seq_length, "seed": seed, "chunk_records": chunk_records,
+            "shard_bytes": shard_bytes}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _limit_rust_threads() -> None:

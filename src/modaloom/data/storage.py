@@ -10,7 +10,10 @@ Layout of a dataset directory (see docs/data.md)::
 
 Fields are either ``sequence`` (variable length per record) or ``scalar`` (one value per record).
 A writer builds everything in a sibling ``.<name>.partial`` directory and renames it into place at the
-end, so an interrupted run never leaves a directory that looks complete.
+end, so an interrupted run never leaves a directory that looks complete. The manifest records each shard
+file's byte size; opening a dataset checks them, so a truncated copy is refused rather than read.
+With a ``resume_key`` the writer records its complete shards in ``.<name>.partial/progress.json``, and a
+later writer with the same key continues after them.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import json
 import os
 import shutil
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,10 +30,12 @@ from typing import Any
 import numpy as np
 
 from modaloom.atomic import atomic_write_json, recover_stale, swap_directory
-from modaloom.errors import DataError
+from modaloom.errors import DataError, ModaloomError
+from modaloom.outputs import check_output_dir
 
 MANIFEST = "manifest.json"
 SKIPPED = "skipped.jsonl"
+PROGRESS = "progress.json"  # in the partial directory only: what a resumed run may reuse
 FORMAT_VERSION = 1
 SKIPS_IN_MANIFEST = 100  # the manifest lists the first N skips; skipped.jsonl holds them all
 
@@ -145,6 +150,8 @@ class _ShardWriter:
         self.count += count
 
     def close(self) -> dict[str, Any]:
+        """Flush every file to disk and return the shard's manifest entry (records, byte size per file)."""
+        sizes = {}
         for name, handle in self.files.items():
             handle.flush()
             os.fsync(handle.fileno())
@@ -155,19 +162,23 @@ class _ShardWriter:
                     offsets.tofile(out)
                     out.flush()
                     os.fsync(out.fileno())
-        return {"name": self.directory.name, "records": self.count}
+                sizes[f"{name}.offsets"] = offsets.nbytes
+            sizes[f"{name}.data"] = (self.directory / f"{name}.data").stat().st_size
+        return {"name": self.directory.name, "records": self.count, "bytes": dict(sorted(sizes.items()))}
 
 
 class DatasetWriter:
     """Writes records into a new dataset directory atomically (temp dir, manifest last, rename).
 
-    Use as a context manager: an exception removes the partial directory; ``close(manifest)`` publishes.
-    An existing complete dataset at ``out_dir`` is replaced only when ``overwrite`` is set, and only once
-    the new one is complete.
+    Use as a context manager: an exception removes the partial directory (a KeyboardInterrupt keeps it
+    when progress was saved, for a resume); ``close(manifest)`` publishes. ``out_dir`` must pass
+    ``outputs.check_output_dir``: an existing dataset is replaced only when ``overwrite`` is set, and only once the
+    new one is complete; other non-empty folders, and folders holding one of ``inputs``, never are.
     """
 
     def __init__(self, out_dir: str | Path, fields: Mapping[str, FieldSpec], *,
-                 shard_bytes: int = 256 << 20, overwrite: bool = False):
+                 shard_bytes: int = 256 << 20, overwrite: bool = False, inputs: Sequence[str | Path] = (),
+                 resume_key: str = ""):
         self.out_dir = Path(out_dir)
         self.fields = dict(fields)
         if not self.fields:
@@ -175,36 +186,80 @@ class DatasetWriter:
         self.shard_bytes = shard_bytes
         self.overwrite = overwrite
         recover_stale(self.out_dir)  # a crash mid-swap: put the old dataset back, or refuse before any work
-        if self.out_dir.exists():
-            if not self.out_dir.is_dir():
-                raise DataError(f"output {self.out_dir} exists and is not a directory")
-            if (self.out_dir / MANIFEST).exists() and not overwrite:
-                raise DataError(f"output {self.out_dir} already holds a complete dataset; "
-                                "pass --overwrite to replace it")
-            if not (self.out_dir / MANIFEST).exists() and any(self.out_dir.iterdir()) and not overwrite:
-                raise DataError(f"output {self.out_dir} is a non-empty directory without {MANIFEST}; "
-                                "remove it or pass --overwrite")
+        try:
+            check_output_dir(self.out_dir, kind="dataset", markers=[MANIFEST], inputs=inputs, overwrite=overwrite)
+        except ModaloomError as exc:
+            raise DataError(str(exc)) from None
         self.partial = self.out_dir.parent / f".{self.out_dir.name}.partial"
-        if self.partial.exists():  # left by an interrupted run: start clean
-            shutil.rmtree(self.partial)
-        self.partial.mkdir(parents=True)
-        self._skips_file = open(self.partial / SKIPPED, "w", encoding="utf-8")  # noqa: SIM115
         self.skip_reasons: Counter[str] = Counter()
         self.first_skips: list[dict[str, Any]] = []
         self.shards: list[dict[str, Any]] = []
-        self._shard: _ShardWriter | None = None
         self.count = 0
+        self.resume_key = resume_key
+        self.resumed: dict[str, Any] | None = None  # the caller's state saved with the last complete shard
+        self.resumed_shards = self.resumed_records = 0
+        self.manifest: dict[str, Any] = {}
+        if not self._resume():
+            if self.partial.exists():  # left by an interrupted run that cannot be resumed: start clean
+                shutil.rmtree(self.partial)
+            self.partial.mkdir(parents=True)
+        self._skips_file = open(self.partial / SKIPPED, "a", encoding="utf-8")  # noqa: SIM115
+        self._shard: _ShardWriter | None = None
         self.closed = False
+
+    def _resume(self) -> bool:
+        """Reuse the complete shards of an interrupted run with the same ``resume_key``; False if none."""
+        progress_path = self.partial / PROGRESS
+        if not self.resume_key or not progress_path.is_file():
+            return False
+        try:
+            progress = json.loads(progress_path.read_text(encoding="utf-8"))
+            if progress.get("resume_key") != self.resume_key:
+                return False
+            skips_path = self.partial / SKIPPED
+            kept = {shard["name"] for shard in progress["shards"]}
+            if any(shard_problem(self.partial / shard["name"], shard, self.fields) for shard in progress["shards"]) \
+                    or not skips_path.is_file() or skips_path.stat().st_size < progress["skipped_bytes"]:
+                return False
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):  # unreadable progress: start clean
+            return False
+        for item in self.partial.iterdir():  # the shard being written when the run stopped
+            if item.name.startswith("shard-") and item.name not in kept:
+                shutil.rmtree(item) if item.is_dir() else item.unlink()
+        with open(skips_path, "r+b") as handle:  # drop skips recorded after the last complete shard
+            handle.truncate(progress["skipped_bytes"])
+        self.shards = progress["shards"]
+        self.count = progress["records"]
+        self.skip_reasons = Counter(progress["skip_reasons"])
+        self.first_skips = progress["first_skips"]
+        self.resumed = progress["state"]
+        self.resumed_shards, self.resumed_records = len(self.shards), self.count
+        return True
+
+    def save_progress(self, state: Mapping[str, Any]) -> None:
+        """Record the complete shards and the caller's ``state`` so that a rerun can resume from here.
+
+        Call right after ``add_batch`` returned True (a shard was completed); needs a ``resume_key``."""
+        if not self.resume_key:
+            raise ValueError("save_progress needs a DatasetWriter made with a resume_key")
+        if self._shard is not None:
+            raise ValueError("save_progress is valid only when no shard is open (after add_batch returned True)")
+        self._skips_file.flush()
+        os.fsync(self._skips_file.fileno())
+        atomic_write_json(self.partial / PROGRESS, {
+            "resume_key": self.resume_key, "shards": self.shards, "records": self.count,
+            "skipped_bytes": os.fstat(self._skips_file.fileno()).st_size, "skip_reasons": dict(self.skip_reasons),
+            "first_skips": self.first_skips, "state": dict(state)})
 
     @property
     def path(self) -> Path:
         """Where files that belong in the dataset (e.g. the tokenizer) are written before publishing."""
         return self.partial
 
-    def add_batch(self, batch: RecordBatch) -> None:
-        """Append a packed batch of records (the form worker processes return)."""
+    def add_batch(self, batch: RecordBatch) -> bool:
+        """Append a packed batch of records (the form worker processes return); True if a shard completed."""
         if batch.count == 0:
-            return
+            return False
         if set(batch.fields) != set(self.fields):
             raise ValueError(f"batch fields {sorted(batch.fields)} differ from {sorted(self.fields)}")
         packed = batch.packed()
@@ -214,6 +269,8 @@ class DatasetWriter:
         self.count += batch.count
         if self._shard.nbytes >= self.shard_bytes:
             self._finish_shard()
+            return True
+        return False
 
     def add(self, record: Mapping[str, Any]) -> None:
         batch = RecordBatch(self.fields)
@@ -246,19 +303,24 @@ class DatasetWriter:
             "skipped": {"count": sum(self.skip_reasons.values()), "by_reason": dict(self.skip_reasons),
                         "first": self.first_skips, "all_in": SKIPPED},
         })
+        (self.partial / PROGRESS).unlink(missing_ok=True)
         atomic_write_json(self.partial / MANIFEST, body)
         swap_directory(self.partial, self.out_dir)
+        self.manifest = body
         self.closed = True
         return self.out_dir
 
-    def abort(self) -> None:
-        """Remove the partial directory; the previous dataset (if any) is untouched."""
+    def _close_files(self) -> None:
         if self._shard is not None:
             for handle in self._shard.files.values():
                 handle.close()
             self._shard = None
         if not self._skips_file.closed:
             self._skips_file.close()
+
+    def abort(self) -> None:
+        """Remove the partial directory; the previous dataset (if any) is untouched."""
+        self._close_files()
         shutil.rmtree(self.partial, ignore_errors=True)
         self.closed = True
 
@@ -266,8 +328,50 @@ class DatasetWriter:
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if not self.closed:
-            self.abort()
+        if self.closed:
+            return
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt | SystemExit) and \
+                (self.partial / PROGRESS).exists():
+            self._close_files()  # interrupted, not failed: keep the complete shards for a rerun to resume
+            self.closed = True
+            return
+        self.abort()
+
+
+def shard_problem(folder: Path, shard: Mapping[str, Any], fields: Mapping[str, FieldSpec]) -> str:
+    """What is wrong with one shard's files ('' when nothing): a missing file, or a size that does not match
+    the manifest's byte counts, its record count or the shard's own last offset (a truncated copy)."""
+    records = int(shard["records"])
+    recorded = shard.get("bytes", {})
+    for name, spec in fields.items():
+        itemsize = np.dtype(spec.dtype).itemsize
+        data = folder / f"{name}.data"
+        offsets = folder / f"{name}.offsets"
+        try:
+            data_size = data.stat().st_size
+            if spec.kind == "sequence":
+                offsets_size = offsets.stat().st_size
+        except OSError as exc:
+            return f"{exc.filename}: cannot read it ({exc.strerror or exc})"
+        expected_data = recorded.get(f"{name}.data")
+        if spec.kind == "sequence":
+            expected_offsets = 8 * (records + 1)
+            if offsets_size != expected_offsets:
+                return (f"{offsets} is {offsets_size} bytes, expected {expected_offsets} "
+                        f"({records} records + 1 int64 offsets)")
+            with open(offsets, "rb") as handle:
+                handle.seek(-8, os.SEEK_END)
+                last = int(np.frombuffer(handle.read(8), dtype=np.int64)[0])
+            if expected_data is None:
+                expected_data = last * itemsize
+            elif last * itemsize != expected_data:
+                return (f"{offsets} ends at value {last} ({last * itemsize} bytes of {spec.dtype}) but the "
+                        f"manifest records {expected_data} bytes for {data.name}")
+        elif expected_data is None:
+            expected_data = records * itemsize
+        if data_size != expected_data:
+            return f"{data} is {data_size} bytes, expected {expected_data} (truncated or altered after writing)"
+    return ""
 
 
 def _map(path: Path, dtype: str) -> np.ndarray:
@@ -297,6 +401,10 @@ class StoredDataset:
         if version != FORMAT_VERSION:
             raise DataError(f"{manifest_path}: format_version {version!r}, this modaloom reads {FORMAT_VERSION}")
         self.fields = {n: FieldSpec(f["dtype"], f["kind"]) for n, f in self.manifest["fields"].items()}
+        for shard in self.manifest["shards"]:
+            problem = shard_problem(self.directory / shard["name"], shard, self.fields)
+            if problem:
+                raise DataError(f"dataset {self.directory} is damaged: {problem}; re-run modaloom preprocess")
         counts = [int(s["records"]) for s in self.manifest["shards"]]
         self._starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)]).astype(np.int64)
         self.shard_bounds: list[tuple[int, int]] = [

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -164,6 +165,13 @@ class Tokenizer:
         return directory
 
 
+class VocabularyWarning(UserWarning):
+    """A vocabulary that loads but is probably not what its author meant (e.g. a repeated token)."""
+
+
+_WARNED_VOCABS: set[str] = set()  # warn once per file and process (workers fork after the first load)
+
+
 def _read_lines_vocab(path: str) -> dict[str, int]:
     """A vocab.txt: one token per line, id = line number (0-based); a later duplicate wins, as in HF."""
     try:
@@ -177,7 +185,25 @@ def _read_lines_vocab(path: str) -> dict[str, int]:
         tokens.pop()
     if not tokens:
         raise DataError(f"vocabulary {path} is empty")
-    return {token: i for i, token in enumerate(tokens)}
+    vocab = {token: i for i, token in enumerate(tokens)}
+    if len(vocab) < len(tokens) and str(path) not in _WARNED_VOCABS:
+        _WARNED_VOCABS.add(str(path))
+        warnings.warn(_duplicates_message(path, tokens), VocabularyWarning, stacklevel=2)
+    return vocab
+
+
+def _duplicates_message(path: str, tokens: list[str]) -> str:
+    """Which tokens repeat, on which lines (1-based), and which ids they leave unused."""
+    lines: dict[str, list[int]] = {}
+    for number, token in enumerate(tokens, 1):
+        lines.setdefault(token, []).append(number)
+    repeated = [(token, numbers) for token, numbers in lines.items() if len(numbers) > 1]
+    shown = "; ".join(f"{token!r} on lines {', '.join(map(str, numbers))}" for token, numbers in repeated[:5])
+    more = f" and {len(repeated) - 5} more" if len(repeated) > 5 else ""
+    unused = sum(len(numbers) - 1 for _, numbers in repeated)
+    return (f"vocabulary {path} repeats {len(repeated)} token(s): {shown}{more}. The last line wins (as in "
+            f"transformers), so {unused} id(s) of the earlier lines are never produced; remove the repeats "
+            f"unless the ids must match a model trained with this file")
 
 
 class HFTokenizer(Tokenizer):

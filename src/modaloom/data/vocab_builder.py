@@ -13,6 +13,7 @@ from modaloom.errors import DataError
 WORDPIECE_SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 BPE_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
 VOCAB_TYPES = ("wordpiece", "bpe", "sentencepiece")
+_NAMES = {"wordpiece": "vocab.txt", "bpe": "tokenizer.json", "sentencepiece": "spm.model"}
 
 
 def corpus_lines(paths: Sequence[str | Path]) -> Iterator[str]:
@@ -35,6 +36,14 @@ def build_vocab(vocab_type: str, corpora: Sequence[str | Path], vocab_size: int,
     if vocab_size < 10:
         raise DataError(f"vocab size must be at least 10, got {vocab_size}")
     out = Path(out)
+    if out.is_dir():
+        raise DataError(f"--out {out} is a directory; give the vocabulary file to write, e.g. {out / _NAMES[vocab_type]}")
+    for corpus in corpora:
+        if Path(corpus).exists() and Path(corpus).resolve() == out.resolve():
+            raise DataError(f"--out {out} is one of the corpora; choose another file name")
+    if next(corpus_lines(corpora), None) is None:
+        raise DataError(f"no text to learn a vocabulary from: {', '.join(map(str, corpora))} "
+                        "holds only blank lines")
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(out) as tmp:
         if vocab_type == "sentencepiece":

@@ -118,15 +118,29 @@ class BertProcessor(MaskingMixin):
 
 
 def _truncate_pair(a: list[int], b: list[int], max_tokens: int, rng: np.random.Generator) -> tuple[list[int], list[int]]:
-    """Trim the longer segment, from the front or the back at random, until both fit (as Google's BERT)."""
-    a, b = list(a), list(b)
-    while len(a) + len(b) > max_tokens:
-        longer = a if len(a) > len(b) else b
-        if rng.random() < 0.5:
-            del longer[0]
-        else:
-            longer.pop()
-    return a, b
+    """Trim the longer segment, from the front or the back at random, until both fit (as Google's BERT).
+
+    Linear in the pair's length, and the same result and random draws as trimming one token at a time:
+    each removed token takes one ``rng.random()`` (< 0.5: from the front). Which segment loses each token
+    is known in advance: the longer one until both have the same length (a tie trims ``b``), then ``b``
+    and ``a`` in turn; so all draws are taken at once and only the counts per segment and side matter.
+    """
+    excess = len(a) + len(b) - max_tokens
+    if excess <= 0:
+        return list(a), list(b)
+    draws = rng.random(excess)
+    gap = abs(len(a) - len(b))
+    first = min(excess, gap)  # steps that trim the longer segment only
+    on_b = np.zeros(excess, dtype=bool)
+    on_b[:first] = len(b) >= len(a)
+    on_b[first:] = np.arange(excess - first) % 2 == 0  # equal lengths: b first (a tie trims b), then a
+    front = draws < 0.5
+    trimmed = []
+    for segment, mine in ((a, ~on_b), (b, on_b)):
+        from_front = int(np.count_nonzero(front & mine))
+        from_back = int(np.count_nonzero(mine)) - from_front
+        trimmed.append(list(segment[from_front:len(segment) - from_back]))
+    return trimmed[0], trimmed[1]
 
 
 @register("processor", "albert")
