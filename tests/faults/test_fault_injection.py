@@ -1,0 +1,151 @@
+"""Fault injection through the real CLI: preprocess, pretrain (checkpoint writes included) and convert are
+SIGKILLed at random points, 20 times in all. After every kill each output folder is complete or absent, no
+input has changed, and a rerun finishes the job."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import modaloom
+from modaloom.data.storage import open_dataset
+from modaloom.train.checkpoint import complete_checkpoints, read_json
+from modaloom.weights import read_tensors
+from tests.train.data_helpers import sentences, tiny_bert_config, write_vocab
+
+ROOT = Path(__file__).resolve().parents[2]
+KILLS = 20
+STEP_DIR = re.compile(r"^step-\d+$")
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "modaloom.cli.main", *args]
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` with the hash of its bytes (and its mode), to show nothing was touched."""
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            out[str(path.relative_to(folder))] = hashlib.sha256(path.read_bytes()).hexdigest() + oct(path.stat().st_mode)
+    return out
+
+
+def dataset_complete_or_absent(out: Path, records: int | None) -> None:
+    if not out.exists():
+        return
+    dataset = open_dataset(out)  # manifest present, every shard's sizes checked
+    if records is not None:
+        assert len(dataset) == records
+
+
+def run_folder_consistent(out: Path) -> None:
+    root = out / "checkpoints"
+    if root.is_dir():
+        named = [p for p in root.iterdir() if STEP_DIR.match(p.name)]
+        assert len(named) == len(complete_checkpoints(out)), sorted(p.name for p in root.iterdir())
+        for path in named:
+            for name in ("model.safetensors", "optimizer.safetensors", "rank-0.safetensors"):
+                read_tensors(path / name)
+            for name in ("optimizer.json", "rank-0.json", "trainer_state.json", "config.json"):
+                read_json(path / name)
+    if (out / "model").exists():
+        modaloom.load(out / "model")
+        assert (out / "model" / "tokenizer").is_dir()
+    for name in ("summary.json", "config.json"):
+        if (out / name).exists():
+            json.loads((out / name).read_text())
+
+
+def model_folder_complete_or_absent(out: Path) -> None:
+    if out.exists():
+        names = {p.name for p in out.iterdir()}
+        assert {"config.json", "model.safetensors"} <= names, names
+        read_tensors(out / "model.safetensors")
+        json.loads((out / "config.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """The user's files: a corpus, a vocabulary, a config and a model folder to convert."""
+    folder = tmp_path_factory.mktemp("fault_inputs")
+    vocab = write_vocab(folder / "vocab.txt")
+    lines = sentences(6000, seed=3)
+    (folder / "corpus.txt").write_text("".join(f"{a} {b}\n" if i % 5 else "\n"
+                                               for i, (a, b) in enumerate(zip(lines[::2], lines[1::2]))))
+    config = tiny_bert_config(folder / "bert.yaml", layers=2, train={"steps": 400, "save_every": 1,
+                                                                      "keep_last": 2, "log_every": 1})
+    model = modaloom.build_model({"embedding": {"parts": ["word", "pos", "seg"], "vocab_size": 38, "emb_size": 64,
+                                                "max_seq_length": 64},
+                                  "encoder": {"hidden_size": 64, "layers_num": 4, "heads_num": 4,
+                                              "feedforward_size": 128},
+                                  "targets": [{"type": "mlm", "tie_weights": True}]})
+    model.save(folder / "bert_model")
+    return {"folder": folder, "vocab": vocab, "corpus": folder / "corpus.txt", "config": config,
+            "model": folder / "bert_model"}
+
+
+def test_random_kills_leave_every_output_complete_or_absent(tmp_path, inputs):
+    rng = random.Random(20261130)
+    work = tmp_path / "outputs"
+    work.mkdir()
+    before = snapshot(inputs["folder"])
+    data, run, converted = work / "data", work / "run", work / "hf"
+    preprocess = cli("preprocess", "--processor", "bert", "--corpus", str(inputs["corpus"]), "--vocab",
+                     str(inputs["vocab"]), "--out", str(data), "--seq-length", "32", "--shard-mb", "0.02",
+                     "--overwrite")
+    convert = cli("convert", "--from", "modaloom", "--to", "hf", str(inputs["model"]), str(converted), "--overwrite")
+    # a complete dataset first, so that pretrain has data while preprocess is killed again and again
+    subprocess.run(preprocess, env=env(), check=True, capture_output=True, timeout=300)
+    records = len(open_dataset(data))
+    kinds = ["preprocess", "pretrain", "convert"] * (KILLS // 3 + 1)
+    rng.shuffle(kinds)
+    pretrain_started = False
+    for kind in kinds[:KILLS]:
+        if kind == "preprocess":
+            cmd, delay = preprocess, rng.uniform(0.5, 4.0)
+        elif kind == "pretrain":
+            cmd = cli("pretrain", "--config", str(inputs["config"]), "--data", str(data), "--out", str(run),
+                      *(["--resume"] if pretrain_started else []))
+            cmd, delay = cmd, rng.uniform(2.0, 6.0)
+            pretrain_started = True
+        else:
+            cmd, delay = convert, rng.uniform(1.0, 4.0)
+        proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + delay
+        while proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode in (0, -signal.SIGKILL), f"{kind} failed: {err[-2000:]}"
+        dataset_complete_or_absent(data, records)
+        run_folder_consistent(run)
+        model_folder_complete_or_absent(converted)
+        assert snapshot(inputs["folder"]) == before, f"an input changed after killing {kind}"
+    # every job, rerun, completes from where the kills left it
+    subprocess.run(preprocess, env=env(), check=True, capture_output=True, timeout=300)
+    assert len(open_dataset(data)) == records
+    finish = cli("pretrain", "--config", str(inputs["config"]), "--data", str(data), "--out", str(run), "--resume",
+                 "--steps", str(max(s for s, _ in complete_checkpoints(run)) + 2))
+    done = subprocess.run(finish, env=env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    run_folder_consistent(run)
+    assert (run / "model" / "model.safetensors").is_file()
+    subprocess.run(convert, env=env(), check=True, capture_output=True, timeout=300)
+    model_folder_complete_or_absent(converted)
+    assert snapshot(inputs["folder"]) == before
