@@ -3,6 +3,7 @@ filterbanks (utterance-normalised, SpecAugment) as ``input_features`` and the de
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +22,9 @@ TRANSCRIPT_COLUMNS = ("text", "transcript", "sentence", "text_a", "caption")
 
 
 @dataclass
-class S2tOptions:
+class S2tOptions(SpecAugment):
+    """The SpecAugment fields (inherited, flat in the config) plus the audio and transcript options."""
+
     audio_column: str = ""  # empty: the first of path, audio, audio_path, file, filename, wav
     text_column: str = ""  # empty: the first of text, transcript, sentence, text_a, caption
     sample_rate: int = 16000  # features are computed at this rate (audio is resampled to it)
@@ -29,12 +32,6 @@ class S2tOptions:
     max_audio_frames: int = 6000  # longer utterances are skipped at preprocess time (10 ms frames)
     normalize: bool = True  # utterance mean / variance normalisation
     specaugment: bool = True
-    freq_mask_f: int = 27
-    freq_mask_n: int = 2
-    time_mask_t: int = 100
-    time_mask_n: int = 2
-    time_mask_p: float = 1.0
-    time_warp_w: int = 0
 
     def validate(self) -> None:
         if self.sample_rate <= 0 or self.num_bins <= 0 or self.max_audio_frames <= 0:
@@ -42,8 +39,7 @@ class S2tOptions:
         self.augment()
 
     def augment(self) -> SpecAugment:
-        return SpecAugment(self.freq_mask_f, self.freq_mask_n, self.time_mask_t, self.time_mask_n,
-                           self.time_mask_p, self.time_warp_w)
+        return SpecAugment(**{f.name: getattr(self, f.name) for f in dataclasses.fields(SpecAugment)})
 
 
 @register("processor", "s2t")
