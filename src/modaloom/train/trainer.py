@@ -402,7 +402,7 @@ class Trainer:
             "steps_this_run": self.step - start_step,
             "tokens_per_second": round(tps, 1),
             "samples_per_second": round(sps, 2),
-            "mfu": round(mfu, 5) if mfu is not None else None,
+            "mfu": float(f"{mfu:.4g}") if mfu is not None else None,  # significant digits: tiny models too
             "peak_rss_mb": round(peak_rss_mb(), 1),
             "final_loss": final_loss,
             "wall_seconds": round(end - clock, 2),
