@@ -24,6 +24,10 @@ class ForwardContext:
     input_key: str | None = None  # input_ids / pixel_values / input_features
     mask_key: str | None = None  # attention_mask / feature_mask
     past_length: int = 0  # positions already held by the encoder's key/value cache (cached generation)
+    # (B, L) absolute position of each input token, for rows whose positions do not start at past_length:
+    # left-padded prompts in batched generation (mask.cumsum - 1, as transformers). Read by the pos and
+    # sinusoidal parts; None: positions are past_length, past_length + 1, ... for every row
+    position_ids: torch.Tensor | None = None
     segment_ids: torch.Tensor | None = None  # (B, L) written by word_patch for the seg part
     modality_ids: torch.Tensor | None = None  # (B, L) per-token modality, for modality-expert layers
     kept_patch_index: torch.Tensor | None = None  # (B, V) written by drop_masked for the mae target
@@ -39,12 +43,12 @@ class ForwardContext:
     def for_stream(self, input_key: str = "", mask_key: str = "") -> ForwardContext:
         """A context for one stream of a dual model: caches and shared features kept, sequence fields reset."""
         return replace(self, input_key=input_key or None, mask_key=mask_key or None, past_length=0,
-                       segment_ids=None, modality_ids=None, kept_patch_index=None, streams=[])
+                       position_ids=None, segment_ids=None, modality_ids=None, kept_patch_index=None, streams=[])
 
     def for_decoder(self) -> ForwardContext:
         """A context for the target embedding: it reads decoder_input_ids at the decoder's cache position."""
         return replace(self, input_key="decoder_input_ids", mask_key="decoder_attention_mask",
-                       past_length=self.decoder_past_length, segment_ids=None, modality_ids=None, streams=[])
+                       past_length=self.decoder_past_length, position_ids=None, segment_ids=None, modality_ids=None, streams=[])
 
     def key(self, default: str) -> str:
         return self.input_key or default

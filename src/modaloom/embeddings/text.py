@@ -75,6 +75,14 @@ class PositionEmbedding(EmbeddingPart):
         self.weight = nn.Parameter(torch.empty(cfg.max_seq_length + cfg.position_offset, cfg.emb_size))
 
     def forward(self, x, mask, batch: Batch, ctx: ForwardContext):
+        if ctx.position_ids is not None:  # per-row positions (left-padded generation)
+            rows = ctx.position_ids + self.cfg.position_offset
+            if int(rows.max()) >= self.weight.shape[0]:
+                raise ConfigError(
+                    f"position {int(ctx.position_ids.max())} exceeds embedding.max_seq_length "
+                    f"{self.cfg.max_seq_length}"
+                )
+            return x + nn.functional.embedding(rows, self.weight), mask
         start = self.cfg.position_offset + ctx.past_length
         length = x.shape[1]
         if start + length > self.weight.shape[0]:
@@ -116,8 +124,16 @@ class SinusoidalPositionEmbedding(EmbeddingPart):
         self.register_buffer("table", sinusoidal_table(length, cfg.emb_size), persistent=False)
 
     def forward(self, x, mask, batch: Batch, ctx: ForwardContext):
+        if ctx.position_ids is not None:  # per-row positions (left-padded generation)
+            rows = ctx.position_ids + self.cfg.position_offset
+            self._grow(int(rows.max()) + 1)
+            return x + self.table[rows].to(x.dtype), mask
         start = self.cfg.position_offset + ctx.past_length
         length = x.shape[1]
-        if start + length > self.table.shape[0]:
-            self.table = sinusoidal_table(start + length, self.cfg.emb_size).to(self.table.device)
+        self._grow(start + length)
         return x + self.table[start:start + length].to(x.dtype), mask
+
+    def _grow(self, rows: int) -> None:
+        """Extend the fixed table when a sequence runs past it (the table is a function, not a weight)."""
+        if rows > self.table.shape[0]:
+            self.table = sinusoidal_table(rows, self.cfg.emb_size).to(self.table.device)
