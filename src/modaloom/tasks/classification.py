@@ -144,6 +144,9 @@ class ClassificationTask(FinetuneTask):
         self.tokenizer, where = resolve_tokenizer(paths.init_from, self.inputs_.vocab)
         check_vocabulary(cfg, self.tokenizer, where)
         max_positions = cfg.model.embedding.max_seq_length
+        if "pos" in cfg.model.embedding.parts and cfg.data.seq_length > max_positions \
+                and "data.seq_length" not in self.inputs_.overridden:
+            cfg.data.seq_length = max_positions  # the default 128 on a model with fewer positions
         if "pos" in cfg.model.embedding.parts and cfg.data.seq_length > max_positions:
             raise ConfigError(f"data.seq_length {cfg.data.seq_length} exceeds the model's max_seq_length "
                               f"{max_positions}; lower --seq-length")

@@ -81,7 +81,12 @@ def finetune_config(model_dir: Path | None, config: str | None, overrides: list[
 
 def resolve_tokenizer(model_dir: Path | None, vocab: str) -> tuple[Tokenizer, str]:
     """The tokenizer and where it came from: ``--vocab``, else ``<model>/tokenizer/``, else ``<model>/vocab.txt``."""
-    from modaloom.data.tokenizers import TOKENIZER_JSON, guess_tokenizer_type, load_tokenizer, load_tokenizer_dir
+    from modaloom.data.tokenizers import (
+        TOKENIZER_JSON,
+        guess_tokenizer_type,
+        load_tokenizer,
+        load_tokenizer_dir,
+    )
 
     if vocab:
         return load_tokenizer({"type": guess_tokenizer_type(vocab), "vocab": vocab}), vocab
