@@ -278,3 +278,11 @@ def test_hf_export_pipeline_matches_predict_and_fill_mask_has_tokens(tuned, caps
     answers = fill("the cat [MASK] on a mat")
     vocab = set((root / "mlm" / "vocab.txt").read_text().split())
     assert answers and all(a["token_str"].strip() and a["token_str"].strip() in vocab for a in answers)
+
+
+def test_unicode_line_separators_inside_texts_stay_in_their_line(tmp_path):
+    text = "fine\u2028film \x85 and\u2029more"
+    path = write(tmp_path / "u.jsonl", json.dumps({"label": "1", "text_a": text}, ensure_ascii=False) + "\n")
+    assert [r.text_a for r in read_rows(path, True)] == [text]
+    tsv = write(tmp_path / "u.tsv", f"label\ttext_a\r\n1\t{text}\r\n")
+    assert [(r.label, r.text_a) for r in read_rows(tsv, True)] == [("1", text)]

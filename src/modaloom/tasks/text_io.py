@@ -47,13 +47,22 @@ def is_jsonl(path: Path) -> bool:
     return path.suffix.lower() in (".jsonl", ".json")
 
 
+def read_lines(path: Path) -> list[str]:
+    """The file's lines split on \\n, \\r\\n or \\r only: a U+2028 or U+0085 inside a text (JSON keeps
+    them raw) is part of the line, as it is for ``json.loads`` and TencentPretrain's readers."""
+    try:
+        with open(path, encoding="utf-8", newline=None) as fh:
+            return [line.rstrip("\n") for line in fh]
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+
+
 def read_rows(path: str | Path, need_label: bool) -> list[Row]:
     """Every example of a TSV or JSONL file; ``need_label``: a row without a label is an error."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    with open(path, encoding="utf-8") as fh:
-        lines = fh.read().splitlines()
+    lines = read_lines(path)
     rows = _read_jsonl(path, lines, need_label) if is_jsonl(path) else _read_tsv(path, lines, need_label)
     if not rows:
         raise DataError(f"{path}: no examples")
@@ -113,11 +122,10 @@ def read_sentences(path: str | Path) -> list[Row]:
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh.read().splitlines(), start=1):
-            if not line.strip():
-                raise DataError(f"{path}:{number}: empty line; every line must hold one sentence")
-            rows.append(Row(f"{path}:{number}", line))
+    for number, line in enumerate(read_lines(path), start=1):
+        if not line.strip():
+            raise DataError(f"{path}:{number}: empty line; every line must hold one sentence")
+        rows.append(Row(f"{path}:{number}", line))
     if not rows:
         raise DataError(f"{path}: no sentences")
     return rows
