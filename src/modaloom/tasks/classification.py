@@ -284,7 +284,8 @@ class ClassificationTask(FinetuneTask):
 
         self.options = build(ClassificationOptions, dict(section.get("options") or {}), path="task.options")
         self.labels = [str(x) for x in section.get("labels") or []]
-        self.tokenizer, _ = resolve(model_dir, "")
+        self.tokenizer, where = resolve(model_dir, "")
+        check_vocabulary(self.cfg, self.tokenizer, where)
 
     def input_loader(self, path: Path) -> MemoryLoader:
         """Batches of a file to predict or evaluate (labels, when every row has one, checked and kept)."""
