@@ -286,3 +286,16 @@ def test_unicode_line_separators_inside_texts_stay_in_their_line(tmp_path):
     assert [r.text_a for r in read_rows(path, True)] == [text]
     tsv = write(tmp_path / "u.tsv", f"label\ttext_a\r\n1\t{text}\r\n")
     assert [(r.label, r.text_a) for r in read_rows(tsv, True)] == [("1", text)]
+
+
+def test_a_tokenizer_larger_than_the_embedding_is_refused(tmp_path):
+    from types import SimpleNamespace
+
+    from modaloom.tasks.finetune import check_vocabulary
+
+    cfg = SimpleNamespace(model=SimpleNamespace(embedding=SimpleNamespace(vocab_size=30)))
+    with pytest.raises(DataError, match="tokenizer v.txt has 38 tokens but the model's embedding has 30 rows"):
+        check_vocabulary(cfg, SimpleNamespace(vocab_size=38), "v.txt")
+    cfg.model.embedding.vocab_size = 0
+    check_vocabulary(cfg, SimpleNamespace(vocab_size=38), "v.txt")
+    assert cfg.model.embedding.vocab_size == 38
