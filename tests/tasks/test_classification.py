@@ -299,3 +299,11 @@ def test_a_tokenizer_larger_than_the_embedding_is_refused(tmp_path):
     cfg.model.embedding.vocab_size = 0
     check_vocabulary(cfg, SimpleNamespace(vocab_size=38), "v.txt")
     assert cfg.model.embedding.vocab_size == 38
+
+
+def test_hf_export_refuses_a_head_hf_cannot_express(run, tmp_path, capsys):
+    root, files = run
+    assert finetune(root, files, tmp_path / "o", "--epochs", "1", "task.pooling=mean", "task.pooler=false") == 0
+    assert main(["convert", "--from", "modaloom", "--to", "hf", str(tmp_path / "o" / "model"), str(tmp_path / "hf")]) == 2
+    assert "pools with 'mean' without a pooler" in capsys.readouterr().err
+    assert not (tmp_path / "hf").exists()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from modaloom.atomic import atomic_write_json
+from modaloom.errors import ConfigError
 
 ROLES = {"unk": "unk_token", "cls": "cls_token", "sep": "sep_token", "pad": "pad_token", "mask": "mask_token",
          "bos": "bos_token", "eos": "eos_token"}
@@ -85,3 +86,18 @@ def write_tokenizer_and_labels(src: Path, out: Path, max_length: int) -> list[st
     if not src.is_dir():
         return []
     return write_tokenizer_files(src, out, max_length) + write_labels(src, out)
+
+
+def check_classifier_head(cfg: Any, architecture: str | None) -> None:
+    """HF's ``...ForSequenceClassification`` pools the first token through a dense + tanh pooler; a ``cls``
+    head that pools otherwise would be exported with other outputs, so it is refused."""
+    if architecture is not None and not architecture.endswith("ForSequenceClassification"):
+        return
+    for target in cfg.targets:
+        if target.type == "cls" and (getattr(target, "pooling", "first") != "first"
+                                     or not getattr(target, "pooler", True)):
+            raise ConfigError(
+                f"the cls head pools with {target.pooling!r}{'' if target.pooler else ' without a pooler'}, but "
+                f"HF's ...ForSequenceClassification pools the first token through a dense + tanh pooler; "
+                f"fine-tune with task.pooling=first task.pooler=true to export a classifier, or export the "
+                f"encoder alone with --architecture BertModel")
