@@ -307,3 +307,13 @@ def test_hf_export_refuses_a_head_hf_cannot_express(run, tmp_path, capsys):
     assert main(["convert", "--from", "modaloom", "--to", "hf", str(tmp_path / "o" / "model"), str(tmp_path / "hf")]) == 2
     assert "pools with 'mean' without a pooler" in capsys.readouterr().err
     assert not (tmp_path / "hf").exists()
+
+
+def test_unknown_task_option_or_non_finetuning_task_is_refused(run, tmp_path, capsys):
+    root, files = run
+    assert finetune(root, files, tmp_path / "o", "task.knd=single") == 2
+    assert "knd" in capsys.readouterr().err
+    assert main(["finetune", "--task", "pretrain", "--model", str(root / "pre" / "model"), "--train",
+                 str(files["train"]), "--dev", str(files["dev"]), "--out", str(tmp_path / "p")]) == 2
+    assert "not a fine-tuning task" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() and not (tmp_path / "p").exists()
