@@ -317,3 +317,18 @@ def test_unknown_task_option_or_non_finetuning_task_is_refused(run, tmp_path, ca
                  str(files["train"]), "--dev", str(files["dev"]), "--out", str(tmp_path / "p")]) == 2
     assert "not a fine-tuning task" in capsys.readouterr().err
     assert not (tmp_path / "o").exists() and not (tmp_path / "p").exists()
+
+
+def test_best_dev_keeps_the_best_value_and_restores_it():
+    from modaloom.tasks.finetune import BestDev
+
+    best = BestDev()
+    best.step = 5
+    assert best.improved(0.6, True) and not best.improved(0.5, True) and not best.improved(float("nan"), True)
+    best.step = 10
+    assert best.improved(0.7, True) and best.state_dict() == {"best": 0.7, "step": 10}
+    other = BestDev()
+    other.load_state_dict(best.state_dict())
+    assert (other.best, other.best_step) == (0.7, 10) and not other.improved(0.69, True)
+    low = BestDev()
+    assert low.improved(0.5, False) and low.improved(0.4, False) and not low.improved(0.45, False)
