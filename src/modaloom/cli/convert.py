@@ -127,8 +127,15 @@ def _convert(args: argparse.Namespace, src: Path, out: Path, dst: Path) -> str:
     architecture = args.architecture
     if architecture is None and model_type is not None and model_type == origin.get("model_type"):
         architecture = origin.get("architecture")
+    from modaloom.interop.hf.extras import check_classifier_head, write_tokenizer_and_labels
+
+    check_classifier_head(model.config, architecture)
     export = modaloom_to_hf(model, out, model_type=model_type, architecture=architecture)
+
+    added = write_tokenizer_and_labels(src, out, int(model.config.embedding.max_seq_length)) \
+        if args.source_format == "modaloom" else []
     copied = _copy_tokenizer(src, out)
     return (f"exported {src} -> HF {export.model_type} ({export.architecture}) at {dst}"
             + _summary("left out (no place in this HF class)", export.dropped)
-            + _summary("tokenizer files copied", copied))
+            + _summary("tokenizer files copied", copied)
+            + _summary("tokenizer files and labels written", added))

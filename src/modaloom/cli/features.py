@@ -1,0 +1,45 @@
+"""`modaloom features`: one vector per sentence from a model's encoder, pooled, optionally L2-normalised.
+
+Input: plain text (one sentence per line), or a TSV/JSONL example file (``text_a`` [, ``text_b``]).
+Output: a float32 ``.npy`` array (sentences x hidden size), rows in input order, written atomically.
+With ``--pooling mean --normalize`` on all-MiniLM-L6-v2 this is sentence-transformers' ``encode``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "sentence features from a model's encoder (first/mean/max/last pooling, optional L2 norm) to .npy"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model folder (pre-trained, converted or fine-tuned)")
+    parser.add_argument("--input", required=True, help="text file (one sentence a line), or TSV/JSONL examples")
+    parser.add_argument("--out", required=True, help="the .npy file to write")
+    parser.add_argument("--pooling", default="mean", choices=["first", "mean", "max", "last"],
+                        help="how token vectors become one (default mean)")
+    parser.add_argument("--normalize", action="store_true", help="L2-normalise every vector")
+    parser.add_argument("--vocab", default="", help="vocabulary file (default: the model folder's tokenizer)")
+    parser.add_argument("--seq-length", type=int, default=0,
+                        help="maximum tokens per sentence (default: the model's max_seq_length)")
+    parser.add_argument("--batch-size", type=int, default=64, help="sentences per forward pass")
+
+
+def run(args: argparse.Namespace) -> int:
+    from modaloom.errors import ConfigError
+    from modaloom.tasks.features import sentence_features, write_npy
+
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    out = Path(args.out)
+    if out.suffix != ".npy":
+        raise ConfigError(f"--out {out} must end in .npy")
+    vectors, truncated = sentence_features(Path(args.model), Path(args.input), args.pooling, args.normalize,
+                                           vocab=args.vocab, seq_length=args.seq_length,
+                                           batch_size=args.batch_size)
+    write_npy(out, vectors, inputs=[Path(args.input), Path(args.model)])
+    note = f"; {truncated} truncated to the sequence length" if truncated else ""
+    print(f"{vectors.shape[0]} x {vectors.shape[1]} features written to {out}{note}", file=sys.stderr)
+    return 0
