@@ -137,7 +137,7 @@ def test_closed_pipe_exits_quietly(tmp_path):
 
 def test_ctrl_c_with_workers_prints_one_line_and_exits_130(tmp_path):
     big = tmp_path / "big.txt"
-    big.write_text("\n".join(sentences(200_000)) + "\n", encoding="utf-8")
+    big.write_text("\n".join(sentences(600_000)) + "\n", encoding="utf-8")
     out = tmp_path / "ds"
     proc = _cli("preprocess", "--processor", "lm", "--corpus", str(big), "--vocab",
                 str(write_vocab(tmp_path / "vocab.txt")), "--out", str(out), "--workers", "2",
@@ -146,7 +146,7 @@ def test_ctrl_c_with_workers_prints_one_line_and_exits_130(tmp_path):
     deadline = time.monotonic() + 60
     while not partial.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(1.0)  # the pool is started and busy
+    time.sleep(0.3)  # the pool is started and busy
     assert proc.poll() is None, "preprocess finished before it could be interrupted; use a bigger corpus"
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C: the whole process group
     _, err = proc.communicate(timeout=60)
