@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from modaloom.generation import GenerationConfig, generate
+from modaloom.generation import GenerationConfig, generate, pad_prompts
 from modaloom.interop.hf import hf_to_modaloom
 
 
@@ -42,17 +42,6 @@ def prompts(batch: int, vocab: int, seed: int = 0) -> list[list[int]]:
     return [torch.randint(10, vocab - 10, (16 + 3 * (i % 5),), generator=gen).tolist() for i in range(batch)]
 
 
-def padded(rows: list[list[int]], pad: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), pad)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        span = slice(width - len(row), width) if left else slice(0, len(row))
-        ids[i, span] = torch.tensor(row)
-        mask[i, span] = 1
-    return ids, mask
-
-
 def bench(name: str, batch: int, new_tokens: int, repeats: int) -> list[str]:
     import transformers
 
@@ -61,7 +50,7 @@ def bench(name: str, batch: int, new_tokens: int, repeats: int) -> list[str]:
     hf = build()
     ours = hf_to_modaloom(hf).eval()
     rows = prompts(batch, hf.config.vocab_size)
-    ids, mask = padded(rows, 0, left=not seq2seq)
+    ids, mask = pad_prompts(rows, 0, left=not seq2seq)
     out = []
     for beams in (1, 4):
         # no eos: every row generates exactly new_tokens tokens on both sides

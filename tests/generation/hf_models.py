@@ -59,17 +59,6 @@ def prompts(lengths=(5, 9, 3), seed: int = 0) -> list[list[int]]:
     return [torch.randint(3, VOCAB - 1, (n,), generator=gen).tolist() for n in lengths]
 
 
-def padded(rows: list[list[int]], pad: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), pad)
-    mask = torch.zeros_like(ids)
-    for i, row in enumerate(rows):
-        span = slice(width - len(row), width) if left else slice(0, len(row))
-        ids[i, span] = torch.tensor(row)
-        mask[i, span] = 1
-    return ids, mask
-
-
 def trim(row: list[int], eos: int) -> list[int]:
     """A row up to and including its first eos."""
     return row[:row.index(eos) + 1] if eos in row else row

@@ -7,10 +7,10 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from modaloom.generation import GenerationConfig, generate  # noqa: E402
+from modaloom.generation import GenerationConfig, generate, pad_prompts  # noqa: E402
 
 from . import hf_models  # noqa: E402
-from .hf_models import convert, padded, prompts, trim  # noqa: E402
+from .hf_models import convert, prompts, trim  # noqa: E402
 
 # family -> (builder, pad id, decoder start id or None for decoder-only)
 FAMILIES = {"gpt2": (hf_models.gpt2, 0, None), "t5": (hf_models.t5, 0, 0), "bart": (hf_models.bart, 1, 2)}
@@ -24,7 +24,7 @@ def frequent_token(model, rows, pad, start) -> int:
 
 def hf_generate(hf, rows, pad, start, **options) -> list[list[int]]:
     seq2seq = start is not None
-    ids, mask = padded(rows, pad, left=not seq2seq)
+    ids, mask = pad_prompts(rows, pad, left=not seq2seq)
     cfg = transformers.GenerationConfig(pad_token_id=pad, decoder_start_token_id=start, **options)
     with torch.no_grad():
         out = hf.generate(input_ids=ids, attention_mask=mask, generation_config=cfg)
