@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -19,13 +18,13 @@ import pytest
 
 import modaloom
 from modaloom.data.storage import open_dataset
-from modaloom.train.checkpoint import complete_checkpoints, read_json
+from modaloom.train.checkpoint import complete_checkpoints
 from modaloom.weights import read_tensors
 from tests.train.data_helpers import sentences, tiny_bert_config, write_vocab
+from tests.train.test_kill import assert_checkpoints_intact
 
 ROOT = Path(__file__).resolve().parents[2]
 KILLS = 20
-STEP_DIR = re.compile(r"^step-\d+$")
 
 
 def env() -> dict[str, str]:
@@ -54,15 +53,7 @@ def dataset_complete_or_absent(out: Path, records: int | None) -> None:
 
 
 def run_folder_consistent(out: Path) -> None:
-    root = out / "checkpoints"
-    if root.is_dir():
-        named = [p for p in root.iterdir() if STEP_DIR.match(p.name)]
-        assert len(named) == len(complete_checkpoints(out)), sorted(p.name for p in root.iterdir())
-        for path in named:
-            for name in ("model.safetensors", "optimizer.safetensors", "rank-0.safetensors"):
-                read_tensors(path / name)
-            for name in ("optimizer.json", "rank-0.json", "trainer_state.json", "config.json"):
-                read_json(path / name)
+    assert_checkpoints_intact(out)
     if (out / "model").exists():
         modaloom.load(out / "model")
         assert (out / "model" / "tokenizer").is_dir()
