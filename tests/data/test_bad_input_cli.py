@@ -285,3 +285,14 @@ def test_a_partial_run_with_other_options_is_not_reused(tmp_path):
     reference = tmp_path / "reference"
     assert _run_driver(tmp_path, -1, corpus, vocab, reference, "--seed", "8").returncode == 0
     assert _records(out) == _records(reference)
+
+
+def test_a_partial_folder_holding_other_files_is_not_deleted(tmp_path, capsys):
+    corpus, vocab = write_documents(tmp_path / "docs.txt"), write_vocab(tmp_path)
+    partial = tmp_path / ".ds.partial"
+    partial.mkdir()
+    (partial / "thesis.tex").write_text("mine")
+    assert _preprocess(corpus, vocab, tmp_path / "ds") == 2
+    err = capsys.readouterr().err
+    assert "holds other files (thesis.tex)" in err and "left alone" in err
+    assert (partial / "thesis.tex").read_text() == "mine"

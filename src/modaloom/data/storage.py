@@ -167,6 +167,19 @@ class _ShardWriter:
         return {"name": self.directory.name, "records": self.count, "bytes": dict(sorted(sizes.items()))}
 
 
+PARTIAL_ENTRIES = (SKIPPED, PROGRESS, MANIFEST, "tokenizer")
+
+
+def check_own_partial(folder: Path) -> None:
+    """Refuse to delete a ``.<out>.partial`` folder that holds anything a dataset writer would not write
+    there (its shards, skips, progress, manifest, tokenizer and hidden temp files): it is someone's folder."""
+    foreign = sorted(p.name for p in folder.iterdir()
+                     if not (p.name in PARTIAL_ENTRIES or p.name.startswith(("shard-", "."))))
+    if foreign:
+        raise DataError(f"{folder} looks like an interrupted preprocess but holds other files "
+                        f"({', '.join(foreign[:5])}); it is left alone: move it away, or choose another --out")
+
+
 class DatasetWriter:
     """Writes records into a new dataset directory atomically (temp dir, manifest last, rename).
 
@@ -201,6 +214,7 @@ class DatasetWriter:
         self.manifest: dict[str, Any] = {}
         if not self._resume():
             if self.partial.exists():  # left by an interrupted run that cannot be resumed: start clean
+                check_own_partial(self.partial)
                 shutil.rmtree(self.partial)
             self.partial.mkdir(parents=True)
         self._skips_file = open(self.partial / SKIPPED, "a", encoding="utf-8")  # noqa: SIM115
