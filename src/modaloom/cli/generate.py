@@ -94,9 +94,9 @@ def generation_config(args: argparse.Namespace, model, tokenizer, defaults: dict
 
 def run(args: argparse.Namespace) -> int:
     import modaloom
-    from modaloom.atomic import atomic_file
     from modaloom.data.tokenizers import load_tokenizer_dir
     from modaloom.generation import generate
+    from modaloom.tasks.base import write_jsonl
 
     model_dir = Path(args.model)
     if args.batch_size < 1:
@@ -126,11 +126,9 @@ def run(args: argparse.Namespace) -> int:
         result = generate(model, tokenizer.encode_batch(chunk), cfg, decode=text_of)
         for prompt, tokens in zip(chunk, result.token_lists()):
             records.append({"prompt": prompt, "text": text_of(tokens), "tokens": tokens})
-    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     if out is None:
-        print(lines, end="")
+        print("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), end="")
         return 0
-    with atomic_file(out) as tmp:
-        tmp.write_text(lines, encoding="utf-8")
+    write_jsonl(out, records)
     print(f"wrote {len(records)} records to {out}")
     return 0
