@@ -383,9 +383,7 @@ class Trainer:
                    tokens: int, samples: int, last_eval: dict[str, float], saved: Path | None) -> dict[str, Any]:
         previous = self.out_dir / "summary.json"
         if self.step == start_step and previous.is_file():  # nothing was trained: keep the run's summary
-            import json
-
-            kept = json.loads(previous.read_text(encoding="utf-8"))
+            kept = ckpt.read_json(previous)
             return {**kept, "steps_this_run": 0, "interrupted": False, "stop_signal": None}
         timed = (end - measured_since) if measured_since is not None else 0.0
         tps = tokens / timed if timed > 0 else 0.0
