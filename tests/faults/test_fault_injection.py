@@ -44,6 +44,11 @@ def snapshot(folder: Path) -> dict[str, str]:
     return out
 
 
+def logged_rows(run: Path) -> list[str]:
+    path = run / "metrics.jsonl"
+    return path.read_text().splitlines() if path.is_file() else []
+
+
 def dataset_complete_or_absent(out: Path, records: int | None) -> None:
     if not out.exists():
         return
@@ -78,7 +83,7 @@ def inputs(tmp_path_factory):
     lines = sentences(60000, seed=3)
     (folder / "corpus.txt").write_text("".join(f"{a} {b}\n" if i % 5 else "\n"
                                                for i, (a, b) in enumerate(zip(lines[::2], lines[1::2]))))
-    config = tiny_bert_config(folder / "bert.yaml", layers=2, train={"steps": 400, "save_every": 1,
+    config = tiny_bert_config(folder / "bert.yaml", layers=2, train={"steps": 100_000, "save_every": 1,
                                                                       "keep_last": 2, "log_every": 1})
     model = modaloom.build_model({"embedding": {"parts": ["word", "pos", "seg"], "vocab_size": 38, "emb_size": 64,
                                                 "max_seq_length": 64},
@@ -108,16 +113,24 @@ def test_random_kills_leave_every_output_complete_or_absent(tmp_path, inputs):
     pretrain_started = False
     killed: dict[str, int] = {}
     for kind in kinds[:KILLS]:
+        # each job is killed a random time after it shows it is under way (not after a fixed wall time,
+        # which a fast machine outruns): preprocess once its partial folder exists, pretrain once it has
+        # logged a step of this run, convert after start-up
         if kind == "preprocess":
-            cmd, delay = preprocess, rng.uniform(0.3, 2.5)
+            cmd, delay = preprocess, rng.uniform(0.0, 0.8)
+            started = (work / ".data.partial").exists
         elif kind == "pretrain":
             cmd = cli("pretrain", "--config", str(inputs["config"]), "--data", str(data), "--out", str(run),
                       *(["--resume"] if pretrain_started else []))
-            cmd, delay = cmd, rng.uniform(2.0, 6.0)
+            delay, logged = rng.uniform(0.0, 1.5), len(logged_rows(run))
+            started = lambda logged=logged: len(logged_rows(run)) > logged  # noqa: E731
             pretrain_started = True
         else:
-            cmd, delay = convert, rng.uniform(1.0, 4.0)
+            cmd, delay, started = convert, rng.uniform(1.0, 4.0), lambda: True
         proc = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        give_up = time.monotonic() + 120
+        while proc.poll() is None and not started() and time.monotonic() < give_up:
+            time.sleep(0.005)
         deadline = time.monotonic() + delay
         while proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
