@@ -152,6 +152,7 @@ class ClipBase(FinetuneTask):
     """What both CLIP tasks share: the tokenizer, the image transform, the loader and the feature pass."""
 
     options: Any
+    keeps_targets = True  # the model's own clr head (projections, logit scale) is what these tasks use
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -188,7 +189,6 @@ class ClipRetrievalTask(ClipBase):
     """Contrastive fine-tuning of a dual text-image model on pairs; recall@K image<->text."""
 
     name = "clip_retrieval"
-    keeps_targets = True
     selection_metric = "mean_recall"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
