@@ -276,7 +276,7 @@ def task_for_model(model_dir: Path, expected: str | None = None) -> FinetuneTask
     from modaloom.model import saved_model_config
     from modaloom.tasks.base import JobPaths
 
-    wanted = registry.get("task", expected, where="--task") if expected else None
+    wanted = registry.get("task", expected) if expected in registry.names("task") else None
     if getattr(wanted, "runs_any_model", False):  # e.g. zero_shot: runs a model trained for another task
         section = {**(read_model_folder_config(model_dir).get("task") or {}), "name": expected}
     else:
