@@ -14,8 +14,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="fine-tuned model folder (<finetune --out>/model)")
     parser.add_argument("--input", required=True, help="labelled examples (TSV with header label text_a [text_b], "
                         "or JSONL)")
-    parser.add_argument("--task", help="refuse a model fine-tuned for another task than this one")
+    parser.add_argument("--task", help="refuse a model fine-tuned for another task than this one; zero_shot: "
+                        "classify the images of a labelled file with a CLIP model and prompts")
     parser.add_argument("--batch-size", type=int, default=64, help="examples per forward pass")
+    parser.add_argument("options", nargs="*", metavar="task.key=value",
+                        help="task options at evaluation, e.g. for --task zero_shot: task.classes=cat,dog "
+                             "task.template='a photo of a {}.'")
 
 
 def table(metrics: dict[str, float]) -> str:
@@ -24,12 +28,27 @@ def table(metrics: dict[str, float]) -> str:
     return "\n".join(f"{k:<{width}}  {v:.4f}" for k, v in metrics.items())
 
 
+def task_options(items: list[str]) -> dict[str, object]:
+    """``task.<key>=value`` items as {key: JSON value or string}; anything else is refused."""
+    from modaloom.cli.finetune import typed_options
+    from modaloom.errors import ConfigError
+
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not (key.startswith("task.") and sep):
+            raise ConfigError(f"evaluate takes task options as task.<key>=value, got {item!r}")
+        options[key[len("task."):]] = value
+    return typed_options(options)
+
+
 def run(args: argparse.Namespace) -> int:
     from modaloom.cli.predict import load_for_inference
     from modaloom.errors import DataError
     from modaloom.train.steps import collect_outputs
 
     job, model, device = load_for_inference(args.model, args.task, args.batch_size)
+    job.set_options(task_options(args.options))
     loader = job.input_loader(Path(args.input))
     if "label" not in loader.examples[0]:
         raise DataError(f"{args.input} has no labels; evaluate needs a labelled file (use predict for unlabelled)")

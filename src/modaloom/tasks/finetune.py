@@ -60,8 +60,10 @@ def read_model_folder_config(model_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def finetune_config(model_dir: Path | None, config: str | None, overrides: list[str]) -> Config:
-    """The job config: the model of ``model_dir`` or of ``config``, fine-tuning train defaults, overrides."""
+def finetune_config(model_dir: Path | None, config: str | None, overrides: list[str],
+                    keep_targets: bool = False) -> Config:
+    """The job config: the model of ``model_dir`` or of ``config``, fine-tuning train defaults, overrides.
+    The targets become one ``cls`` head unless ``keep_targets`` (a task that trains the model's own head)."""
     from modaloom.config import config_dict, load_config
     from modaloom.model_config import model_section_from_saved
 
@@ -73,7 +75,8 @@ def finetune_config(model_dir: Path | None, config: str | None, overrides: list[
         data, _ = config_dict(str(config))
         if not set(data) & {"model", "data", "train"}:
             data = {"model": data}
-    data["model"] = {**data["model"], "targets": [{"type": "cls"}]}  # the task sets its head in prepare()
+    if not keep_targets:
+        data["model"] = {**data["model"], "targets": [{"type": "cls"}]}  # the task sets its head in prepare()
     data["train"] = {**FINETUNE_TRAIN_DEFAULTS, **(data.get("train") or {})}
     data["data"] = {"seq_length": (data.get("data") or {}).get("seq_length", 128)}
     return load_config(None, overrides, base=data, require_parts=True)
@@ -105,9 +108,10 @@ def resolve_tokenizer(model_dir: Path | None, vocab: str) -> tuple[Tokenizer, st
     raise ConfigError(f"no tokenizer: {where}; pass --vocab VOCAB_FILE")
 
 
-def check_vocabulary(cfg: Config, tokenizer: Tokenizer, where: str) -> None:
-    """A tokenizer whose ids exceed the model's embedding rows cannot run: refuse it (0 = fill it in)."""
-    embedding = cfg.model.embedding
+def check_vocabulary(cfg: Config, tokenizer: Tokenizer, where: str, embedding: Any = None) -> None:
+    """A tokenizer whose ids exceed the model's embedding rows cannot run: refuse it (0 = fill it in).
+    ``embedding``: the section holding the word table (a stream of a dual model); default the embedding."""
+    embedding = embedding if embedding is not None else cfg.model.embedding
     if embedding.vocab_size == 0:
         embedding.vocab_size = int(tokenizer.vocab_size)
     elif tokenizer.vocab_size > embedding.vocab_size:
@@ -152,6 +156,8 @@ class FinetuneTask(Task):
     strict_init: ClassVar[bool] = False  # a new head and dropped pre-training targets are expected (listed)
     selection_metric: ClassVar[str] = "accuracy"
     lower_is_better: ClassVar[tuple[str, ...]] = ("loss", "mse")
+    keeps_targets: ClassVar[bool] = False  # train the model's own targets (CLIP's clr) instead of a new cls head
+    runs_any_model: ClassVar[bool] = False  # `evaluate --task NAME` runs models fine-tuned for other tasks too
 
     def __init__(self, cfg: Config, paths: JobPaths, inputs: FinetuneInputs | None = None) -> None:
         super().__init__(cfg, paths)
@@ -172,6 +178,11 @@ class FinetuneTask(Task):
     def test_loader(self, path: Path) -> Any:
         """Batches of a labelled file (the test file), for the final evaluation."""
         raise NotImplementedError
+
+    def set_options(self, options: dict[str, Any]) -> None:
+        """Task options given to ``evaluate`` (``task.<key>=value``); a task that takes none refuses them."""
+        if options:
+            raise ConfigError(f"task {self.name!r} takes no options at evaluation, got {sorted(options)}")
 
     # ---- shared
     def set_steps(self, train_examples: int) -> None:
@@ -210,15 +221,14 @@ class FinetuneTask(Task):
 
     def export(self, checkpoint: Path) -> Path:
         """``<out>/model`` from the best dev weights (the last checkpoint without a dev set), with the task
-        section in its config.json and the tokenizer in ``tokenizer/``."""
+        section in its config.json and the tokenizer (when the task has one) in ``tokenizer/``."""
         from modaloom.tasks.base import export_model
 
         best = self.paths.out / BEST_DIR
         source = best if (best / "model.safetensors").is_file() else checkpoint
-        assert self.tokenizer is not None
         with tempfile.TemporaryDirectory(dir=self.paths.out) as tmp:
-            tokenizer_dir = self.tokenizer.save(Path(tmp) / "tokenizer")
-            final = export_model(source, self.paths.out, {"tokenizer": tokenizer_dir})
+            extra = {"tokenizer": self.tokenizer.save(Path(tmp) / "tokenizer")} if self.tokenizer is not None else {}
+            final = export_model(source, self.paths.out, extra)
         config = json.loads((final / "config.json").read_text(encoding="utf-8"))
         config["task"] = self.task_section()
         atomic_write_json(final / "config.json", config)
@@ -266,7 +276,11 @@ def task_for_model(model_dir: Path, expected: str | None = None) -> FinetuneTask
     from modaloom.model import saved_model_config
     from modaloom.tasks.base import JobPaths
 
-    section = saved_task(model_dir, expected)
+    wanted = registry.get("task", expected) if expected in registry.names("task") else None
+    if getattr(wanted, "runs_any_model", False):  # e.g. zero_shot: runs a model trained for another task
+        section = {**(read_model_folder_config(model_dir).get("task") or {}), "name": expected}
+    else:
+        section = saved_task(model_dir, expected)
     task_cls = registry.get("task", section["name"], where="config.json task.name")
     if not (isinstance(task_cls, type) and issubclass(task_cls, FinetuneTask)):
         raise ConfigError(f"{model_dir}: task {section['name']!r} is not a fine-tuning task")

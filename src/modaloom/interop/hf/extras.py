@@ -90,7 +90,14 @@ def write_tokenizer_and_labels(src: Path, out: Path, max_length: int) -> list[st
 
 def check_classifier_head(cfg: Any, architecture: str | None) -> None:
     """HF's ``...ForSequenceClassification`` pools the first token through a dense + tanh pooler; a ``cls``
-    head that pools otherwise would be exported with other outputs, so it is refused."""
+    head that pools otherwise would be exported with other outputs, so it is refused. An image model's head
+    (ViT) goes to ``ViTForImageClassification``, a linear layer on the class token: it must pool ``first``."""
+    if "patch" in getattr(cfg.embedding, "parts", ()):
+        for target in cfg.targets:
+            if target.type == "cls" and getattr(target, "pooling", "first") != "first":
+                raise ConfigError(f"the cls head pools with {target.pooling!r}, but HF's ViTForImageClassification "
+                                  f"classifies the class token; fine-tune with task.pooling=first to export it")
+        return
     if architecture is not None and not architecture.endswith("ForSequenceClassification"):
         return
     for target in cfg.targets:

@@ -1,0 +1,412 @@
+"""CLIP-style tasks on a dual model (a text stream and an image stream, aligned by a ``clr`` target).
+
+``clip_retrieval`` fine-tunes the model on image-text pairs with its own contrastive target (the ``clr`` head
+and its loss are kept; other targets are dropped). Data: TSV with header ``text path`` (image paths relative
+to the TSV's folder) or JSONL ``{"text", "image"}`` (``tasks/image_io.py``). Captions are tokenized with the
+model folder's tokenizer as the ``clip`` processor does (``[CLS] text [SEP]`` or bos/eos), cut to
+``data.seq_length`` (at most the text stream's positions; counted). Evaluation ranks every caption of the file
+against every distinct image of it (rows naming the same image file share it) and reports recall@1/5/10 both
+ways (``i2t_r@K``: an image finds one of its captions in the top K; ``t2i_r@K``) and their mean
+(``mean_recall``, which selects the best dev model). ``predict`` writes per row the cosine ``score`` of the
+pair and the rank of its image among the file's images for its caption (``image_rank``) and of its caption
+among the file's captions for its image (``text_rank``), 1 = first.
+
+``zero_shot`` classifies images without training: ``modaloom evaluate --task zero_shot --model DIR --input
+labelled.tsv [task.classes=a,b,c | task.classes=FILE] [task.template="a photo of a {}."]``. Each class name
+becomes a prompt (the template with ``{}`` replaced by the name); an image takes the class whose prompt's
+features are nearest (cosine). ``DIR`` is a CLIP model folder with a tokenizer (``tokenizer/`` or
+``vocab.txt``): fine-tuned by ``clip_retrieval``, pre-trained, or converted. The input is a labelled image file
+(``label path`` TSV, ``{"label", "image"}`` JSONL, or an ImageFolder); without ``task.classes`` the classes are
+its labels, sorted. Metrics: accuracy, macro-F1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from modaloom.config_schema import build, choice, to_dict
+from modaloom.context import ForwardContext
+from modaloom.data.images import CROP_MODES, IMAGE_NORMS
+from modaloom.errors import ConfigError, DataError
+from modaloom.registry import register
+from modaloom.tasks.classification import sort_labels
+from modaloom.tasks.finetune import FinetuneTask, check_vocabulary, resolve_tokenizer
+from modaloom.tasks.image_io import (
+    IMAGE_PARTS,
+    ImageLoader,
+    ImageRow,
+    image_embedding,
+    load_images,
+    model_transform,
+    pad_ids,
+    processor_norm,
+    read_image_rows,
+)
+
+MODEL_KEYS = ("pixel_values", "input_ids", "attention_mask")
+RECALL_KS = (1, 5, 10)
+
+
+@dataclass
+class ClipTaskOptions:
+    """Options of ``clip_retrieval`` (``task.<key>=value``)."""
+
+    norm: str = choice("", "", *IMAGE_NORMS)  # empty: the model's data processor's (clip: CLIP's mean/std)
+    crop: str = choice("center", *CROP_MODES)  # training crop; evaluation always uses center
+    scale_min: float = 0.9  # random_resized: smallest area fraction (CLIP-style mild crops)
+    hflip: bool = False  # captions may say left or right
+    skip_bad_images: bool = False  # training/dev: skip (and count) unreadable images instead of failing
+
+
+@dataclass
+class ZeroShotOptions:
+    """Options of ``zero_shot`` (``evaluate ... task.<key>=value``)."""
+
+    classes: str = ""  # comma-separated names, or a file with one name per line; empty: the input's labels
+    template: str = "a photo of a {}."  # the prompt of a class: {} is replaced by its name
+    norm: str = choice("", "", *IMAGE_NORMS)  # empty: what the model was fine-tuned with, else CLIP's
+
+
+def text_stream(model_cfg: Any) -> int:
+    """Index of the text stream of a dual model whose other stream holds an image part; else a ConfigError."""
+    streams = list(getattr(model_cfg.embedding, "streams", None) or [])
+    if model_cfg.embedding.parts != ["dual"] or len(streams) != 2:
+        raise ConfigError(f"CLIP tasks need a dual model (embedding.parts [dual] with a text and an image stream), "
+                          f"got embedding.parts {model_cfg.embedding.parts}")
+    image = [i for i, s in enumerate(streams) if any(p in s.parts for p in IMAGE_PARTS)]
+    text = [i for i, s in enumerate(streams) if "word" in s.parts]
+    if len(image) != 1 or len(text) != 1 or image == text:
+        raise ConfigError(f"CLIP tasks need one text stream (word part) and one image stream (patch part), got "
+                          f"streams with parts {[s.parts for s in streams]}")
+    return text[0]
+
+
+def contrastive_label(model_cfg: Any) -> str:
+    """The name of the model's ``clr`` target (the head that aligns the streams)."""
+    for target in model_cfg.targets:
+        if target.type == "clr":
+            return target.label
+    raise ConfigError(f"CLIP tasks need a clr target (contrastive head), the model has "
+                      f"{[t.type for t in model_cfg.targets] or 'none'}")
+
+
+def caption_ids(tokenizer: Any, texts: list[str], seq_length: int) -> tuple[list[list[int]], int]:
+    """Token ids of each caption with the tokenizer's start (cls/bos) and end (sep/eos) ids, cut to
+    ``seq_length``; returns (ids, number of captions cut)."""
+    def first(roles: tuple[str, ...]) -> int | None:
+        return next((tokenizer.optional_id(r) for r in roles if tokenizer.optional_id(r) is not None), None)
+
+    start, end = first(("cls", "bos")), first(("sep", "eos"))
+    room = seq_length - (start is not None) - (end is not None)
+    if room < 1:
+        raise ConfigError(f"data.seq_length {seq_length} leaves no room for caption tokens")
+    out, cut = [], 0
+    for ids in tokenizer.encode_batch(texts):
+        ids = list(ids)
+        cut += len(ids) > room
+        out.append([*([start] if start is not None else []), *ids[:room], *([end] if end is not None else [])])
+    return out, cut
+
+
+def pair_features(model: Any, batch: dict[str, Any], label: str, text_index: int) -> tuple[torch.Tensor, ...]:
+    """(text, image) normalised features of a batch of pairs, as the ``clr`` target leaves them in the context;
+    also the scale (exp logit_scale). The two streams are independent, so each row's features depend only on
+    its own text or image."""
+    ctx = ForwardContext()
+    model({k: batch[k] for k in MODEL_KEYS if k in batch}, ctx)
+    features = ctx.features[label]
+    head = getattr(model, "module", model).targets[label]
+    return features[text_index], features[1 - text_index], head.scale().detach()
+
+
+def recall_metrics(text: torch.Tensor, image: torch.Tensor, image_id: torch.Tensor) -> dict[str, float]:
+    """Recall@K both ways over captions ``text`` (N, F) and images ``image`` (N, F) where rows with the same
+    ``image_id`` show the same image (its first row's features stand for it)."""
+    ids, first = torch.unique(image_id, return_inverse=True)
+    rows = torch.tensor([int((image_id == i).nonzero()[0]) for i in ids])
+    sim = text.float() @ image[rows].float().T  # (N captions, M images)
+    gold = first  # the column of each caption's image
+    better = (sim > sim.gather(1, gold[:, None])).sum(1)  # images ranked above the right one
+    t2i_rank = better + 1
+    # image -> text: the best-ranked of the image's captions
+    by_image = sim.T  # (M, N)
+    own = gold[None, :] == torch.arange(len(ids))[:, None]
+    best_own = by_image.masked_fill(~own, float("-inf")).max(1).values
+    i2t_rank = (by_image > best_own[:, None]).sum(1) + 1
+    out = {}
+    for k in RECALL_KS:
+        out[f"i2t_r@{k}"] = float((i2t_rank <= k).float().mean())
+    for k in RECALL_KS:
+        out[f"t2i_r@{k}"] = float((t2i_rank <= k).float().mean())
+    out["mean_recall"] = sum(out.values()) / len(out)
+    out["examples"] = float(len(text))
+    out["images"] = float(len(ids))
+    return out
+
+
+class ClipBase(FinetuneTask):
+    """What both CLIP tasks share: the tokenizer, the image transform, the loader and the feature pass."""
+
+    options: Any
+    keeps_targets = True  # the model's own clr head (projections, logit scale) is what these tasks use
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.text_index = text_stream(self.cfg.model)
+        self.label = contrastive_label(self.cfg.model)
+        self.truncated: dict[str, int] = {}
+        self.skipped: dict[str, int] = {}
+
+    @property
+    def text_section(self) -> Any:
+        return self.cfg.model.embedding.streams[self.text_index]
+
+    @property
+    def norm(self) -> str:
+        return self.options.norm or processor_norm(self.cfg.data.processor or "clip", "clip")
+
+    def set_tokenizer(self, model_dir: Path | None, vocab: str) -> None:
+        self.tokenizer, where = resolve_tokenizer(model_dir, vocab)
+        check_vocabulary(self.cfg, self.tokenizer, where, self.text_section)
+
+    def loader(self, examples: list[dict[str, Any]], train: bool, info: Any = None) -> ImageLoader:
+        o = self.options
+        crop, hflip = (o.crop, o.hflip) if train else ("center", False)
+        transform = model_transform(self.cfg.model, self.norm, crop, hflip, getattr(o, "scale_min", 0.9))
+        rank, world = (info.rank, info.world_size) if info is not None else (0, 1)
+        assert self.tokenizer is not None
+        return ImageLoader(examples, self.cfg.train.batch_size, self.tokenizer.special_id("pad", "padding"),
+                           shuffle=train, seed=self.cfg.train.seed, rank=rank, world_size=world,
+                           drop_last=False, transform=transform)
+
+
+@register("task", "clip_retrieval")
+class ClipRetrievalTask(ClipBase):
+    """Contrastive fine-tuning of a dual text-image model on pairs; recall@K image<->text."""
+
+    name = "clip_retrieval"
+    selection_metric = "mean_recall"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.options = build(ClipTaskOptions, dict(self.inputs_.options), path="task")
+
+    # ---- data
+    def examples(self, path: Path, what: str, skip_bad: bool) -> list[dict[str, Any]]:
+        """In-memory pairs of a file: image bytes, caption ids, the id of the image file (shared by rows)."""
+        assert self.tokenizer is not None
+        rows = read_image_rows(path, ("text",))
+        loaded = load_images(rows, skip_bad, what, self.name)
+        self.skipped[what] = len(loaded.skipped)
+        ids, self.truncated[what] = caption_ids(self.tokenizer, [r.text or "" for r in loaded.rows],
+                                                self.cfg.data.seq_length)
+        image_ids: dict[Path, int] = {}
+        out = []
+        for i, (row, data, tokens) in enumerate(zip(loaded.rows, loaded.images, ids, strict=True)):
+            image_id = image_ids.setdefault(row.image.resolve(), len(image_ids))
+            out.append({"image": data, "where": row.where, "index": i, "input_ids": tokens, "image_id": image_id})
+        return out
+
+    def prepare(self) -> None:
+        from modaloom.config_schema import Source
+        from modaloom.model_config import ModelConfig
+
+        cfg, paths = self.cfg, self.paths
+        model = to_dict(cfg.model)
+        model["targets"] = [t for t in model["targets"] if t.get("type") == "clr"][:1]
+        cfg.model = build(ModelConfig, model, Source(), "model")
+        self.set_tokenizer(paths.init_from, self.inputs_.vocab)
+        positions = self.text_section.max_seq_length
+        if cfg.data.seq_length > positions:
+            if "data.seq_length" in self.inputs_.overridden:
+                raise ConfigError(f"data.seq_length {cfg.data.seq_length} exceeds the text stream's max_seq_length "
+                                  f"{positions}; lower --seq-length")
+            cfg.data.seq_length = positions
+        skip = self.options.skip_bad_images
+        self.train_examples = self.examples(paths.data, "train", skip)
+        self.dev_examples = self.examples(paths.eval_data, "dev", skip) if paths.eval_data else None
+        self.set_steps(len(self.train_examples))
+
+    def train_loader(self, info: Any, model: Any) -> ImageLoader:
+        return self.loader(self.train_examples, True, info)
+
+    def eval_loader(self, info: Any) -> ImageLoader | None:
+        return self.loader(self.dev_examples, False, info) if self.dev_examples else None
+
+    def test_loader(self, path: Path) -> ImageLoader:
+        return self.loader(self.examples(path, "test", False), False)
+
+    def input_loader(self, path: Path) -> ImageLoader:
+        loader = self.loader(self.examples(path, "input", False), False)
+        for example in loader.examples:
+            example["label"] = example["image_id"]  # `evaluate` needs labels: a pair's label is its image
+        return loader
+
+    def data_description(self) -> str:
+        return (f"{len(self.train_examples)} image-text pairs in {self.paths.data}, "
+                f"{self.steps_per_epoch} steps/epoch")
+
+    def identity(self) -> dict[str, Any]:
+        assert self.tokenizer is not None
+        return {"tokenizer": self.tokenizer.fingerprint(), "norm": self.norm}
+
+    # ---- model steps
+    def loss(self, model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        output = model({k: batch[k] for k in MODEL_KEYS})
+        return output.loss, dict(output.metrics)
+
+    def eval_step(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
+        text, image, _ = pair_features(model, batch, self.label, self.text_index)
+        return {"index": batch["index"], "text": text, "image": image, "image_id": batch["image_id"]}
+
+    def metrics(self, outputs: dict[str, Any]) -> dict[str, float]:
+        order = torch.argsort(outputs["index"])
+        return recall_metrics(outputs["text"][order], outputs["image"][order], outputs["image_id"][order])
+
+    def prediction_records(self, outputs: dict[str, Any]) -> Any:
+        order = torch.argsort(outputs["index"])
+        text, image, image_id = outputs["text"][order], outputs["image"][order], outputs["image_id"][order]
+        ids, column = torch.unique(image_id, return_inverse=True)
+        rows = torch.tensor([int((image_id == i).nonzero()[0]) for i in ids])
+        sim = text.float() @ image[rows].float().T  # (captions, images)
+        own = sim.gather(1, column[:, None]).squeeze(1)
+        image_rank = (sim > own[:, None]).sum(1) + 1
+        text_rank = (sim.T[column] > own[:, None]).sum(1) + 1  # captions above this one for its image
+        for score, i_rank, t_rank in zip(own.tolist(), image_rank.tolist(), text_rank.tolist(), strict=True):
+            yield {"score": round(score, 6), "image_rank": i_rank, "text_rank": t_rank}
+
+    # ---- the saved model
+    def task_section(self) -> dict[str, Any]:
+        return {"name": self.name, "options": {**to_dict(self.options), "norm": self.norm},
+                "seq_length": self.cfg.data.seq_length, "truncated": dict(self.truncated),
+                "skipped": dict(self.skipped)}
+
+    def load_section(self, model_dir: Path, section: dict[str, Any]) -> None:
+        """Restore the options and the tokenizer of a fine-tuned model folder."""
+        self.options = build(ClipTaskOptions, dict(section.get("options") or {}), path="task.options")
+        self.set_tokenizer(model_dir, "")
+
+
+@register("task", "zero_shot")
+class ZeroShotTask(ClipBase):
+    """Zero-shot image classification with a CLIP model: prompts from class names, nearest prompt wins.
+
+    It does not train (``finetune --task zero_shot`` is refused); ``evaluate --task zero_shot`` runs it on any
+    CLIP model folder with a tokenizer."""
+
+    name = "zero_shot"
+    runs_any_model = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.options = build(ZeroShotOptions, {}, path="task")
+        self.saved_norm = ""
+        self.classes: list[str] = []
+        self.prompts: tuple[int, torch.Tensor] | None = None  # (id of the model, prompt features)
+
+    def prepare(self) -> None:
+        raise ConfigError("zero_shot does not train: fine-tune with --task clip_retrieval, then run "
+                          "`modaloom evaluate --task zero_shot --model DIR --input LABELLED_FILE`")
+
+    @property
+    def norm(self) -> str:
+        return self.options.norm or self.saved_norm or "clip"
+
+    def load_section(self, model_dir: Path, section: dict[str, Any]) -> None:
+        """The tokenizer of any CLIP model folder; the normalisation and caption length it was fine-tuned with."""
+        self.saved_norm = str((section.get("options") or {}).get("norm") or "")
+        if "seq_length" not in section:
+            self.cfg.data.seq_length = self.text_section.max_seq_length
+        self.set_tokenizer(model_dir, "")
+
+    def set_options(self, options: dict[str, Any]) -> None:
+        self.options = build(ZeroShotOptions, dict(options), path="task")
+        if "{}" not in self.options.template:
+            raise ConfigError(f"task.template {self.options.template!r} has no {{}} for the class name")
+
+    def class_names(self, rows: list[ImageRow]) -> list[str]:
+        """``task.classes`` (a list or a file of names), else the labels of the input, sorted."""
+        given = self.options.classes.strip()
+        if not given:
+            names = sort_labels({(r.label or "").strip() for r in rows} - {""})
+            if not names:
+                raise DataError("the input has no labels: give the class names with task.classes=a,b,c or a file")
+            return names
+        path = Path(given)
+        if path.is_file():
+            names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        else:
+            names = [n.strip() for n in given.split(",") if n.strip()]
+        if len(names) < 2 or len(set(names)) != len(names):
+            raise ConfigError(f"task.classes needs at least 2 distinct names, got {names}")
+        return names
+
+    def input_loader(self, path: Path) -> ImageLoader:
+        rows = read_image_rows(path)
+        self.classes = self.class_names(rows)
+        loaded = load_images(rows, False, "input", self.name)
+        labelled = all(r.label is not None for r in rows)
+        examples = []
+        for i, (row, data) in enumerate(zip(loaded.rows, loaded.images, strict=True)):
+            example: dict[str, Any] = {"image": data, "where": row.where, "index": i}
+            if labelled:
+                label = (row.label or "").strip()
+                if label not in self.classes:
+                    raise DataError(f"{row.where}: label {label!r} is not one of the classes {self.classes}")
+                example["label"] = self.classes.index(label)
+            examples.append(example)
+        self.prompts = None
+        return self.loader(examples, False)
+
+    def prompt_features(self, model: Any, device: torch.device) -> torch.Tensor:
+        """Normalised text features of every class's prompt (C, F), computed once per model."""
+        if self.prompts is not None and self.prompts[0] == id(model):
+            return self.prompts[1]
+        texts = [self.options.template.replace("{}", name) for name in self.classes]
+        ids, _ = caption_ids(self.tokenizer, texts, self.cfg.data.seq_length)
+        section = image_embedding(self.cfg.model)
+        input_ids, mask = pad_ids(ids, self.tokenizer.special_id("pad", "padding"))
+        blank = torch.zeros(len(ids), section.channels, section.image_height, section.image_width)
+        batch = {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), "pixel_values": blank.to(device)}
+        text, _, _ = pair_features(model, batch, self.label, self.text_index)
+        self.prompts = (id(model), text)
+        return text
+
+    def eval_step(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
+        device = batch["pixel_values"].device
+        prompts = self.prompt_features(model, device)
+        ids, mask = pad_ids(caption_ids(self.tokenizer, [self.classes[0]], self.cfg.data.seq_length)[0],
+                            self.tokenizer.special_id("pad", "padding"))
+        rows = batch["pixel_values"].shape[0]  # any caption: the image stream does not read it
+        inputs = {"pixel_values": batch["pixel_values"], "input_ids": ids.expand(rows, -1).to(device),
+                  "attention_mask": mask.expand(rows, -1).to(device)}
+        _, image, scale = pair_features(model, inputs, self.label, self.text_index)
+        out = {"index": batch["index"], "logits": scale * image @ prompts.T}
+        if "task_labels" in batch:
+            out["labels"] = batch["task_labels"]
+        return out
+
+    def metrics(self, outputs: dict[str, Any]) -> dict[str, float]:
+        from sklearn.metrics import accuracy_score, f1_score
+
+        if "labels" not in outputs:
+            raise DataError("the evaluation file has no labels; `evaluate` needs a labelled file")
+        pred, gold = outputs["logits"].argmax(-1).numpy(), outputs["labels"].numpy()
+        return {"accuracy": float(accuracy_score(gold, pred)),
+                "macro_f1": float(f1_score(gold, pred, average="macro", labels=list(range(len(self.classes))),
+                                           zero_division=0)),
+                "examples": float(len(gold)), "classes": float(len(self.classes))}
+
+    def prediction_records(self, outputs: dict[str, Any]) -> Any:
+        order = torch.argsort(outputs["index"])
+        for row in outputs["logits"][order].softmax(-1).tolist():
+            best = max(range(len(row)), key=row.__getitem__)
+            yield {"label": self.classes[best],
+                   "probabilities": {n: round(p, 6) for n, p in zip(self.classes, row, strict=True)}}
+
+    def task_section(self) -> dict[str, Any]:
+        return {"name": self.name, "options": to_dict(self.options)}
