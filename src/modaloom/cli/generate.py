@@ -1,7 +1,9 @@
 """`modaloom generate --model DIR --prompt TEXT` (or `--input F`): continue prompts with a model's lm head.
 
 The model folder's ``tokenizer/`` encodes the prompts and decodes the output; the decoding itself is
-``modaloom.generation.generate``. With ``--input`` every line is a prompt and ``--out`` (JSONL, written
+``modaloom.generation.generate``. A folder whose ``config.json`` ``generation`` section holds
+``prompt_prefix_ids`` / ``prompt_suffix_ids`` (a ``text2text`` model: its start and separator tokens) frames
+every prompt with them, as the model was trained. With ``--input`` every line is a prompt and ``--out`` (JSONL, written
 atomically) gets one record per line, in order; without ``--out`` the records go to stdout.
 """
 
@@ -114,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
     if tokenizer.vocab_size > model.config.embedding.vocab_size:
         raise DataError(f"{model_dir}/tokenizer has {tokenizer.vocab_size} tokens but the model's embedding "
                         f"only {model.config.embedding.vocab_size}: the tokenizer does not match the model")
-    cfg = generation_config(args, model, tokenizer, folder_defaults(model_dir))
+    defaults = folder_defaults(model_dir)
+    cfg = generation_config(args, model, tokenizer, defaults)
     hidden = set(cfg.eos_ids) | ({cfg.pad_token_id} if cfg.pad_token_id is not None else set())
 
     def text_of(ids: list[int]) -> str:
@@ -123,7 +126,9 @@ def run(args: argparse.Namespace) -> int:
     records = []
     for first in range(0, len(prompts), args.batch_size):
         chunk = prompts[first:first + args.batch_size]
-        result = generate(model, tokenizer.encode_batch(chunk), cfg, decode=text_of)
+        frame = defaults.get("prompt_prefix_ids") or [], defaults.get("prompt_suffix_ids") or []
+        encoded = [[*frame[0], *ids, *frame[1]] for ids in tokenizer.encode_batch(chunk)]
+        result = generate(model, encoded, cfg, decode=text_of)
         for prompt, tokens in zip(chunk, result.token_lists()):
             records.append({"prompt": prompt, "text": text_of(tokens), "tokens": tokens})
     if out is None:

@@ -152,7 +152,7 @@ class ClipBase(FinetuneTask):
     """What both CLIP tasks share: the tokenizer, the image transform, the loader and the feature pass."""
 
     options: Any
-    keeps_targets = True  # the model's own clr head (projections, logit scale) is what these tasks use
+    kept_targets = ("clr",)  # the model's own clr head (projections, logit scale) is what these tasks use
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -61,9 +61,12 @@ def read_model_folder_config(model_dir: Path) -> dict[str, Any]:
 
 
 def finetune_config(model_dir: Path | None, config: str | None, overrides: list[str],
-                    keep_targets: bool = False) -> Config:
+                    keep_targets: tuple[str, ...] = ()) -> Config:
     """The job config: the model of ``model_dir`` or of ``config``, fine-tuning train defaults, overrides.
-    The targets become one ``cls`` head unless ``keep_targets`` (a task that trains the model's own head)."""
+
+    The source model's targets of the types in ``keep_targets`` (``"*"``: all) stay (e.g. ``lm`` for a task that
+    generates); when none does, a ``cls`` placeholder stands in until the task sets its head in ``prepare``.
+    """
     from modaloom.config import config_dict, load_config
     from modaloom.model_config import model_section_from_saved
 
@@ -75,8 +78,9 @@ def finetune_config(model_dir: Path | None, config: str | None, overrides: list[
         data, _ = config_dict(str(config))
         if not set(data) & {"model", "data", "train"}:
             data = {"model": data}
-    if not keep_targets:
-        data["model"] = {**data["model"], "targets": [{"type": "cls"}]}  # the task sets its head in prepare()
+    kept = [t for t in data["model"].get("targets") or []
+            if isinstance(t, dict) and ("*" in keep_targets or t.get("type") in keep_targets)]
+    data["model"] = {**data["model"], "targets": kept or [{"type": "cls"}]}  # the task sets its head in prepare()
     data["train"] = {**FINETUNE_TRAIN_DEFAULTS, **(data.get("train") or {})}
     data["data"] = {"seq_length": (data.get("data") or {}).get("seq_length", 128)}
     return load_config(None, overrides, base=data, require_parts=True)
@@ -155,8 +159,8 @@ class FinetuneTask(Task):
 
     strict_init: ClassVar[bool] = False  # a new head and dropped pre-training targets are expected (listed)
     selection_metric: ClassVar[str] = "accuracy"
+    kept_targets: ClassVar[tuple[str, ...]] = ()  # source targets kept by ``finetune_config`` ("*": all)
     lower_is_better: ClassVar[tuple[str, ...]] = ("loss", "mse")
-    keeps_targets: ClassVar[bool] = False  # train the model's own targets (CLIP's clr) instead of a new cls head
     runs_any_model: ClassVar[bool] = False  # `evaluate --task NAME` runs models fine-tuned for other tasks too
 
     def __init__(self, cfg: Config, paths: JobPaths, inputs: FinetuneInputs | None = None) -> None:

@@ -7,7 +7,8 @@ The one place where ``convert --to hf`` writes them (``write_tokenizer_and_label
   vocabulary becomes ``vocab.txt`` + ``tokenizer_config.json`` (``BertTokenizer``, its lower-casing and special
   tokens) + ``special_tokens_map.json``; a byte-level BPE one ``vocab.json`` + ``merges.txt`` (``GPT2Tokenizer``).
 - labels: the ``task`` section of a fine-tuned model (``modaloom finetune``) gives ``id2label``/``label2id``
-  and ``problem_type`` in ``config.json``.
+  and ``problem_type`` in ``config.json``;
+- generation: a ``generation`` section (a ``text2text`` model) gives ``generation_config.json``.
 """
 
 from __future__ import annotations
@@ -81,11 +82,30 @@ def write_labels(src: Path, out: Path) -> list[str]:
     return ["id2label", "label2id", "problem_type"]
 
 
+GENERATION_KEYS = ("decoder_start_token_id", "eos_token_id", "pad_token_id", "max_new_tokens", "num_beams",
+                   "length_penalty")
+
+
+def write_generation_config(src: Path, out: Path) -> list[str]:
+    """``generation_config.json`` from a model folder's ``generation`` section (a ``text2text`` model's special
+    ids and decoding settings), so that HF ``generate`` and the text-generation pipeline decode as
+    ``modaloom predict`` does (greedy unless beams were set)."""
+    section = json.loads((src / "config.json").read_text(encoding="utf-8")).get("generation") or {}
+    config = {key: section[key] for key in GENERATION_KEYS if section.get(key) is not None}
+    if not config:
+        return []
+    config["do_sample"] = False
+    if "eos_token_id" in config:
+        config.setdefault("bos_token_id", (section.get("prompt_prefix_ids") or [None])[0])
+    atomic_write_json(out / "generation_config.json", {k: v for k, v in config.items() if v is not None})
+    return ["generation_config.json"]
+
+
 def write_tokenizer_and_labels(src: Path, out: Path, max_length: int) -> list[str]:
-    """Both of the above for a modaloom model folder ``src`` exported into the HF folder ``out``."""
+    """The above for a modaloom model folder ``src`` exported into the HF folder ``out``."""
     if not src.is_dir():
         return []
-    return write_tokenizer_files(src, out, max_length) + write_labels(src, out)
+    return write_tokenizer_files(src, out, max_length) + write_labels(src, out) + write_generation_config(src, out)
 
 
 def check_classifier_head(cfg: Any, architecture: str | None) -> None:
