@@ -20,7 +20,8 @@ from modaloom.data.config import TokenizerConfig
 from modaloom.data.preprocess import preprocess
 from modaloom.data.readers import ReaderOptions, guess_format, read_corpus
 from modaloom.data.storage import open_dataset
-from modaloom.data.tar_shards import expand_braces, expand_corpora, read_tar_shard, split_name
+from modaloom.data.tar_shards import _open as _open_shard
+from modaloom.data.tar_shards import expand_braces, expand_corpora, read_tar_shard, split_name, tar_members
 from modaloom.errors import ConfigError, DataError
 from tests.data.text_fixtures import sentence, write_documents, write_vocab
 
@@ -290,9 +291,41 @@ def test_a_truncated_shard_keeps_its_complete_samples_and_records_one_skip(tmp_p
     items = list(read_tar_shard(cut, "line"))
     assert [r.value for r in items[:-1]] == lines[:len(items) - 1] and len(items) - 1 >= 9
     assert items[-1].reason.startswith("bad_tar:")
+    damaged = bytearray(whole.read_bytes())
+    damaged[512 * 10 + 5] ^= 0xFF  # the sixth sample's header: the fifth, not known to be whole, goes too
+    cut.write_bytes(bytes(damaged))
+    items = list(read_tar_shard(cut, "line"))
+    assert len(items) == 5 and items[-1].line == 5 and "after 4 complete samples (a header's checksum" in items[-1].reason
     (tmp_path / "not.tar").write_bytes(b"plain text, not a tar" * 40)
     with pytest.raises(DataError, match="not a tar file"):
         list(read_tar_shard(tmp_path / "not.tar", "line"))
+
+
+@pytest.mark.parametrize("fmt", [tarfile.GNU_FORMAT, tarfile.PAX_FORMAT, tarfile.USTAR_FORMAT])
+@pytest.mark.parametrize("compression", ["", "gz", "bz2", "xz"])
+def test_tar_members_match_tarfile_for_every_header_format(tmp_path, fmt, compression):
+    """Long and non-ASCII names (GNU 'L' and pax 'x' headers, ustar prefixes), folders and links passed over."""
+    folder = "d/" + "deep-folder-name/" * 5  # > 100 characters with the file name: a prefix or long name
+    names = [f"{folder}000001.jpg", f"{folder}000001.txt", "café/000002.txt", "000003.bin", "empty.txt"]
+    if fmt == tarfile.USTAR_FORMAT:
+        names[2] = "cafe/000002.txt"  # ustar cannot hold non-ASCII names
+    path = tmp_path / f"members.tar{'.' + compression if compression else ''}"
+    with tarfile.open(path, f"w:{compression}", format=fmt) as archive:
+        folder_info = tarfile.TarInfo("d")
+        folder_info.type = tarfile.DIRTYPE
+        archive.addfile(folder_info)
+        for i, name in enumerate(names):
+            data = bytes(range(256)) * (i * 3) if i != 4 else b""
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("link.txt")
+        link.type, link.linkname = tarfile.SYMTYPE, "empty.txt"
+        archive.addfile(link)
+    with tarfile.open(path) as archive:
+        expected = [(m.name, archive.extractfile(m).read()) for m in archive if m.isfile()]
+    with _open_shard(path) as handle:
+        assert list(tar_members(handle)) == expected
 
 
 # ------------------------------------------------------------------- names, options and errors
