@@ -18,7 +18,7 @@ from modaloom.cli.main import main
 from modaloom.data import tables
 from modaloom.data.config import TokenizerConfig
 from modaloom.data.preprocess import preprocess
-from modaloom.data.readers import ReaderOptions, guess_format, read_corpus
+from modaloom.data.readers import ReaderOptions, guess_format, read_corpus, record_from_object, row_value
 from modaloom.data.storage import open_dataset
 from modaloom.data.tar_shards import _open as _open_shard
 from modaloom.data.tar_shards import expand_braces, expand_corpora, read_tar_shard, split_name, tar_members
@@ -379,6 +379,29 @@ def test_reader_options_that_do_not_apply_are_errors(tmp_path, capsys):
     parquet.write_bytes(b"PAR1 not really")
     with pytest.raises(DataError, match="cannot read Parquet file"):
         list(read_corpus(parquet, "line"))
+
+
+def test_row_values_as_row_processors_see_them():
+    assert row_value(None) is None and row_value("x") == "x" and row_value(b"\x89PNG") == b"\x89PNG"
+    assert row_value(3) == "3" and row_value(2.5) == "2.5" and row_value(["a", 1]) == '["a", 1]'
+    assert row_value({"bytes": b"RIFF", "path": "a.wav"}) == b"RIFF"  # a `datasets` Image / Audio value
+    assert row_value({"bytes": None, "path": "a.png"}) == "a.png"
+    assert row_value({"label": 1}) == '{"label": 1}'
+    record = record_from_object("f.jsonl", 1, {"caption": None, "n": 1}, "row")
+    assert record.value == {"caption": None, "n": "1"}  # null is missing (a JSONL null used to be "None")
+
+
+def test_cli_format_and_text_field_options(tmp_path):
+    lines = _lines(40)
+    data = tmp_path / "export.bin"
+    pq.write_table(pa.table({"body": lines}), data)
+    text = tmp_path / "lines.txt"
+    text.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    vocab = write_vocab(tmp_path)
+    out = tmp_path / "from_cli"
+    assert main(["preprocess", "--processor", "lm", "--corpus", str(data), "--format", "parquet", "--text-field",
+                 "body", "--vocab", str(vocab), "--out", str(out), "--seq-length", "32"]) == 0
+    assert shard_files(out) == shard_files(run(tmp_path, "lm", text, "reference", chunk_records=1024))
 
 
 # ------------------------------------------------------------------- resume
