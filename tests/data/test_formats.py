@@ -20,8 +20,14 @@ from modaloom.data.config import TokenizerConfig
 from modaloom.data.preprocess import preprocess
 from modaloom.data.readers import ReaderOptions, guess_format, read_corpus, record_from_object, row_value
 from modaloom.data.storage import open_dataset
-from modaloom.data.tar_shards import _open as _open_shard
-from modaloom.data.tar_shards import expand_braces, expand_corpora, read_tar_shard, split_name, tar_members
+from modaloom.data.tar_shards import (
+    expand_braces,
+    expand_corpora,
+    open_shard,
+    read_tar_shard,
+    split_name,
+    tar_members,
+)
 from modaloom.errors import ConfigError, DataError
 from tests.data.text_fixtures import sentence, write_documents, write_vocab
 
@@ -324,7 +330,7 @@ def test_tar_members_match_tarfile_for_every_header_format(tmp_path, fmt, compre
         archive.addfile(link)
     with tarfile.open(path) as archive:
         expected = [(m.name, archive.extractfile(m).read()) for m in archive if m.isfile()]
-    with _open_shard(path) as handle:
+    with open_shard(path) as handle:
         assert list(tar_members(handle)) == expected
 
 

@@ -188,12 +188,12 @@ def record_from_object(file: str, number: int, value: Mapping[str, Any], input_k
     if input_kind == "document":
         sentences = value.get("sentences") if not text_field else text
         if isinstance(sentences, list):
-            parts = [str(s) for s in sentences if str(s).strip()]
+            parts = [str(s) for s in sentences if s is not None and str(s).strip()]
         elif isinstance(text, str):
             parts = [s for s in text.split("\n") if s.strip()]
         else:
-            what = f"{shown} (text or a list of sentences)" if text_field else f"{shown} or 'sentences'"
-            return Skip(file, number, f"missing_text: no {what} field{_got(names, value)}")
+            what = f"{shown} field (text or a list of sentences)" if text_field else f"{shown} or 'sentences' field"
+            return Skip(file, number, f"missing_text: no {what}{_got(names, value)}")
         if not parts:
             return Skip(file, number, "empty: no text")
         return SourceRecord(file, number, parts, [number] * len(parts))

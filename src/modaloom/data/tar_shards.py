@@ -108,7 +108,7 @@ _DECOMPRESSORS = ((b"\x1f\x8b", lambda raw: gzip.GzipFile(fileobj=raw)), (b"BZh"
 
 
 @contextlib.contextmanager
-def _open(path: Path) -> Iterator[BinaryIO]:
+def open_shard(path: Path) -> Iterator[BinaryIO]:
     """The shard's bytes, decompressed when it is gzip, bzip2 or xz (recognised by its first bytes)."""
     try:
         raw = open(path, "rb", buffering=1 << 20)  # noqa: SIM115 - closed below
@@ -215,7 +215,7 @@ def read_tar_shard(path: Path, input_kind: str, text_field: str = "") -> Iterato
     file = str(path)
     number = 0
     fields: dict[str, Any] = {}
-    with _open(path) as handle:
+    with open_shard(path) as handle:
         members = tar_members(handle)
         while True:
             try:
