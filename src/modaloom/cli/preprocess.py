@@ -8,7 +8,7 @@ import sys
 from modaloom.config_schema import parse_overrides, set_dotted
 from modaloom.data.config import SPECIAL_TOKEN_ROLES, TokenizerConfig
 from modaloom.data.preprocess import preprocess
-from modaloom.data.readers import FORMATS
+from modaloom.data.readers import FORMATS, ReaderOptions
 from modaloom.data.tokenizers import guess_tokenizer_type
 from modaloom.errors import ConfigError
 from modaloom.registry import names
@@ -18,7 +18,9 @@ HELP = "turn a raw corpus into a dataset directory (tokenized, sharded, memory-m
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--processor", required=True, help=f"data type: {', '.join(names('processor'))}")
-    parser.add_argument("--corpus", required=True, nargs="+", help="corpus file(s) (text, TSV, JSONL) or folder")
+    parser.add_argument("--corpus", required=True, nargs="+",
+                        help="corpus file(s) (text, TSV, JSONL, Parquet, webdataset .tar; brace patterns such as "
+                             "'shards-{000..009}.tar'), an image folder or a `datasets` save_to_disk folder")
     parser.add_argument("--out", required=True, help="dataset directory to create")
     parser.add_argument("--vocab", default="", help="vocab.txt, vocab.json, tokenizer.json or SentencePiece .model")
     parser.add_argument("--merges", default="", help="BPE merges.txt (with a GPT-2 style vocab)")
@@ -33,6 +35,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seq-length", type=int, default=128)
     parser.add_argument("--workers", type=int, default=1, help="worker processes (1 = in-process)")
     parser.add_argument("--format", default="", choices=["", *FORMATS], help="corpus format (default: by suffix)")
+    parser.add_argument("--text-field", default="",
+                        help="field holding the text for line/document processors in JSONL, Parquet, `datasets` "
+                             "and webdataset inputs (default: text or a sentences list; txt in webdataset)")
+    parser.add_argument("--split", default="", help="split of a `datasets` DatasetDict folder (e.g. train)")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--shard-mb", type=float, default=256.0,
                         help="start a new shard after about this many MB (a killed run resumes from complete shards)")
@@ -73,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
         set_dotted(options, key, value)
     manifest = preprocess(args.processor, args.corpus, args.out, tokenizer=tokenizer, seq_length=args.seq_length,
                           workers=args.workers, options=options, corpus_format=args.format, seed=args.seed,
-                          overwrite=args.overwrite, shard_bytes=max(1, int(args.shard_mb * (1 << 20))))
+                          overwrite=args.overwrite, shard_bytes=max(1, int(args.shard_mb * (1 << 20))),
+                          reader=ReaderOptions(text_field=args.text_field, split=args.split))
     print(summary(args.out, manifest), file=sys.stdout)
     return 0
 

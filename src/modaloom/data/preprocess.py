@@ -23,10 +23,11 @@ from typing import Any
 
 from modaloom.data.config import TokenizerConfig
 from modaloom.data.processors.base import ChunkResult, Processor, SourceRecord, build_processor
-from modaloom.data.readers import read_corpus
+from modaloom.data.readers import ReaderOptions, is_datasets_folder, read_corpus
 from modaloom.data.storage import DatasetWriter, Skip
+from modaloom.data.tar_shards import expand_corpora
 from modaloom.data.tokenizers import load_tokenizer
-from modaloom.errors import DataError
+from modaloom.errors import ConfigError, DataError
 
 
 @dataclass
@@ -68,8 +69,9 @@ def make_chunks(sources: Iterable[SourceRecord | Skip | str], max_records: int =
             continue
         chunk.records.append(item)
         value = item.value
-        chars += len(value) if isinstance(value, str) else sum(len(str(v)) for v in (
-            value.values() if isinstance(value, Mapping) else value))
+        chars += len(value) if isinstance(value, str) else sum(
+            len(v) if isinstance(v, (str, bytes)) else len(str(v))  # bytes: an image or sound, counted by size
+            for v in (value.values() if isinstance(value, Mapping) else value))
         if len(chunk.records) >= max_records or chars >= max_chars:
             yield chunk
             chunk = Chunk(chunk.index + 1, [], [])
@@ -93,12 +95,13 @@ def _run_chunk(records: list[SourceRecord], index: int) -> ChunkResult:
     return _WORKER_PROCESSOR.process_chunk(records, index)
 
 
-def _sources(processor: Processor, corpora: Sequence[Path], fmt: str) -> Iterator[SourceRecord | Skip | str]:
+def _sources(processor: Processor, corpora: Sequence[Path], fmt: str,
+             reader: ReaderOptions) -> Iterator[SourceRecord | Skip | str]:
     for path in corpora:
-        if path.is_dir():
+        if path.is_dir() and fmt != "datasets" and not is_datasets_folder(path):
             yield from processor.folder_records(path)
         else:
-            yield from read_corpus(path, processor.input_kind, fmt)
+            yield from read_corpus(path, processor.input_kind, fmt, reader)
 
 
 def _results(job: PreprocessJob, processor: Processor, chunks: Iterator[Chunk],
@@ -134,8 +137,11 @@ def preprocess(processor_name: str, corpora: Sequence[str | Path], out_dir: str 
                tokenizer: TokenizerConfig | None, seq_length: int, workers: int = 1,
                options: Mapping[str, Any] | None = None, corpus_format: str = "", seed: int = 7,
                overwrite: bool = False, progress: Any = None, chunk_records: int = 1024,
-               shard_bytes: int = 256 << 20) -> dict[str, Any]:
+               shard_bytes: int = 256 << 20, reader: ReaderOptions | None = None) -> dict[str, Any]:
     """Preprocess ``corpora`` into ``out_dir``; returns the manifest. Raises DataError on bad input.
+
+    ``corpora`` are files, folders (image folders, ``datasets`` folders) or brace patterns of files such as
+    ``shards-{000..009}.tar``; ``reader`` says which field holds the text and which split to read.
 
     A run that was killed resumes: a rerun with the same inputs and options reuses the shards it completed
     (kept in ``.<out>.partial``) and produces the same records as an uninterrupted run."""
@@ -146,15 +152,19 @@ def preprocess(processor_name: str, corpora: Sequence[str | Path], out_dir: str 
         raise DataError(f"shard size must be positive, got {shard_bytes} bytes")
     if workers > 1:
         _limit_rust_threads()
-    corpora = [Path(c) for c in corpora]
+    reader = reader or ReaderOptions()
+    corpora = expand_corpora(corpora)
     for path in corpora:
         if not path.exists():
             raise DataError(f"corpus {path} does not exist")
     job = PreprocessJob(processor_name, seq_length, asdict(tokenizer) if tokenizer else None,
                         dict(options or {}), seed)
     processor = job.build()  # fails early on a bad name, option or vocabulary
+    if reader.text_field and processor.input_kind == "row":
+        raise ConfigError(f"--text-field is for line and document processors; {processor_name!r} reads rows: "
+                          "name its columns with options such as --option text_column=caption")
     inputs = [*corpora, *(Path(f) for f in (tokenizer.vocab, tokenizer.merges) if f)] if tokenizer else corpora
-    key = _resume_key(processor, corpora, corpus_format, seq_length, seed, chunk_records, shard_bytes)
+    key = _resume_key(processor, corpora, corpus_format, seq_length, seed, chunk_records, shard_bytes, reader)
     token_field = "input_ids" if "input_ids" in processor.fields else ""
     with DatasetWriter(out_dir, processor.fields, overwrite=overwrite, inputs=inputs, shard_bytes=shard_bytes,
                        resume_key=key) as writer:
@@ -163,7 +173,7 @@ def preprocess(processor_name: str, corpora: Sequence[str | Path], out_dir: str 
         tokens = int(state["tokens"])
         if processor.tokenizer is not None:
             processor.tokenizer.save(writer.path / "tokenizer")
-        chunks = make_chunks(_sources(processor, corpora, corpus_format), max_records=chunk_records)
+        chunks = make_chunks(_sources(processor, corpora, corpus_format, reader), max_records=chunk_records)
         todo = (chunk for chunk in chunks if chunk.index >= state["chunks"])  # earlier ones are in shards
         for chunk, result in _results(job, processor, todo, workers):
             for skip in chunk.skips:
@@ -199,8 +209,11 @@ def preprocess(processor_name: str, corpora: Sequence[str | Path], out_dir: str 
 
 
 def _resume_key(processor: Processor, corpora: Sequence[Path], corpus_format: str, seq_length: int, seed: int,
-                chunk_records: int, shard_bytes: int) -> str:
-    """A digest of everything that decides the records: a partial run is resumed only when it matches."""
+                chunk_records: int, shard_bytes: int, reader: ReaderOptions) -> str:
+    """A digest of everything that decides the records: a partial run is resumed only when it matches.
+
+    Every format resumes the same way: the input is read again from its start (reading is cheap next to
+    processing) and the chunks that are already in complete shards are dropped unprocessed."""
     inputs = []
     for path in corpora:
         files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
@@ -209,6 +222,8 @@ def _resume_key(processor: Processor, corpora: Sequence[Path], corpus_format: st
             "fields": {n: [s.dtype, s.kind] for n, s in processor.fields.items()}, "inputs": inputs,
             "format": corpus_format, "seq_length": seq_length, "seed": seed, "chunk_records": chunk_records,
             "shard_bytes": shard_bytes}
+    if reader != ReaderOptions():
+        body["reader"] = asdict(reader)  # only when set, so keys of runs without reader options stay as they were
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
 
 

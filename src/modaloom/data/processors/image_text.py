@@ -17,7 +17,7 @@ from modaloom.data.storage import FieldSpec, StoredDataset
 from modaloom.errors import ConfigError, DataError
 from modaloom.registry import register
 
-CAPTION_COLUMNS = ("caption", "text", "text_a", "sentence", "title")
+CAPTION_COLUMNS = ("caption", "text", "text_a", "sentence", "title", "txt")  # txt: webdataset
 
 
 @dataclass

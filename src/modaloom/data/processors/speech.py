@@ -12,13 +12,13 @@ import numpy as np
 
 from modaloom.data.audio import AudioFeatures, SpecAugment, decode_audio
 from modaloom.data.processors.base import Processor, SkipRecord, SourceRecord
-from modaloom.data.processors.vision import pick_column, read_media_file, row_of
+from modaloom.data.processors.vision import media_bytes, pick_column, row_of
 from modaloom.data.storage import FieldSpec
 from modaloom.errors import ConfigError, DataError
 from modaloom.registry import register
 
-AUDIO_COLUMNS = ("path", "audio", "audio_path", "file", "filename", "wav")
-TRANSCRIPT_COLUMNS = ("text", "transcript", "sentence", "text_a", "caption")
+AUDIO_COLUMNS = ("path", "audio", "audio_path", "file", "filename", "wav", "flac", "mp3", "ogg")
+TRANSCRIPT_COLUMNS = ("text", "transcript", "sentence", "text_a", "caption", "txt")  # txt: webdataset
 
 
 @dataclass
@@ -89,8 +89,7 @@ class S2tProcessor(Processor):
         if len(ids) + 1 > self.seq_length:
             raise SkipRecord(f"too_long: transcript has {len(ids)} tokens, seq_length {self.seq_length} "
                              "leaves room for at most seq_length - 1")
-        name = pick_column(row, self.options.audio_column, AUDIO_COLUMNS, "audio path")
-        path, data = read_media_file(record, name, "audio")
+        path, data = media_bytes(record, self.options.audio_column, AUDIO_COLUMNS, "audio")
         try:
             wave, rate = decode_audio(data, where=str(path))
         except DataError as exc:

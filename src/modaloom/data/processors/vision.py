@@ -1,7 +1,7 @@
 """Image processors: ``vit`` (image + class label), ``mae`` and ``beit`` (images with load-time patch masks).
 
 Inputs are TSV / JSONL rows naming an image file (relative paths resolve against the list file's folder),
-or an image folder with one sub-folder per class (``image_folder_records``). Images are stored as their
+rows holding the image bytes themselves (Parquet, ``datasets`` folders, webdataset shards), or an image folder with one sub-folder per class (``image_folder_records``). Images are stored as their
 encoded bytes (optionally shrunk with ``max_side``) and decoded, cropped and normalised at load time in
 DataLoader workers. A missing or undecodable image is a counted skip with file, line and reason.
 """
@@ -28,7 +28,7 @@ from modaloom.data.storage import FieldSpec
 from modaloom.errors import ConfigError, DataError, choices_text
 from modaloom.registry import register
 
-IMAGE_COLUMNS = ("path", "image", "image_path", "file", "filename")
+IMAGE_COLUMNS = ("path", "image", "image_path", "file", "filename", "jpg", "jpeg", "png", "webp")  # last 4: webdataset
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 
@@ -36,6 +36,8 @@ def pick_column(row: Mapping[str, Any], wanted: str, fallbacks: tuple[str, ...],
     """The row's value for column ``wanted`` (or the first of ``fallbacks`` present when empty)."""
     names = (wanted,) if wanted else fallbacks
     for name in names:
+        if isinstance(row.get(name), bytes):
+            raise SkipRecord(f"not_text: column {name!r} holds binary data, not a {what}")
         if name in row and row[name] is not None and str(row[name]).strip() != "":
             return str(row[name]).strip()
     raise SkipRecord(f"missing_column: no {what} in column(s) {', '.join(names)}; row has {', '.join(row)}")
@@ -64,11 +66,27 @@ def read_media_file(record: SourceRecord, name: str, kind: str) -> tuple[Path, b
     return path, data
 
 
-def read_image(record: SourceRecord, name: str, max_side: int) -> bytes:
-    """Encoded bytes of a row's image, checked to decode (and shrunk when ``max_side`` > 0)."""
-    path, data = read_media_file(record, name, "image")
+def media_bytes(record: SourceRecord, wanted: str, fallbacks: tuple[str, ...], kind: str) -> tuple[str, bytes]:
+    """(where, encoded bytes) of a row's image or audio: bytes held in the row itself (Parquet, ``datasets``,
+    webdataset) or read from the file a column names; the first of the columns present wins."""
+    row = record.value
+    for name in (wanted,) if wanted else fallbacks:
+        value = row.get(name)
+        if isinstance(value, bytes):
+            where = f"{record.file}:{record.line}:{name}"
+            if not value:
+                raise SkipRecord(f"corrupt_{kind}: {where}: empty")
+            return where, value
+        if value is not None and str(value).strip():
+            break
+    path, data = read_media_file(record, pick_column(row, wanted, fallbacks, f"{kind} path"), kind)
+    return str(path), data
+
+
+def checked_image(where: str, data: bytes, max_side: int) -> bytes:
+    """Image bytes checked to decode (and shrunk when ``max_side`` > 0); undecodable ones are skips."""
     try:
-        return reencode_if_larger(data, max_side, where=str(path))
+        return reencode_if_larger(data, max_side, where=where)
     except DataError as exc:
         raise SkipRecord(f"corrupt_image: {exc}") from None
 
@@ -133,9 +151,9 @@ class ImageProcessor(Processor):
         return {"image": FieldSpec("uint8")}
 
     def stored_image(self, record: SourceRecord) -> np.ndarray:
-        row = row_of(record, self.name)
-        name = pick_column(row, self.options.image_column, IMAGE_COLUMNS, "image path")
-        return np.frombuffer(read_image(record, name, self.options.max_side), dtype=np.uint8)
+        row_of(record, self.name)
+        where, data = media_bytes(record, self.options.image_column, IMAGE_COLUMNS, "image")
+        return np.frombuffer(checked_image(where, data, self.options.max_side), dtype=np.uint8)
 
     def pixels(self, stored: Mapping[str, np.ndarray], rng: np.random.Generator) -> np.ndarray:
         return self.transform(stored["image"], rng)
