@@ -54,14 +54,18 @@ def measured_peak(cfg: Any, steps: int = 3) -> int:
 
     generator = torch.Generator().manual_seed(0)
     batches = [synthetic_batch(cfg, generator) for _ in range(steps * cfg.train.grad_accum_steps)]
-    with tempfile.TemporaryDirectory() as out, \
-            profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        torch.manual_seed(0)
-        model = build_model(cfg.model)
-        trainer = Trainer(model, cfg.train, batches, out, model_config=to_dict(cfg.model),
-                          info=DistInfo(device=torch.device("cpu")), seq_length=cfg.data.seq_length)
-        for _ in range(steps):
-            trainer.train_step()
+    threads = torch.get_num_threads()  # the Trainer applies train.threads process-wide
+    try:
+        with tempfile.TemporaryDirectory() as out, \
+                profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            torch.manual_seed(0)
+            model = build_model(cfg.model)
+            trainer = Trainer(model, cfg.train, batches, out, model_config=to_dict(cfg.model),
+                              info=DistInfo(device=torch.device("cpu")), seq_length=cfg.data.seq_length)
+            for _ in range(steps):
+                trainer.train_step()
+    finally:
+        torch.set_num_threads(threads)
     return peak_from_profile(prof)
 
 

@@ -47,7 +47,7 @@ def job(name: str, overrides: list[str]):
 @pytest.mark.parametrize("case", sorted(MEASURED))
 def test_estimated_peak_is_within_20_percent_of_the_measured_one(case):
     name, overrides = MEASURED[case]
-    cfg = job(name, overrides)
+    cfg = job(name, [*overrides, "train.threads=1"])  # one thread: the peak is the same, a shared machine is not
     estimate = plan_run(cfg, world_size=1, device="cpu")
     measured = measured_peak(cfg, steps=2)
     ratio = estimate.peak / measured
