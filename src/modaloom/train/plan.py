@@ -18,9 +18,9 @@ Trainer trains (``train/trainer.py``, ``train/parallelize.py``):
   of this code base (see ``layer_activation_bytes``), plus the embedding, the output heads and the loss's
   transient gradient; activation checkpointing keeps each block's input and one block's activations.
 
-The estimated peak is ``weights + optimizer + max(gradients, activations)`` (+ the FSDP working set): during
-the backward pass gradients grow as saved activations are freed, so both are not at their maximum at
-once; with gradient accumulation the gradients live through the next forward and the two add.
+The estimated peak is ``weights + optimizer + max(gradients, activations)`` (+ DDP's buckets or FSDP's
+working set): during the backward pass gradients grow as saved activations are freed, so both are not at
+their maximum at once; with gradient accumulation the gradients live through the next forward and add.
 """
 
 from __future__ import annotations
@@ -309,6 +309,7 @@ def plan_run(cfg: Any, world_size: int = 1, device: str = "cpu") -> Plan:
 
 
 def human_bytes(n: float) -> str:
+    """``n`` bytes in the largest binary unit that keeps it >= 1 (GiB, MiB, KiB, B)."""
     for unit, size in (("GiB", GIB), ("MiB", 1024**2), ("KiB", 1024)):
         if n >= size:
             return f"{n / size:.2f} {unit}"
