@@ -67,7 +67,12 @@ def check_data(cfg: Config, data_dir: Path, dataset: Any, processor: Any) -> Non
     tokenizer = getattr(processor, "tokenizer", None)
     if tokenizer is None:
         return
-    vocab = int(tokenizer.vocab_size)
+    files = ", ".join(str(f) for f in tokenizer.files()) or tokenizer.type_name
+    apply_vocab_size(cfg, int(tokenizer.vocab_size), data_dir, files)
+
+
+def apply_vocab_size(cfg: Config, vocab: int, data_dir: Path, files: str) -> None:
+    """Fill every word table's ``vocab_size: 0`` with the data's vocabulary size; refuse one that differs."""
     embedding = cfg.model.embedding
     sections = [("model.embedding", embedding)] + [
         (f"model.embedding.streams.{i}", s) for i, s in enumerate(streams_of(embedding)) if "word" in s.parts]
@@ -81,12 +86,44 @@ def check_data(cfg: Config, data_dir: Path, dataset: Any, processor: Any) -> Non
         elif section.vocab_size != vocab:
             raise DataError(
                 f"{where}.vocab_size is {section.vocab_size} but {data_dir} was tokenized with a vocabulary of "
-                f"{vocab} ({', '.join(str(f) for f in tokenizer.files()) or tokenizer.type_name}); set "
+                f"{vocab} ({files}); set "
                 f"{where}.vocab_size={vocab}, or preprocess with the vocabulary the model was made for")
     for target in cfg.model.targets:
         if getattr(target, "vocab_size", 0) not in (0, vocab):
             raise DataError(f"target {target.label} has vocab_size {target.vocab_size} but the data's vocabulary "
                             f"has {vocab}; set it to {vocab} or 0 (derived)")
+
+
+def plan_from_header(cfg: Config, data_dir: Path | None) -> None:
+    """What a dry run takes from the data, read from ``manifest.json`` alone (no shard is opened): the
+    processor check and the vocabulary size; without data every word table must name its vocab_size."""
+    import json
+
+    from modaloom.data.storage import MANIFEST
+
+    check_positions(cfg)
+    if data_dir is not None:
+        path = Path(data_dir) / MANIFEST
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{path}: cannot read the dataset manifest ({exc}); is {data_dir} a folder written "
+                            f"by `modaloom preprocess`?") from None
+        made_by = (manifest.get("processor") or {}).get("name", "?")
+        if cfg.data.processor and cfg.data.processor != made_by:
+            raise DataError(f"{data_dir} was preprocessed with processor {made_by!r} but the config expects "
+                            f"{cfg.data.processor!r}; set data.processor={made_by} or use other data")
+        vocab = (manifest.get("tokenizer") or {}).get("vocab_size")
+        if vocab:
+            apply_vocab_size(cfg, int(vocab), data_dir, f"{data_dir}/tokenizer")
+    sections = [("model.embedding", cfg.model.embedding)] + [
+        (f"model.embedding.streams.{i}", s) for i, s in enumerate(streams_of(cfg.model.embedding))]
+    if cfg.model.tgt_embedding is not None:
+        sections.append(("model.tgt_embedding", cfg.model.tgt_embedding))
+    for where, section in sections:
+        if any(p.startswith("word") for p in section.parts) and not section.vocab_size:
+            raise ConfigError(f"{where}.vocab_size is 0 (taken from the data); give --data (only its manifest is "
+                              f"read) or set {where}.vocab_size")
 
 
 def preflight(model: nn.Module, loader_args: dict[str, Any], data_dir: Path) -> None:
