@@ -3,7 +3,11 @@
 Importing this package registers the built-in tasks under the registry kind ``task``.
 """
 
-from modaloom.tasks import classification, pretrain  # noqa: F401  (register "classification", "pretrain")
+from modaloom.tasks import (  # noqa: F401  (register the built-in tasks)
+    classification,
+    pretrain,
+    qa,
+)
 from modaloom.tasks.base import JobPaths, Task, load_job_config
 
 __all__ = ["JobPaths", "Task", "load_job_config"]
