@@ -5,6 +5,7 @@ Importing this package registers the built-in tasks under the registry kind ``ta
 
 from modaloom.tasks import (  # noqa: F401  (register the built-in tasks)
     classification,
+    multiple_choice,
     pretrain,
     qa,
 )
