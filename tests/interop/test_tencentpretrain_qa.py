@@ -64,7 +64,7 @@ def test_cli_records_the_task_and_predict_runs(cmrc_checkpoint, tmp_path, capsys
                  str(CONFIG), "--task", "qa"]) == 0
     section = json.loads((out / "config.json").read_text())["task"]
     assert section["name"] == "qa" and section["seq_length"] == 128
-    assert section["options"]["tokenization"] == "char" and section["options"]["decoding"] == "greedy"
+    assert section["options"]["tokenization"] == "char" and section["options"]["decoding"] == "tencentpretrain"
     shutil.copyfile(VOCAB, out / "vocab.txt")  # the vocabulary run_cmrc.py was given
     predictions = tmp_path / "p.jsonl"
     assert main(["predict", "--model", str(out), "--input", str(CMRC / "dev.json"), "--out", str(predictions)]) == 0

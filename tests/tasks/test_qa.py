@@ -18,7 +18,13 @@ from modaloom.tasks.cmrc_metrics import (
     longest_common_substring,
     mixed_segments,
 )
-from modaloom.tasks.qa import answer_tokens, decode_windows, encode_with_offsets, window_starts
+from modaloom.tasks.qa import (
+    answer_tokens,
+    decode_tencentpretrain,
+    decode_windows,
+    encode_with_offsets,
+    window_starts,
+)
 from modaloom.tasks.qa_io import locate, read_questions
 from tests.train.data_helpers import WORDS, tiny_bert_config, write_vocab
 
@@ -161,6 +167,29 @@ def test_decode_best_span_vs_greedy_and_max_length():
     assert rank.item() == pytest.approx((probabilities[1, 0] + probabilities[2, 1]).item(), rel=1e-5)
     rank, _, start, _ = decode_windows(logits, torch.zeros_like(context), max_length=30)
     assert start.item() == -1 and rank.item() == float("-inf")
+
+
+def test_decode_tencentpretrain_follows_run_cmrc_get_answers():
+    logits = torch.zeros((2, 6, 2))
+    logits[0, 1, 0] = 9.0  # a question position: never a start (the context starts at 3)
+    logits[0, 4, 0], logits[0, 5, 1], logits[0, 3, 1] = 2.0, 1.5, 3.0  # end 3 lies before the start: not taken
+    logits[1, 5, 0], logits[1, 5, 1] = 1.0, 1.0  # padding / [SEP] positions may be chosen, as run_cmrc does
+    rank, score, start, end = decode_tencentpretrain(logits, torch.tensor([3, 3]))
+    assert start.tolist() == [4, 5] and end.tolist() == [5, 5]
+    p_start, p_end = logits[0, :, 0].softmax(0), logits[0, :, 1].softmax(0)  # over every position
+    assert rank[0].item() == pytest.approx((p_start[4] + p_end[5]).item())
+    assert score[0].item() == pytest.approx((p_start[4] * p_end[5]).item())
+
+
+def test_decoding_tencentpretrain_needs_char_tokenization():
+    from modaloom.errors import ConfigError
+    from modaloom.tasks.qa import qa_options
+
+    with pytest.raises(ConfigError, match="needs task.tokenization=char"):
+        qa_options({"decoding": "tencentpretrain"})
+    with pytest.raises(ConfigError, match="task.doc_stride must be >= 1, got 0"):
+        qa_options({"doc_stride": 0})
+    assert qa_options({"decoding": "tencentpretrain", "tokenization": "char"}).decoding == "tencentpretrain"
 
 
 # ---------------------------------------------------------------- end to end

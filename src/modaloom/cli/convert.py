@@ -6,7 +6,7 @@
 - ``--from modaloom --to hf``: a folder that ``transformers``' ``from_pretrained`` loads.
 - ``--from tencentpretrain``: a TencentPretrain ``.bin`` (read weights-only) with its JSON ``--config``;
   ``--task qa`` reads a ``finetune/run_cmrc.py`` checkpoint onto the ``span`` head and records the qa task
-  (char tokenization, greedy decoding, seq_length 128, as run_cmrc.py), so ``modaloom predict`` runs on it.
+  (char tokenization, its decoding, seq_length 128, as run_cmrc.py), so ``modaloom predict`` runs on it.
 Tokenizer files found beside SRC are copied next to the converted weights.
 
 DST must be new, empty, or (with ``--overwrite``) a model folder; it is never SRC, inside SRC, or a folder
@@ -91,11 +91,11 @@ def _tencentpretrain_task_section(task: str | None) -> dict[str, Any]:
     options under which modaloom's task reads and decodes as the TencentPretrain script does."""
     if task != "qa":
         return {}
-    from modaloom.config_schema import build, to_dict
+    from modaloom.config_schema import to_dict
     from modaloom.interop.tencentpretrain import CMRC_TASK_OPTIONS
-    from modaloom.tasks.qa import QAOptions
+    from modaloom.tasks.qa import qa_options
 
-    options = to_dict(build(QAOptions, dict(CMRC_TASK_OPTIONS), path="task"))
+    options = to_dict(qa_options(CMRC_TASK_OPTIONS))
     return {"task": {"name": "qa", "options": options, "seq_length": 128}}  # run_cmrc.py's default seq_length
 
 

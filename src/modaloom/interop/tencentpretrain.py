@@ -208,8 +208,9 @@ def convert_tencentpretrain(bin_path: str | Path, config_path: str | Path) -> Mo
 # finetune/run_cmrc.py's MachineReadingComprehension: embedding, encoder and ``output_layer`` (hidden -> 2:
 # start, end), which is our ``span`` target's ``output``.
 SPAN_HEAD = {"output_layer.weight": "targets.span.output.weight", "output_layer.bias": "targets.span.output.bias"}
-# What run_cmrc.py / run_cmrc_infer.py do that modaloom's qa task does the same way when told (task options).
-CMRC_TASK_OPTIONS = {"tokenization": "char", "decoding": "greedy", "doc_stride": 128}
+# What run_cmrc.py / run_cmrc_infer.py do, as qa task options: one token per character, windows 128 characters
+# apart, and its decoding (see ``modaloom.tasks.qa.decode_tencentpretrain``).
+CMRC_TASK_OPTIONS = {"tokenization": "char", "decoding": "tencentpretrain", "doc_stride": 128}
 
 
 def convert_tencentpretrain_span(bin_path: str | Path, config_path: str | Path) -> Model:

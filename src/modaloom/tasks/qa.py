@@ -54,12 +54,22 @@ class QAOptions:
     max_answer_length: int = 30  # tokens of the longest answer decoding considers
     max_question_length: int = 64  # tokens of a question kept (its first ones)
     tokenization: str = choice("model", "model", "char")
-    decoding: str = choice("best", "best", "greedy")
+    decoding: str = choice("best", "best", "greedy", "tencentpretrain")
 
     def check(self) -> None:
+        if self.decoding == "tencentpretrain" and self.tokenization != "char":
+            raise ConfigError("task.decoding=tencentpretrain maps positions to characters one to one; it needs "
+                              "task.tokenization=char")
         for key in ("doc_stride", "max_answer_length", "max_question_length"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"task.{key} must be >= 1, got {getattr(self, key)}")
+
+
+def qa_options(values: dict[str, Any], path: str = "task") -> QAOptions:
+    """QAOptions from ``task.<key>`` values, checked (a bad key, value or combination names the option)."""
+    options = build(QAOptions, dict(values), path=path)
+    options.check()
+    return options
 
 
 def encode_with_offsets(tokenizer: Any, texts: Sequence[str], mode: str) -> list[tuple[list[int], list[tuple[int, int]]]]:
@@ -135,12 +145,28 @@ def decode_windows(logits: torch.Tensor, context: torch.Tensor, max_length: int,
             torch.where(has, start, minus), torch.where(has, end, minus))
 
 
+def decode_tencentpretrain(logits: torch.Tensor, context_at: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(rank, score, start, end) per window as run_cmrc.py's ``get_answers``: softmax over every position of
+    the window padded to seq_length, start = best position from the context on (the final [SEP] and the
+    padding included), end = best position from the start on; rank p_start + p_end."""
+    length = logits.shape[1]
+    p_start, p_end = logits[..., 0].float().softmax(-1), logits[..., 1].float().softmax(-1)
+    pos = torch.arange(length, device=logits.device)[None, :]
+    start = p_start.masked_fill(pos < context_at[:, None], -1.0).argmax(-1)
+    end = p_end.masked_fill(pos < start[:, None], -1.0).argmax(-1)
+    rows = torch.arange(len(start), device=logits.device)
+    ps, pe = p_start[rows, start], p_end[rows, end]
+    return ps + pe, ps * pe, start, end
+
+
 @dataclass
 class WindowLoader(MemoryLoader):
     """Batches of windows: ``MemoryLoader``'s ids, mask and labels, plus each window's context mask, token
     character offsets, question and source (the file it came from)."""
 
     questions: list[Question] = field(default_factory=list)
+    pad_to: int = 0  # pad every window to this many tokens (decoding=tencentpretrain: as run_cmrc.py does)
+    pad_segment: int = 0  # the segment id of that padding (2: TencentPretrain's padding row, see interop)
 
     def __post_init__(self) -> None:
         self.by_index = {w["index"]: w for w in self.examples}
@@ -163,9 +189,16 @@ class WindowLoader(MemoryLoader):
                     char_start[row, first:first + len(span)] = span[:, 0]
                     char_end[row, first:first + len(span)] = span[:, 1]
             batch["char_start"], batch["char_end"] = char_start, char_end
-            batch["context_mask"] = char_start >= 0
-            for key in ("question", "source", "window"):
+            for key in ("question", "source", "window", "context_at"):
                 batch[key] = torch.tensor([w[key] for w in windows], dtype=torch.long)
+            batch["char_base"] = torch.tensor([w["offsets"][0][0] if w["offsets"] else 0 for w in windows])
+            extra = self.pad_to - width
+            if extra > 0:
+                pad = {"input_ids": self.pad_id, "segment_ids": self.pad_segment, "attention_mask": 0,
+                       "char_start": -1, "char_end": -1}
+                for key, value in pad.items():
+                    batch[key] = torch.nn.functional.pad(batch[key], (0, extra), value=value)
+            batch["context_mask"] = batch["char_start"] >= 0
             yield batch
 
 
@@ -178,7 +211,7 @@ class QATask(FinetuneTask):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.options = build(QAOptions, dict(self.inputs_.options), path="task")
+        self.options = qa_options(self.inputs_.options)
         self.sources: list[list[Question]] = []  # the questions of every file read, by source id
         self.counts: dict[str, dict[str, int]] = {}
 
@@ -236,7 +269,14 @@ class QATask(FinetuneTask):
         rank, world = (info.rank, info.world_size) if info is not None else (0, 1)
         return WindowLoader(windows, self.cfg.train.batch_size, self.tokenizer.special_id("pad", "padding"),
                             shuffle=train, seed=self.cfg.train.seed, rank=rank, world_size=world,
-                            questions=found.items)
+                            questions=found.items, **self.padding())
+
+    def padding(self) -> dict[str, int]:
+        """decoding=tencentpretrain: windows padded to seq_length with TencentPretrain's padding segment (row 2
+        of a converted model's 3-row segment table), so that the softmax runs over the positions it did."""
+        if self.options.decoding != "tencentpretrain":
+            return {}
+        return {"pad_to": self.cfg.data.seq_length, "pad_segment": 2}
 
     def prepare(self) -> None:
         cfg, paths = self.cfg, self.paths
@@ -266,14 +306,14 @@ class QATask(FinetuneTask):
         loader = self.train_data
         return WindowLoader(list(loader.by_index.values()), loader.batch_size, loader.pad_id, shuffle=True,
                             seed=self.cfg.train.seed, rank=info.rank, world_size=info.world_size,
-                            questions=loader.questions)
+                            questions=loader.questions, **self.padding())
 
     def eval_loader(self, info: Any) -> WindowLoader | None:
         if self.dev_data is None:
             return None
         d = self.dev_data
         return WindowLoader(list(d.by_index.values()), d.batch_size, d.pad_id, rank=info.rank,
-                            world_size=info.world_size, questions=d.questions)
+                            world_size=info.world_size, questions=d.questions, **self.padding())
 
     def test_loader(self, path: Path) -> WindowLoader:
         return self.read(path, "eval", "test")
@@ -300,12 +340,17 @@ class QATask(FinetuneTask):
 
     def eval_step(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
         logits = model({k: batch[k] for k in MODEL_KEYS}).logits["span"]
-        rank, score, start, end = decode_windows(logits, batch["context_mask"], self.options.max_answer_length,
-                                                 self.options.decoding == "greedy")
-        rows = torch.arange(len(start), device=start.device)
-        found = start >= 0
-        char_start = torch.where(found, batch["char_start"][rows, start.clamp(min=0)], -1)
-        char_end = torch.where(found, batch["char_end"][rows, end.clamp(min=0)], -1)
+        if self.options.decoding == "tencentpretrain":  # positions are characters (tokenization=char)
+            rank, score, start, end = decode_tencentpretrain(logits, batch["context_at"])
+            char_start = batch["char_base"] + start - batch["context_at"]
+            char_end = batch["char_base"] + end - batch["context_at"] + 1
+        else:
+            rank, score, start, end = decode_windows(logits, batch["context_mask"], self.options.max_answer_length,
+                                                     self.options.decoding == "greedy")
+            rows = torch.arange(len(start), device=start.device)
+            found = start >= 0
+            char_start = torch.where(found, batch["char_start"][rows, start.clamp(min=0)], -1)
+            char_end = torch.where(found, batch["char_end"][rows, end.clamp(min=0)], -1)
         return {"source": batch["source"], "question": batch["question"], "window": batch["window"],
                 "rank": rank, "score": score, "char_start": char_start, "char_end": char_end}
 
@@ -347,6 +392,6 @@ class QATask(FinetuneTask):
 
     def load_section(self, model_dir: Path, section: dict[str, Any]) -> None:
         """Restore the options and the tokenizer of a fine-tuned model folder."""
-        self.options = build(QAOptions, dict(section.get("options") or {}), path="task.options")
+        self.options = qa_options(section.get("options") or {}, "task.options")
         self.tokenizer, where = resolve_tokenizer(model_dir, "")
         check_vocabulary(self.cfg, self.tokenizer, where)
