@@ -254,3 +254,16 @@ def test_evaluate_refuses_a_file_without_answers(qa_run, tmp_path, capsys):
     bare.write_text('{"id": "a", "question": "what is near", "context": "the cat near a mat"}\n', encoding="utf-8")
     assert main(["evaluate", "--model", str(root / "out" / "model"), "--input", str(bare)]) == 2
     assert "bare.jsonl has no labels" in capsys.readouterr().err
+
+
+def test_span_loss_is_the_mean_of_start_and_end_cross_entropy_without_padding():
+    from modaloom.targets.span import span_loss
+
+    logits = torch.randn(2, 5, 2)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    starts, ends = torch.tensor([1, 0]), torch.tensor([3, 2])
+    ce = torch.nn.functional.cross_entropy
+    expected_second = (ce(logits[1:, :3, 0], starts[1:]) + ce(logits[1:, :3, 1], ends[1:])) / 2
+    expected_first = (ce(logits[:1, :, 0], starts[:1]) + ce(logits[:1, :, 1], ends[:1])) / 2
+    assert span_loss(logits, mask, starts, ends).item() == pytest.approx(((expected_first + expected_second) / 2).item(),
+                                                                         rel=1e-5)

@@ -3,17 +3,18 @@
 Windows: each question becomes ``[CLS] question [SEP] context-part [SEP]`` (segments 0 then 1). A context
 longer than the room left by the question (``seq_length - question - 3`` tokens) is cut into overlapping
 windows that start ``doc_stride`` tokens apart (at most the room, so that no token is skipped); a question
-longer than ``max_question_length`` tokens keeps its first ones (counted). Labels: the first answer's first
-and last tokens (its first answer located in the context, from the character offsets) when the window holds the whole answer, else position 0
-([CLS], "no answer here"). The head is the ``span`` target; the loss the mean of start and end
-cross-entropies.
+longer than ``max_question_length`` tokens keeps its first ones (counted). Labels: the first and last tokens
+of the question's first answer located in the context (from the character offsets) when the window holds the
+whole answer, else position 0 ([CLS], "no answer here"). The head is the ``span`` target; the loss the mean
+of start and end cross-entropies.
 
 Decoding (``decoding``): per window, start and end scores are softmax-normalised over [CLS] and the
 window's context tokens. ``best`` takes the span (start <= end < start + ``max_answer_length``) of highest
-p_start * p_end; ``greedy`` takes the best start, then the best end from it (TencentPretrain's run_cmrc
-rule). A question's answer is the span of its highest-scoring window (p_start * p_end; ``greedy`` compares
-p_start + p_end, as run_cmrc does), cut from the original context by the tokens' character offsets; its
-``score`` is that span's p_start * p_end.
+p_start * p_end; ``greedy`` takes the best start, then the best end from it. A question's answer is the span
+of its highest-scoring window (p_start * p_end; ``greedy`` compares p_start + p_end), cut from the original
+context by the tokens' character offsets; its ``score`` is that span's p_start * p_end.
+``tencentpretrain`` is run_cmrc.py's rule exactly (``decode_tencentpretrain``; windows padded to seq_length;
+needs ``tokenization=char``), which ``convert --from tencentpretrain --task qa`` records.
 
 Tokenization (``tokenization``): ``model`` uses the model's tokenizer with its offset mapping (WordPiece,
 BPE, char, space); ``char`` makes every character one token looked up in the vocabulary ([UNK] when absent,
