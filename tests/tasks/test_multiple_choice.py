@@ -88,6 +88,9 @@ def test_layout_and_choice_mask(tmp_path):
     assert batch["input_ids"].shape[:2] == (2, 3)
     assert batch["choice_mask"].tolist() == [[True, True, False], [True, True, True]]
     assert batch["task_labels"].tolist() == [1, 2]
+    from modaloom.batch import count_tokens
+
+    assert count_tokens(batch) == batch["input_ids"].numel()  # throughput counts every choice's tokens
     task.max_choices = 3
     model = type("Scores", (), {"__call__": lambda self, inputs: type("Out", (), {
         "logits": {"cls": inputs["input_ids"][:, 1:2].float()}})()})()
