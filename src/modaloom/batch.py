@@ -44,7 +44,10 @@ def count_tokens(batch: Batch) -> int:
     """Tokens in a batch as TencentPretrain counts them: batch x sequence length of the inputs."""
     for key in SEQUENCE_KEYS:
         if key in batch:
-            return int(batch[key].shape[0] * batch[key].shape[1])
+            value = batch[key]
+            if key == INPUT_IDS and value.ndim == 3:  # multiple choice: (B, choices, L)
+                return int(value.numel())
+            return int(value.shape[0] * value.shape[1])
     return 0
 
 

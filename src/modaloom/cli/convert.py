@@ -4,7 +4,9 @@
   ``model.safetensors``); the HF model_type and architecture are recorded under ``interop`` so that a
   later ``--to hf`` writes the same HF class back.
 - ``--from modaloom --to hf``: a folder that ``transformers``' ``from_pretrained`` loads.
-- ``--from tencentpretrain``: a TencentPretrain ``.bin`` (read weights-only) with its JSON ``--config``.
+- ``--from tencentpretrain``: a TencentPretrain ``.bin`` (read weights-only) with its JSON ``--config``;
+  ``--task qa`` reads a ``finetune/run_cmrc.py`` checkpoint onto the ``span`` head and records the qa task
+  (char tokenization, its decoding, seq_length 128, as run_cmrc.py), so ``modaloom predict`` runs on it.
 Tokenizer files found beside SRC are copied next to the converted weights.
 
 DST must be new, empty, or (with ``--overwrite``) a model folder; it is never SRC, inside SRC, or a folder
@@ -30,6 +32,7 @@ SOURCES = ("hf", "modaloom", "tencentpretrain")
 TARGETS = ("hf", "modaloom")
 TOKENIZER_FILES = ("vocab.txt", "vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json",
                    "special_tokens_map.json", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
+FINETUNED_TASKS = ("qa",)
 MODEL_MARKERS = ("config.json", ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                                  "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack"))
 
@@ -44,6 +47,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="TencentPretrain JSON config (with --from tencentpretrain)")
     parser.add_argument("--model-type", help="HF model_type to export to (default: from the model, or inferred)")
     parser.add_argument("--architecture", help="HF class, e.g. BertForMaskedLM (default: from the targets)")
+    parser.add_argument("--task", choices=FINETUNED_TASKS,
+                        help="with --from tencentpretrain: the checkpoint is a fine-tuned one of this task "
+                             "(qa: finetune/run_cmrc.py); the folder records the task for predict/evaluate")
 
 
 def _copy_tokenizer(src: Path, dst: Path) -> list[str]:
@@ -72,10 +78,25 @@ def _load_modaloom(src: Path) -> tuple[Any, dict[str, Any]]:
     return model, origin if isinstance(origin, dict) else {}
 
 
-def _load_tencentpretrain(src: Path, config: str):
-    from modaloom.interop.tencentpretrain import convert_tencentpretrain
+def _load_tencentpretrain(src: Path, config: str, task: str | None = None):
+    from modaloom.interop.tencentpretrain import convert_tencentpretrain, convert_tencentpretrain_span
 
+    if task == "qa":
+        return convert_tencentpretrain_span(src, config)
     return convert_tencentpretrain(src, config)
+
+
+def _tencentpretrain_task_section(task: str | None) -> dict[str, Any]:
+    """The ``task`` section a converted fine-tuned checkpoint records (empty for a pre-trained one): the
+    options under which modaloom's task reads and decodes as the TencentPretrain script does."""
+    if task != "qa":
+        return {}
+    from modaloom.config_schema import to_dict
+    from modaloom.interop.tencentpretrain import CMRC_TASK_OPTIONS
+    from modaloom.tasks.qa import qa_options
+
+    options = to_dict(qa_options(CMRC_TASK_OPTIONS))
+    return {"task": {"name": "qa", "options": options, "seq_length": 128}}  # run_cmrc.py's default seq_length
 
 
 def run(args: argparse.Namespace) -> int:
@@ -86,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"source {src} does not exist")
     if args.config and args.source_format != "tencentpretrain":
         raise ConfigError("--config is only used with --from tencentpretrain")
+    if getattr(args, "task", None) and args.source_format != "tencentpretrain":
+        raise ConfigError("--task is only used with --from tencentpretrain (a fine-tuned TencentPretrain checkpoint)")
     if args.source_format == "tencentpretrain" and not args.config:
         raise ConfigError("--from tencentpretrain needs --config, the TencentPretrain JSON config of the model")
     inputs = [src, *([args.config] if args.config else [])]
@@ -113,10 +136,11 @@ def _convert(args: argparse.Namespace, src: Path, out: Path, dst: Path) -> str:
     if args.source_format == "modaloom":
         model, origin = _load_modaloom(src)
     else:
-        model, origin = _load_tencentpretrain(src, args.config), {}
+        model, origin = _load_tencentpretrain(src, args.config, getattr(args, "task", None)), {}
 
     if args.target_format == "modaloom":
-        model.save(out, extra={"interop": {"from": "tencentpretrain", "source": str(src)}})
+        model.save(out, extra={"interop": {"from": "tencentpretrain", "source": str(src)},
+                               **_tencentpretrain_task_section(getattr(args, "task", None))})
         copied = _copy_tokenizer(src, out)
         return (f"converted TencentPretrain {src} -> {dst}: {model.num_parameters():,} parameters"
                 + _summary("tokenizer files copied", copied))

@@ -46,5 +46,6 @@ def run(args: argparse.Namespace) -> int:
     check_not_input(out, [Path(args.input), Path(args.model)])
     loader = job.input_loader(Path(args.input))
     job.predict(model, loader, out, device=device)
-    print(f"{len(loader.examples)} predictions written to {out}", file=sys.stderr)
+    count = getattr(loader, "record_count", len(loader.examples))  # qa: questions, not their windows
+    print(f"{count} predictions written to {out}", file=sys.stderr)
     return 0

@@ -160,7 +160,7 @@ def _module_names(cfg: ModelConfig) -> dict[str, str]:
                 names[f"decoder.transformer_decoder.{i}.{tp_mod}"] = f"decoder.stack.layers.{i}.{our_mod}"
     names.update(STACK_TABLE)
     for target in cfg.targets:
-        for tp_mod, our_mod in TARGET_TABLES[target.type].items():
+        for tp_mod, our_mod in TARGET_TABLES.get(target.type, {}).items():  # fine-tuned heads: mapped apart
             names[f"target.{target.type}.{tp_mod}"] = f"targets.{target.label}.{our_mod}"
     return names
 
@@ -198,6 +198,43 @@ def convert_tencentpretrain(bin_path: str | Path, config_path: str | Path) -> Mo
     cfg = tencentpretrain_model_config(config_path, state)
     flat, _ = load_document(config_path)
     mapped = map_state(state, cfg, rescale_layernorm=_uses_tp_layernorm(flat))
+    model = Model(cfg)
+    load_weights_checked(model, mapped, str(bin_path))
+    return model.eval()
+
+
+# ---------------------------------------------------------------- fine-tuned checkpoints: extractive QA
+
+# finetune/run_cmrc.py's MachineReadingComprehension: embedding, encoder and ``output_layer`` (hidden -> 2:
+# start, end), which is our ``span`` target's ``output``.
+SPAN_HEAD = {"output_layer.weight": "targets.span.output.weight", "output_layer.bias": "targets.span.output.bias"}
+# What run_cmrc.py / run_cmrc_infer.py do, as qa task options: one token per character, windows 128 characters
+# apart, and its decoding (see ``modaloom.tasks.qa.decode_tencentpretrain``).
+CMRC_TASK_OPTIONS = {"tokenization": "char", "decoding": "tencentpretrain", "doc_stride": 128}
+
+
+def convert_tencentpretrain_span(bin_path: str | Path, config_path: str | Path) -> Model:
+    """A modaloom Model with a ``span`` head from a checkpoint of TencentPretrain's ``finetune/run_cmrc.py``
+    (its pre-training targets in the config are replaced by the span head), in eval mode."""
+    from modaloom.config_schema import Source, to_dict
+
+    state = read_tencentpretrain_state(bin_path)
+    missing = [k for k in SPAN_HEAD if k not in state]
+    if missing or state["output_layer.weight"].ndim != 2 or state["output_layer.weight"].shape[0] != 2:
+        shape = tuple(state["output_layer.weight"].shape) if "output_layer.weight" in state else None
+        raise CheckpointError(f"{bin_path} is not a run_cmrc.py checkpoint: it needs output_layer.weight of shape "
+                              f"(2, hidden) and output_layer.bias (found output_layer.weight {shape})")
+    head = {ours: state.pop(theirs).detach().clone() for theirs, ours in SPAN_HEAD.items()}
+    targets = sorted({k.split(".")[1] for k in state if k.startswith("target.")})
+    if targets:
+        raise CheckpointError(f"{bin_path} holds pre-training heads ({', '.join(targets)}) besides output_layer; "
+                              f"a run_cmrc.py checkpoint has none")
+    data = to_dict(tencentpretrain_model_config(config_path, state))
+    data["targets"] = [{"type": "span"}]
+    cfg = build(ModelConfig, data, Source(), "model")
+    flat, _ = load_document(config_path)
+    mapped = map_state(state, cfg, rescale_layernorm=_uses_tp_layernorm(flat))
+    mapped.update(head)
     model = Model(cfg)
     load_weights_checked(model, mapped, str(bin_path))
     return model.eval()
@@ -242,5 +279,5 @@ def tencentpretrain_batch(input_ids: torch.Tensor, segment_ids: torch.Tensor) ->
     }
 
 
-__all__ = ["convert_tencentpretrain", "map_state", "modaloom_to_tencentpretrain", "read_tencentpretrain_state", "tencentpretrain_batch",
+__all__ = ["convert_tencentpretrain", "convert_tencentpretrain_span", "map_state", "modaloom_to_tencentpretrain", "read_tencentpretrain_state", "tencentpretrain_batch",
            "tencentpretrain_model_config"]

@@ -7,7 +7,9 @@ from modaloom.tasks import (  # noqa: F401  (register the built-in tasks)
     classification,
     clip,
     image_classification,
+    multiple_choice,
     pretrain,
+    qa,
     sentence_embedding,
     text2text,
 )
