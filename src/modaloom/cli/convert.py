@@ -127,9 +127,14 @@ def _convert(args: argparse.Namespace, src: Path, out: Path, dst: Path) -> str:
     architecture = args.architecture
     if architecture is None and model_type is not None and model_type == origin.get("model_type"):
         architecture = origin.get("architecture")
-    from modaloom.interop.hf.extras import check_classifier_head, write_tokenizer_and_labels
+    from modaloom.interop.hf.extras import (
+        check_classifier_head,
+        check_tagger_head,
+        write_tokenizer_and_labels,
+    )
 
     check_classifier_head(model.config, architecture)
+    check_tagger_head(model.config)
     export = modaloom_to_hf(model, out, model_type=model_type, architecture=architecture)
 
     added = write_tokenizer_and_labels(src, out, int(model.config.embedding.max_seq_length)) \
