@@ -4,7 +4,10 @@
   ``model.safetensors``); the HF model_type and architecture are recorded under ``interop`` so that a
   later ``--to hf`` writes the same HF class back.
 - ``--from modaloom --to hf``: a folder that ``transformers``' ``from_pretrained`` loads.
-- ``--from tencentpretrain``: a TencentPretrain ``.bin`` (read weights-only) with its JSON ``--config``.
+- ``--from tencentpretrain``: a TencentPretrain ``.bin`` (read weights-only) with its JSON ``--config``. A
+  checkpoint of its ``run_classifier.py`` / ``run_ner.py`` (``--to modaloom`` only) becomes a fine-tuned
+  folder that ``modaloom predict`` runs: ``--labels`` names its classes (``label2id.json`` or ``0,1``),
+  ``--vocab`` gives the vocabulary (default: ``vocab.txt`` beside SRC), ``--seq-length`` the prediction length.
 Tokenizer files found beside SRC are copied next to the converted weights.
 
 DST must be new, empty, or (with ``--overwrite``) a model folder; it is never SRC, inside SRC, or a folder
@@ -42,6 +45,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace DST when it is a model folder (its old files are not kept)")
     parser.add_argument("--config", help="TencentPretrain JSON config (with --from tencentpretrain)")
+    parser.add_argument("--labels", help="fine-tuned TencentPretrain classifier/tagger: its label names in id "
+                        "order, a label2id.json file or a comma-separated list such as 0,1")
+    parser.add_argument("--vocab", help="fine-tuned TencentPretrain checkpoint: its vocabulary file, saved as the "
+                        "folder's tokenizer (default: vocab.txt beside SRC)")
+    parser.add_argument("--seq-length", type=int, default=128,
+                        help="fine-tuned TencentPretrain checkpoint: tokens per example at prediction (default 128)")
     parser.add_argument("--model-type", help="HF model_type to export to (default: from the model, or inferred)")
     parser.add_argument("--architecture", help="HF class, e.g. BertForMaskedLM (default: from the targets)")
 
@@ -78,6 +87,40 @@ def _load_tencentpretrain(src: Path, config: str):
     return convert_tencentpretrain(src, config)
 
 
+def _convert_tencentpretrain_finetuned(args: argparse.Namespace, src: Path, out: Path, dst: Path) -> str | None:
+    """A run_classifier.py / run_ner.py checkpoint -> a fine-tuned modaloom folder with its task section and
+    tokenizer; None for a checkpoint without a fine-tuned head (converted as a pre-trained model)."""
+    from modaloom.data.tokenizers import guess_tokenizer_type, load_tokenizer
+    from modaloom.interop.tencentpretrain_finetuned import (
+        checkpoint_keys,
+        convert_tencentpretrain_finetuned,
+        finetuned_head,
+        read_labels,
+    )
+
+    head = finetuned_head(checkpoint_keys(src))
+    if head is None:
+        if args.labels:
+            raise ConfigError(f"--labels is for fine-tuned TencentPretrain checkpoints, but {src} holds no "
+                              f"run_classifier.py or run_ner.py head")
+        return None
+    if args.target_format != "modaloom":
+        raise ConfigError(f"{src} is a fine-tuned TencentPretrain {head}: convert it --to modaloom first (with "
+                          f"--labels), then --from modaloom --to hf")
+    if not args.labels:
+        raise ConfigError(f"{src} is a fine-tuned TencentPretrain {head}; its label names are not in the checkpoint: "
+                          f"pass --labels LABEL2ID.json or --labels with the names in id order (e.g. 0,1)")
+    vocab = args.vocab or str(src.parent / "vocab.txt")
+    if not Path(vocab).is_file():
+        raise ConfigError(f"no vocabulary for the fine-tuned {head}: pass --vocab VOCAB_FILE (the one it was "
+                          f"fine-tuned with)")
+    conv = convert_tencentpretrain_finetuned(src, args.config, read_labels(args.labels), args.seq_length)
+    conv.model.save(out, extra={"interop": {"from": "tencentpretrain", "source": str(src)}, "task": conv.task})
+    load_tokenizer({"type": guess_tokenizer_type(vocab), "vocab": vocab}).save(out / "tokenizer")
+    return (f"converted TencentPretrain {head} {src} -> {dst}: {conv.model.num_parameters():,} parameters, "
+            f"task {conv.task['name']}, labels {', '.join(conv.task['labels'])}; tokenizer from {vocab}")
+
+
 def run(args: argparse.Namespace) -> int:
     src, dst = Path(args.src), Path(args.dst)
     if args.source_format == args.target_format:
@@ -86,9 +129,11 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"source {src} does not exist")
     if args.config and args.source_format != "tencentpretrain":
         raise ConfigError("--config is only used with --from tencentpretrain")
+    if (args.labels or args.vocab) and args.source_format != "tencentpretrain":
+        raise ConfigError("--labels and --vocab are only used with --from tencentpretrain (fine-tuned checkpoints)")
     if args.source_format == "tencentpretrain" and not args.config:
         raise ConfigError("--from tencentpretrain needs --config, the TencentPretrain JSON config of the model")
-    inputs = [src, *([args.config] if args.config else [])]
+    inputs = [src, *([args.config] if args.config else []), *([args.vocab] if args.vocab else [])]
     check_output_dir(dst, kind="model", markers=MODEL_MARKERS, inputs=inputs, overwrite=args.overwrite)
     # keep_existing=False: a replaced model folder must not keep the previous model's tokenizer files
     with replace_directory(dst, keep_existing=False) as staging:
@@ -110,6 +155,10 @@ def _convert(args: argparse.Namespace, src: Path, out: Path, dst: Path) -> str:
                 + _summary("randomly initialised (not in the checkpoint)", conv.random_init)
                 + _summary("tokenizer files copied", copied))
 
+    if args.source_format == "tencentpretrain":
+        finetuned = _convert_tencentpretrain_finetuned(args, src, out, dst)
+        if finetuned is not None:
+            return finetuned
     if args.source_format == "modaloom":
         model, origin = _load_modaloom(src)
     else:
