@@ -49,8 +49,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "order, a label2id.json file or a comma-separated list such as 0,1")
     parser.add_argument("--vocab", help="fine-tuned TencentPretrain checkpoint: its vocabulary file, saved as the "
                         "folder's tokenizer (default: vocab.txt beside SRC)")
-    parser.add_argument("--seq-length", type=int, default=128,
-                        help="fine-tuned TencentPretrain checkpoint: tokens per example at prediction (default 128)")
+    parser.add_argument("--seq-length", type=int,
+                        help="fine-tuned TencentPretrain checkpoint: tokens per example at prediction (default 128, "
+                        "or the model's positions if fewer)")
     parser.add_argument("--model-type", help="HF model_type to export to (default: from the model, or inferred)")
     parser.add_argument("--architecture", help="HF class, e.g. BertForMaskedLM (default: from the targets)")
 

@@ -36,6 +36,7 @@ TAGGER_HEAD = {"output_layer": "output", "crf": "crf"}
 HEAD_PARAMS = ("weight", "bias", "start_transitions", "end_transitions", "transitions")
 PAD_LABEL = "[PAD]"  # the class run_ner.py appends after label2id.json's labels
 BODY_PREFIXES = ("embedding.", "encoder.")
+DEFAULT_SEQ_LENGTH = 128  # run_classifier.py's and run_ner.py's default
 
 
 @dataclass
@@ -108,8 +109,9 @@ def _map_head(state: dict[str, torch.Tensor], table: dict[str, str], label: str,
 
 
 def convert_tencentpretrain_finetuned(bin_path: str | Path, config_path: str | Path, labels: list[str],
-                                      seq_length: int = 128) -> FinetunedConversion:
-    """A fine-tuned classifier or tagger checkpoint of TencentPretrain -> model + ``task`` section."""
+                                      seq_length: int | None = None) -> FinetunedConversion:
+    """A fine-tuned classifier or tagger checkpoint of TencentPretrain -> model + ``task`` section;
+    ``seq_length`` (tokens per example at prediction) defaults to 128, or the model's positions if fewer."""
     from modaloom.interop.tencentpretrain import (
         _uses_tp_layernorm,
         map_state,
@@ -150,6 +152,8 @@ def convert_tencentpretrain_finetuned(bin_path: str | Path, config_path: str | P
                                 path="task"))
         task = {"name": "tagging", "options": options, "labels": labels, "seq_length": seq_length}
     cfg = build(ModelConfig, model_dict, Source(), "model")
+    if seq_length is None:
+        seq_length = task["seq_length"] = min(DEFAULT_SEQ_LENGTH, cfg.embedding.max_seq_length)
     if seq_length > cfg.embedding.max_seq_length:
         raise ConfigError(f"--seq-length {seq_length} exceeds the model's max_seq_length {cfg.embedding.max_seq_length}")
     model = Model(cfg)
