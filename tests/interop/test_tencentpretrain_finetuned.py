@@ -110,7 +110,12 @@ def test_tagger_checkpoint_keeps_pad_class_crf_and_predicts(tmp_path, body, crf,
     assert record["labels"] == [saved["task"]["labels"][i] for i in best.tolist()]
 
 
-def test_pretrained_checkpoint_refuses_labels(tmp_path, body, capsys):
+def test_pretrained_checkpoint_refuses_labels_and_keeps_its_vocab(tmp_path, body, capsys):
     config, vocab, _, state = body
     assert convert(tmp_path, state, config, vocab, "0,1") == 2
     assert "--labels is for fine-tuned TencentPretrain checkpoints" in capsys.readouterr().err
+    assert main(["convert", "--from", "tencentpretrain", "--to", "modaloom", str(tmp_path / "tp.bin"),
+                 str(tmp_path / "pre"), "--config", str(config), "--vocab", str(vocab)]) == 0
+    from modaloom.data.tokenizers import load_tokenizer_dir
+
+    assert load_tokenizer_dir(tmp_path / "pre" / "tokenizer").vocab_size == len(vocab.read_text().split())

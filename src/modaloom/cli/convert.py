@@ -8,6 +8,7 @@
   checkpoint of its ``run_classifier.py`` / ``run_ner.py`` (``--to modaloom`` only) becomes a fine-tuned
   folder that ``modaloom predict`` runs: ``--labels`` names its classes (``label2id.json`` or ``0,1``),
   ``--vocab`` gives the vocabulary (default: ``vocab.txt`` beside SRC), ``--seq-length`` the prediction length.
+  ``--vocab`` with a pre-trained checkpoint saves the vocabulary as the folder's ``tokenizer/`` too.
 Tokenizer files found beside SRC are copied next to the converted weights.
 
 DST must be new, empty, or (with ``--overwrite``) a model folder; it is never SRC, inside SRC, or a folder
@@ -47,8 +48,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="TencentPretrain JSON config (with --from tencentpretrain)")
     parser.add_argument("--labels", help="fine-tuned TencentPretrain classifier/tagger: its label names in id "
                         "order, a label2id.json file or a comma-separated list such as 0,1")
-    parser.add_argument("--vocab", help="fine-tuned TencentPretrain checkpoint: its vocabulary file, saved as the "
-                        "folder's tokenizer (default: vocab.txt beside SRC)")
+    parser.add_argument("--vocab", help="TencentPretrain checkpoint: its vocabulary file, saved as the folder's "
+                        "tokenizer/ (fine-tuned checkpoints: default vocab.txt beside SRC)")
     parser.add_argument("--seq-length", type=int,
                         help="fine-tuned TencentPretrain checkpoint: tokens per example at prediction (default 128, "
                         "or the model's positions if fewer)")
@@ -167,6 +168,10 @@ def _convert(args: argparse.Namespace, src: Path, out: Path, dst: Path) -> str:
 
     if args.target_format == "modaloom":
         model.save(out, extra={"interop": {"from": "tencentpretrain", "source": str(src)}})
+        if args.vocab:  # the folder's tokenizer/, as a pretrain run's
+            from modaloom.data.tokenizers import guess_tokenizer_type, load_tokenizer
+
+            load_tokenizer({"type": guess_tokenizer_type(args.vocab), "vocab": args.vocab}).save(out / "tokenizer")
         copied = _copy_tokenizer(src, out)
         return (f"converted TencentPretrain {src} -> {dst}: {model.num_parameters():,} parameters"
                 + _summary("tokenizer files copied", copied))
