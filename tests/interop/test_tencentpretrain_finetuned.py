@@ -111,8 +111,8 @@ def test_tagger_checkpoint_keeps_pad_class_crf_and_predicts(tmp_path, body, crf,
 
 
 def test_pretrained_checkpoint_refuses_labels_and_keeps_its_vocab(tmp_path, body, capsys):
-    config, vocab, _, state = body
-    assert convert(tmp_path, state, config, vocab, "0,1") == 2
+    config, vocab, model, _ = body
+    assert convert(tmp_path, modaloom_to_tencentpretrain(model), config, vocab, "0,1") == 2
     assert "--labels is for fine-tuned TencentPretrain checkpoints" in capsys.readouterr().err
     assert main(["convert", "--from", "tencentpretrain", "--to", "modaloom", str(tmp_path / "tp.bin"),
                  str(tmp_path / "pre"), "--config", str(config), "--vocab", str(vocab)]) == 0
