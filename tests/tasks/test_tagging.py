@@ -177,6 +177,7 @@ def test_crf_gradient_flows_and_compact_keeps_order():
     emissions = torch.randn(1, 3, 2, requires_grad=True)
     crf.nll(emissions, torch.tensor([[0, 1, 1]]), torch.ones(1, 3, dtype=torch.bool)).sum().backward()
     assert emissions.grad is not None and crf.transitions.grad.abs().sum() > 0
+    assert crf.nll(torch.zeros(2, 0, 2), torch.zeros(2, 0, dtype=torch.long), torch.zeros(2, 0)).tolist() == [0, 0]
     values = torch.tensor([[10, 11, 12, 13], [20, 21, 22, 23]])
     mask = torch.tensor([[0, 1, 0, 1], [1, 1, 1, 0]])
     kept_values, kept = compact(values, mask)

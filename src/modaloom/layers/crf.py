@@ -38,6 +38,8 @@ class CRF(nn.Module):
     def nll(self, emissions: torch.Tensor, tags: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Per-sequence -log p(tags | emissions), (B,); 0 for an empty sequence. ``mask`` is a prefix mask."""
         emissions = emissions.float()
+        if emissions.shape[1] == 0:
+            return emissions.new_zeros(emissions.shape[0])
         mask = mask.bool()
         tags = tags.masked_fill(~mask, 0)
         return torch.where(mask[:, 0], self._log_partition(emissions, mask) - self._score(emissions, tags, mask),

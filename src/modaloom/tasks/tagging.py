@@ -387,7 +387,7 @@ class TaggingTask(FinetuneTask):
     # ---- model steps
     def loss(self, model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         output = model({k: v for k, v in batch.items() if k in MODEL_KEYS})
-        metrics = {k.removeprefix(f"{HEAD}_"): v for k, v in output.metrics.items() if k.startswith(HEAD)}
+        metrics = {name: output.metrics[f"{HEAD}_{name}"] for name in ("loss", "accuracy")}
         return output.loss, metrics
 
     def eval_step(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
