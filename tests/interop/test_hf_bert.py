@@ -45,6 +45,14 @@ def test_bert_sequence_classification(tmp_path):
     check_family(hf, tmp_path, hf_in, batch, real, {"logits": "cls"})
 
 
+def test_bert_token_classification(tmp_path):
+    torch.manual_seed(4)
+    hf = perturb(transformers.BertForTokenClassification(config(num_labels=5)))
+    hf_in, batch, real = text_inputs(99, 0)
+    check_family(hf, tmp_path, hf_in, batch, real, {"logits": "tagger"})
+    assert [t.type for t in hf_to_modaloom(hf).config.targets] == ["tagger"]
+
+
 def test_headless_bert_keeps_pooler_and_reports_random_heads(tmp_path):
     torch.manual_seed(3)
     hf = perturb(transformers.BertModel(config()))
@@ -93,8 +101,8 @@ def test_bad_checkpoints_name_the_keys(tmp_path):
 def test_unsupported_options_and_architectures():
     with pytest.raises(ConfigError, match="position_embedding_type"):
         hf_to_modaloom(transformers.BertModel(config(position_embedding_type="relative_key")))
-    with pytest.raises(ConfigError, match="BertForTokenClassification"):
-        hf_to_modaloom(transformers.BertForTokenClassification(config()))
+    with pytest.raises(ConfigError, match="BertForNextSentencePrediction"):
+        hf_to_modaloom(transformers.BertForNextSentencePrediction(config()))
     model = hf_to_modaloom(transformers.BertForMaskedLM(config()))
     model.config.encoder.norm_position = "pre"
     with pytest.raises(ConfigError, match="model.encoder.norm_position is 'pre' but bert only has 'post'"):

@@ -4,9 +4,14 @@
   ``model.safetensors``); the HF model_type and architecture are recorded under ``interop`` so that a
   later ``--to hf`` writes the same HF class back.
 - ``--from modaloom --to hf``: a folder that ``transformers``' ``from_pretrained`` loads.
-- ``--from tencentpretrain``: a TencentPretrain ``.bin`` (read weights-only) with its JSON ``--config``;
-  ``--task qa`` reads a ``finetune/run_cmrc.py`` checkpoint onto the ``span`` head and records the qa task
-  (char tokenization, its decoding, seq_length 128, as run_cmrc.py), so ``modaloom predict`` runs on it.
+- ``--from tencentpretrain``: a TencentPretrain ``.bin`` (read weights-only) with its JSON ``--config``. A
+  checkpoint of its ``run_classifier.py`` / ``run_ner.py`` (``--to modaloom`` only) becomes a fine-tuned
+  folder that ``modaloom predict`` runs: ``--labels`` names its classes (``label2id.json`` or ``0,1``),
+  ``--vocab`` gives the vocabulary (default: ``vocab.txt`` beside SRC), ``--seq-length`` the prediction length.
+  ``--vocab`` with a pre-trained checkpoint saves the vocabulary as the folder's ``tokenizer/`` too.
+  ``--task qa`` reads a ``finetune/run_cmrc.py`` checkpoint (its ``output_layer`` would otherwise pass for a
+  2-label tagger) onto the ``span`` head and records the qa task (char tokenization, its decoding, seq_length
+  128, as run_cmrc.py), so ``modaloom predict`` runs on it.
 Tokenizer files found beside SRC are copied next to the converted weights.
 
 DST must be new, empty, or (with ``--overwrite``) a model folder; it is never SRC, inside SRC, or a folder
@@ -45,6 +50,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace DST when it is a model folder (its old files are not kept)")
     parser.add_argument("--config", help="TencentPretrain JSON config (with --from tencentpretrain)")
+    parser.add_argument("--labels", help="fine-tuned TencentPretrain classifier/tagger: its label names in id "
+                        "order, a label2id.json file or a comma-separated list such as 0,1")
+    parser.add_argument("--vocab", help="TencentPretrain checkpoint: its vocabulary file, saved as the folder's "
+                        "tokenizer/ (fine-tuned checkpoints: default vocab.txt beside SRC)")
+    parser.add_argument("--seq-length", type=int,
+                        help="fine-tuned TencentPretrain checkpoint: tokens per example at prediction (default 128, "
+                        "or the model's positions if fewer)")
     parser.add_argument("--model-type", help="HF model_type to export to (default: from the model, or inferred)")
     parser.add_argument("--architecture", help="HF class, e.g. BertForMaskedLM (default: from the targets)")
     parser.add_argument("--task", choices=FINETUNED_TASKS,
@@ -99,6 +111,40 @@ def _tencentpretrain_task_section(task: str | None) -> dict[str, Any]:
     return {"task": {"name": "qa", "options": options, "seq_length": 128}}  # run_cmrc.py's default seq_length
 
 
+def _convert_tencentpretrain_finetuned(args: argparse.Namespace, src: Path, out: Path, dst: Path) -> str | None:
+    """A run_classifier.py / run_ner.py checkpoint -> a fine-tuned modaloom folder with its task section and
+    tokenizer; None for a checkpoint without a fine-tuned head (converted as a pre-trained model)."""
+    from modaloom.data.tokenizers import guess_tokenizer_type, load_tokenizer
+    from modaloom.interop.tencentpretrain_finetuned import (
+        checkpoint_keys,
+        convert_tencentpretrain_finetuned,
+        finetuned_head,
+        read_labels,
+    )
+
+    head = finetuned_head(checkpoint_keys(src))
+    if head is None:
+        if args.labels:
+            raise ConfigError(f"--labels is for fine-tuned TencentPretrain checkpoints, but {src} holds no "
+                              f"run_classifier.py or run_ner.py head")
+        return None
+    if args.target_format != "modaloom":
+        raise ConfigError(f"{src} is a fine-tuned TencentPretrain {head}: convert it --to modaloom first (with "
+                          f"--labels), then --from modaloom --to hf")
+    if not args.labels:
+        raise ConfigError(f"{src} is a fine-tuned TencentPretrain {head}; its label names are not in the checkpoint: "
+                          f"pass --labels LABEL2ID.json or --labels with the names in id order (e.g. 0,1)")
+    vocab = args.vocab or str(src.parent / "vocab.txt")
+    if not Path(vocab).is_file():
+        raise ConfigError(f"no vocabulary for the fine-tuned {head}: pass --vocab VOCAB_FILE (the one it was "
+                          f"fine-tuned with)")
+    conv = convert_tencentpretrain_finetuned(src, args.config, read_labels(args.labels), args.seq_length)
+    conv.model.save(out, extra={"interop": {"from": "tencentpretrain", "source": str(src)}, "task": conv.task})
+    load_tokenizer({"type": guess_tokenizer_type(vocab), "vocab": vocab}).save(out / "tokenizer")
+    return (f"converted TencentPretrain {head} {src} -> {dst}: {conv.model.num_parameters():,} parameters, "
+            f"task {conv.task['name']}, labels {', '.join(conv.task['labels'])}; tokenizer from {vocab}")
+
+
 def run(args: argparse.Namespace) -> int:
     src, dst = Path(args.src), Path(args.dst)
     if args.source_format == args.target_format:
@@ -109,9 +155,11 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--config is only used with --from tencentpretrain")
     if getattr(args, "task", None) and args.source_format != "tencentpretrain":
         raise ConfigError("--task is only used with --from tencentpretrain (a fine-tuned TencentPretrain checkpoint)")
+    if (args.labels or args.vocab) and args.source_format != "tencentpretrain":
+        raise ConfigError("--labels and --vocab are only used with --from tencentpretrain (fine-tuned checkpoints)")
     if args.source_format == "tencentpretrain" and not args.config:
         raise ConfigError("--from tencentpretrain needs --config, the TencentPretrain JSON config of the model")
-    inputs = [src, *([args.config] if args.config else [])]
+    inputs = [src, *([args.config] if args.config else []), *([args.vocab] if args.vocab else [])]
     check_output_dir(dst, kind="model", markers=MODEL_MARKERS, inputs=inputs, overwrite=args.overwrite)
     # keep_existing=False: a replaced model folder must not keep the previous model's tokenizer files
     with replace_directory(dst, keep_existing=False) as staging:
@@ -133,6 +181,10 @@ def _convert(args: argparse.Namespace, src: Path, out: Path, dst: Path) -> str:
                 + _summary("randomly initialised (not in the checkpoint)", conv.random_init)
                 + _summary("tokenizer files copied", copied))
 
+    if args.source_format == "tencentpretrain" and not getattr(args, "task", None):  # --task qa: explicit
+        finetuned = _convert_tencentpretrain_finetuned(args, src, out, dst)
+        if finetuned is not None:
+            return finetuned
     if args.source_format == "modaloom":
         model, origin = _load_modaloom(src)
     else:
@@ -141,6 +193,10 @@ def _convert(args: argparse.Namespace, src: Path, out: Path, dst: Path) -> str:
     if args.target_format == "modaloom":
         model.save(out, extra={"interop": {"from": "tencentpretrain", "source": str(src)},
                                **_tencentpretrain_task_section(getattr(args, "task", None))})
+        if args.vocab:  # the folder's tokenizer/, as a pretrain run's
+            from modaloom.data.tokenizers import guess_tokenizer_type, load_tokenizer
+
+            load_tokenizer({"type": guess_tokenizer_type(args.vocab), "vocab": args.vocab}).save(out / "tokenizer")
         copied = _copy_tokenizer(src, out)
         return (f"converted TencentPretrain {src} -> {dst}: {model.num_parameters():,} parameters"
                 + _summary("tokenizer files copied", copied))
@@ -151,9 +207,14 @@ def _convert(args: argparse.Namespace, src: Path, out: Path, dst: Path) -> str:
     architecture = args.architecture
     if architecture is None and model_type is not None and model_type == origin.get("model_type"):
         architecture = origin.get("architecture")
-    from modaloom.interop.hf.extras import check_classifier_head, write_tokenizer_and_labels
+    from modaloom.interop.hf.extras import (
+        check_classifier_head,
+        check_tagger_head,
+        write_tokenizer_and_labels,
+    )
 
     check_classifier_head(model.config, architecture)
+    check_tagger_head(model.config)
     export = modaloom_to_hf(model, out, model_type=model_type, architecture=architecture)
 
     added = write_tokenizer_and_labels(src, out, int(model.config.embedding.max_seq_length)) \

@@ -11,6 +11,7 @@ from modaloom.tasks import (  # noqa: F401  (register the built-in tasks)
     pretrain,
     qa,
     sentence_embedding,
+    tagging,
     text2text,
 )
 from modaloom.tasks.base import JobPaths, Task, load_job_config

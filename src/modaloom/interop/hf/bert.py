@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 from modaloom.errors import ConfigError
+from modaloom.interop.hf.extras import check_tagger_head
 from modaloom.interop.hf.family import (
     HFFamily,
     activation_from_hf,
@@ -51,6 +52,7 @@ BERT_MLM_HEAD = [  # under cls.predictions. -> targets.{mlm}.head.
 BERT_POOLER = wb("bert.pooler.dense", "targets.{sp}.pooler")
 BERT_NSP = wb("cls.seq_relationship", "targets.{sp}.output")
 BERT_CLASSIFIER = [*wb("bert.pooler.dense", "targets.{cls}.pooler"), *wb("classifier", "targets.{cls}.output")]
+BERT_TAGGER = wb("classifier", "targets.{tagger}.output")  # BertForTokenClassification (no pooler)
 HF_IGNORE = (r".*\.position_ids", r".*\.token_type_ids")  # buffers older checkpoints stored
 
 
@@ -73,7 +75,7 @@ def target_labels(cfg: ModelConfig) -> dict[str, str]:
     for t in cfg.targets:
         kind = {"nsp": "sp", "sop": "sp"}.get(t.type, t.type)
         out.setdefault(kind, t.label)
-    return {**{k: k for k in ("mlm", "sp", "lm", "cls")}, **out}
+    return {**{k: k for k in ("mlm", "sp", "lm", "cls", "tagger")}, **out}
 
 
 def target_kinds(cfg: ModelConfig) -> tuple[str, ...]:
@@ -109,7 +111,7 @@ POOLED = dict(pooler=True, pooling="first")
 def bert_options(cfg: ModelConfig) -> dict[str, Any]:
     """The options BERT, RoBERTa and ALBERT configs share, from our config (the embedding sizes excepted)."""
     emb, enc = cfg.embedding, cfg.encoder
-    cls = first_target(cfg, "cls")
+    cls = first_target(cfg, "cls", "tagger")
     return dict(
         vocab_size=emb.vocab_size, hidden_size=enc.hidden_size, num_hidden_layers=enc.layers_num,
         num_attention_heads=enc.heads_num, intermediate_size=enc.feedforward_size,
@@ -185,6 +187,8 @@ def pick_architecture(cfg: ModelConfig, by_targets: dict[tuple[str, ...], str], 
 class BertFamily(HFFamily):
     model_types = ("bert",)
     architectures, by_targets = pretraining_architectures("Bert", "nsp")
+    architectures = {**architectures, "BertForTokenClassification": "per-token classifier (tagger target)"}
+    by_targets = {**by_targets, ("tagger",): "BertForTokenClassification"}
     base_architecture = "BertModel"
     export_ignore = BERT_EXPORT_IGNORE
 
@@ -193,13 +197,18 @@ class BertFamily(HFFamily):
         refuse(c, "is_decoder", False, False)
         act = activation_from_hf(c.hidden_act, "hidden_act")
         tied = bool(hf_option(c, "tie_word_embeddings", True))
-        targets = head_targets(c, architecture, mlm_target(c, act, tied), "sp")
+        if architecture == "BertForTokenClassification":
+            targets = [dict(type="tagger", labels_num=c.num_labels)]
+        else:
+            targets = head_targets(c, architecture, mlm_target(c, act, tied), "sp")
         return build_config(dict(embedding=bert_embedding(c, 0), encoder=post_norm_encoder(c, act),
                                  targets=targets, init_std=c.initializer_range), architecture)
 
     def hf_config(self, cfg: ModelConfig, architecture: str) -> Any:
         from transformers import BertConfig
 
+        if architecture == "BertForTokenClassification":
+            check_tagger_head(cfg)
         return BertConfig(**bert_options(cfg), tie_word_embeddings=mlm_tied(cfg))
 
     def architecture_for(self, cfg: ModelConfig) -> str:
@@ -208,8 +217,11 @@ class BertFamily(HFFamily):
     def mapping(self, cfg: ModelConfig, architecture: str) -> Mapping:
         mlm, aliases, unused = mlm_head_rules(cfg, BERT_MLM_HEAD, "cls.predictions.",
                                               "bert.embeddings.word_embeddings.weight")
-        rules = encoder_rules("bert") + head_rules(architecture, mlm, renames(BERT_POOLER), renames(BERT_NSP),
-                                                   renames(BERT_CLASSIFIER))
+        if architecture == "BertForTokenClassification":
+            heads = renames(BERT_TAGGER)
+        else:
+            heads = head_rules(architecture, mlm, renames(BERT_POOLER), renames(BERT_NSP), renames(BERT_CLASSIFIER))
+        rules = encoder_rules("bert") + heads
         return Mapping(rules, counts={"i": cfg.encoder.layers_num}, names=target_labels(cfg),
                        hf_ignore=HF_IGNORE, hf_aliases=aliases, hf_unused=unused)
 

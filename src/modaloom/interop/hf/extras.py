@@ -77,6 +77,9 @@ def write_labels(src: Path, out: Path) -> list[str]:
     if labels:
         config["id2label"] = {str(i): str(name) for i, name in enumerate(labels)}
         config["label2id"] = {str(name): i for i, name in enumerate(labels)}
+    if task.get("name") == "tagging":  # BertForTokenClassification: labels per token, no problem_type
+        atomic_write_json(path, config)
+        return ["id2label", "label2id"]
     config["problem_type"] = PROBLEM_TYPES.get(kind, PROBLEM_TYPES["single"])
     atomic_write_json(path, config)
     return ["id2label", "label2id", "problem_type"]
@@ -128,3 +131,13 @@ def check_classifier_head(cfg: Any, architecture: str | None) -> None:
                 f"HF's ...ForSequenceClassification pools the first token through a dense + tanh pooler; "
                 f"fine-tune with task.pooling=first task.pooler=true to export a classifier, or export the "
                 f"encoder alone with --architecture BertModel")
+
+
+def check_tagger_head(cfg: Any) -> None:
+    """A ``tagger`` with a CRF cannot be exported: HF's ``...ForTokenClassification`` has no transition scores,
+    so its predictions would differ from ``modaloom predict``."""
+    for target in cfg.targets:
+        if target.type == "tagger" and getattr(target, "crf", False):
+            raise ConfigError("the tagger has a CRF layer, which HF's ...ForTokenClassification cannot hold (its "
+                              "predictions would differ from modaloom's Viterbi decoding); fine-tune without "
+                              "task.crf to export to HF, or export the encoder alone with --architecture BertModel")
