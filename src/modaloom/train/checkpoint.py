@@ -289,39 +289,40 @@ def _dcp_save(tensors: dict[str, torch.Tensor], folder: Path) -> None:
         dcp.save(tensors, storage_writer=writer, no_dist=no_dist)
 
 
-def shard_metadata(folder: Path) -> dict[str, Any]:
-    """Name -> DCP TensorStorageMetadata of the shards in ``folder``, refused unless every tensor is whole
-    (the parts saved by all ranks cover it), so a lost shard file cannot leave uninitialised rows."""
+def shard_metadata(folder: Path, shapes: dict[str, list[int]]) -> dict[str, Any]:
+    """Name -> DCP TensorStorageMetadata of the shards in ``folder``, refused unless every tensor of
+    ``shapes`` (the full shapes rank 0 recorded) is there whole, so a lost rank's file cannot go unnoticed
+    (DCP alone would see a smaller tensor, or leave its rows uninitialised)."""
     import torch.distributed.checkpoint as dcp
 
     try:
         saved = dcp.HuggingFaceStorageReader(str(folder)).read_metadata().state_dict_metadata
     except Exception as exc:  # an unreadable or corrupt shard file
         raise CheckpointError(f"cannot read the shards in {folder}: {exc}") from None
-    if not saved:
-        raise CheckpointError(f"{folder} holds no shard files; the checkpoint is damaged")
-    for key, meta in saved.items():
-        covered = sum(math.prod(chunk.sizes) for chunk in meta.chunks)
-        if covered != math.prod(meta.size):
-            raise CheckpointError(f"{folder}: the shards of {key} cover {covered} of its {math.prod(meta.size)} "
-                                  f"values; a rank's shard file is missing, the checkpoint is damaged")
+    for key, shape in shapes.items():
+        meta = saved.get(key)
+        covered = sum(math.prod(chunk.sizes) for chunk in meta.chunks) if meta is not None else 0
+        if meta is None or list(meta.size) != list(shape) or covered != math.prod(shape):
+            raise CheckpointError(f"{folder}: the shards hold {covered} of the {math.prod(shape)} values of {key}; "
+                                  f"a rank's shard file is missing, the checkpoint is damaged")
     return saved
 
 
-def _dcp_load(tensors: dict[str, torch.Tensor], folder: Path, no_dist: bool = False) -> None:
+def _dcp_load(tensors: dict[str, torch.Tensor], folder: Path, shapes: dict[str, list[int]],
+              no_dist: bool = False) -> None:
     """Fill ``tensors`` (plain or DTensor, any sharding) in place from the shards in ``folder``;
     ``no_dist``: on this process alone, even when a process group exists."""
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
 
     no_dist = no_dist or not (dist.is_available() and dist.is_initialized())
-    saved = shard_metadata(folder)
-    missing = sorted(set(tensors) - set(saved))
+    shard_metadata(folder, shapes)
+    missing = sorted(set(tensors) - set(shapes))
     if missing:
         raise CheckpointError(f"{folder} lacks {len(missing)} tensors this run needs, e.g. {', '.join(missing[:4])}; "
                               f"was it written for another model or optimizer?")
-    wrong = [f"{k}: saved {tuple(saved[k].size)}, here {tuple(v.shape)}" for k, v in tensors.items()
-             if tuple(saved[k].size) != tuple(v.shape)]
+    wrong = [f"{k}: saved {tuple(shapes[k])}, here {tuple(v.shape)}" for k, v in tensors.items()
+             if tuple(shapes[k]) != tuple(v.shape)]
     if wrong:
         raise CheckpointError(f"{folder} does not match this run: {'; '.join(wrong[:4])}")
     with _single_process_quiet():
@@ -329,27 +330,32 @@ def _dcp_load(tensors: dict[str, torch.Tensor], folder: Path, no_dist: bool = Fa
 
 
 def _save_sharded(tmp: Path, model: nn.Module, optimizer: torch.optim.Optimizer, rank: int) -> None:
-    """Model and optimizer as DCP shards; each rank writes its own part, rank 0 the JSON beside them."""
+    """Model and optimizer as DCP shards; each rank writes its own part, rank 0 the JSON beside them
+    (``shards.json``: tied names, and the full shape of every tensor to check the shards against)."""
     weights, optim = get_state_dict(model, optimizer)  # sharded (DTensor) under FSDP2, plain otherwise
     aliases = tied_aliases({k: _local(v) for k, v in weights.items()})
-    _dcp_save({k: v for k, v in weights.items() if k not in aliases}, tmp / MODEL_SHARDS)
+    stored = {k: v for k, v in weights.items() if k not in aliases}
+    _dcp_save(stored, tmp / MODEL_SHARDS)
     opt_tensors, opt_meta = flatten_optimizer(optim)
     _dcp_save(opt_tensors, tmp / OPTIMIZER_SHARDS)
     if rank == 0:
-        write_json(tmp / SHARDS_FILE, {"aliases": aliases})
+        shapes = {name: {k: list(v.shape) for k, v in part.items()}
+                  for name, part in (("model", stored), ("optimizer", opt_tensors))}
+        write_json(tmp / SHARDS_FILE, {"aliases": aliases, "shapes": shapes})
         write_json(tmp / "optimizer.json", opt_meta)
 
 
 def _load_sharded(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Read DCP shards into this run's model and optimizer, whatever their sharding (DCP reshards)."""
     weights, optim = get_state_dict(model, optimizer)  # targets; the optimizer state is initialised
-    aliases = read_json(ckpt / SHARDS_FILE).get("aliases", {})
-    _dcp_load({k: v for k, v in weights.items() if k not in aliases}, ckpt / MODEL_SHARDS)
+    index = read_json(ckpt / SHARDS_FILE)
+    aliases = index["aliases"]
+    _dcp_load({k: v for k, v in weights.items() if k not in aliases}, ckpt / MODEL_SHARDS, index["shapes"]["model"])
     for alias, stored in aliases.items():
         if alias in weights and stored in weights:
             weights[alias] = weights[stored]  # the name stored once gives both their value
     opt_tensors, _ = flatten_optimizer(optim)
-    _dcp_load(opt_tensors, ckpt / OPTIMIZER_SHARDS)
+    _dcp_load(opt_tensors, ckpt / OPTIMIZER_SHARDS, index["shapes"]["optimizer"])
     osd = unflatten_optimizer(opt_tensors, read_json(ckpt / "optimizer.json"))
     set_state_dict(model, optimizer, model_state_dict=weights, optim_state_dict=osd)
 
@@ -362,11 +368,12 @@ def consolidated_model_state(ckpt: str | Path) -> dict[str, torch.Tensor]:
     ckpt = Path(ckpt)
     if not is_sharded_checkpoint(ckpt):
         return read_weights(ckpt / "model.safetensors")
-    folder = ckpt / MODEL_SHARDS
-    saved = shard_metadata(folder)
-    state = {k: torch.empty(meta.size, dtype=meta.properties.dtype) for k, meta in saved.items()}
-    _dcp_load(state, folder, no_dist=True)
-    for alias, stored in read_json(ckpt / SHARDS_FILE).get("aliases", {}).items():
+    index = read_json(ckpt / SHARDS_FILE)
+    shapes = index["shapes"]["model"]
+    saved = shard_metadata(ckpt / MODEL_SHARDS, shapes)
+    state = {k: torch.empty(shape, dtype=saved[k].properties.dtype) for k, shape in shapes.items()}
+    _dcp_load(state, ckpt / MODEL_SHARDS, shapes, no_dist=True)
+    for alias, stored in index["aliases"].items():
         state[alias] = state[stored]
     return state
 
