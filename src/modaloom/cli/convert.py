@@ -12,6 +12,8 @@
   ``--task qa`` reads a ``finetune/run_cmrc.py`` checkpoint (its ``output_layer`` would otherwise pass for a
   2-label tagger) onto the ``span`` head and records the qa task (char tokenization, its decoding, seq_length
   128, as run_cmrc.py), so ``modaloom predict`` runs on it.
+- ``--from checkpoint``: a training checkpoint ``<out>/checkpoints/step-N`` (full or sharded by
+  ``torch.distributed.checkpoint``; a sharded one is consolidated on this one process, no torchrun).
 Tokenizer files found beside SRC are copied next to the converted weights.
 
 DST must be new, empty, or (with ``--overwrite``) a model folder; it is never SRC, inside SRC, or a folder
@@ -33,7 +35,7 @@ from modaloom.outputs import check_output_dir
 
 HELP = "convert checkpoints between HuggingFace transformers, TencentPretrain and modaloom"
 
-SOURCES = ("hf", "modaloom", "tencentpretrain")
+SOURCES = ("hf", "modaloom", "tencentpretrain", "checkpoint")
 TARGETS = ("hf", "modaloom")
 TOKENIZER_FILES = ("vocab.txt", "vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json",
                    "special_tokens_map.json", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
@@ -45,7 +47,8 @@ MODEL_MARKERS = ("config.json", ("model.safetensors", "model.safetensors.index.j
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--from", dest="source_format", choices=SOURCES, required=True, help="format of SRC")
     parser.add_argument("--to", dest="target_format", choices=TARGETS, required=True, help="format of DST")
-    parser.add_argument("src", help="source folder (hf, modaloom) or .bin file (tencentpretrain)")
+    parser.add_argument("src", help="source folder (hf, modaloom, checkpoint: a step-N folder) or .bin file "
+                                    "(tencentpretrain)")
     parser.add_argument("dst", help="destination folder (written atomically); must be new or empty")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace DST when it is a model folder (its old files are not kept)")
@@ -88,6 +91,24 @@ def _load_modaloom(src: Path) -> tuple[Any, dict[str, Any]]:
     data = json.loads((src / "config.json").read_text(encoding="utf-8"))
     origin = data.get("interop", {}) if isinstance(data, dict) else {}
     return model, origin if isinstance(origin, dict) else {}
+
+
+def _load_checkpoint(src: Path) -> Any:
+    """The model of a training checkpoint folder; a sharded one is consolidated on this process."""
+    from modaloom.model import Model, saved_model_config
+    from modaloom.train.checkpoint import STATE_FILE, consolidated_model_state, latest_checkpoint, read_json
+    from modaloom.weights import load_weights_checked
+
+    if not (src / STATE_FILE).is_file():
+        latest = latest_checkpoint(src) if src.is_dir() else None
+        hint = f"; the run's latest is {latest}" if latest else ""
+        raise ConfigError(f"{src} is not a complete training checkpoint (no {STATE_FILE}); pass a "
+                          f"<out>/checkpoints/step-N folder{hint}")
+    if not (src / "config.json").is_file():
+        raise ConfigError(f"checkpoint {src} has no config.json (it was saved without a model config)")
+    model = Model(saved_model_config(read_json(src / "config.json"), str(src / "config.json")))
+    load_weights_checked(model, consolidated_model_state(src), f"checkpoint {src}")
+    return model
 
 
 def _load_tencentpretrain(src: Path, config: str, task: str | None = None):
@@ -187,18 +208,21 @@ def _convert(args: argparse.Namespace, src: Path, out: Path, dst: Path) -> str:
             return finetuned
     if args.source_format == "modaloom":
         model, origin = _load_modaloom(src)
+    elif args.source_format == "checkpoint":
+        model, origin = _load_checkpoint(src), {}
     else:
         model, origin = _load_tencentpretrain(src, args.config, getattr(args, "task", None)), {}
 
     if args.target_format == "modaloom":
-        model.save(out, extra={"interop": {"from": "tencentpretrain", "source": str(src)},
+        model.save(out, extra={"interop": {"from": args.source_format, "source": str(src)},
                                **_tencentpretrain_task_section(getattr(args, "task", None))})
         if args.vocab:  # the folder's tokenizer/, as a pretrain run's
             from modaloom.data.tokenizers import guess_tokenizer_type, load_tokenizer
 
             load_tokenizer({"type": guess_tokenizer_type(args.vocab), "vocab": args.vocab}).save(out / "tokenizer")
         copied = _copy_tokenizer(src, out)
-        return (f"converted TencentPretrain {src} -> {dst}: {model.num_parameters():,} parameters"
+        label = "TencentPretrain" if args.source_format == "tencentpretrain" else "training checkpoint"
+        return (f"converted {label} {src} -> {dst}: {model.num_parameters():,} parameters"
                 + _summary("tokenizer files copied", copied))
 
     from modaloom.interop.hf import modaloom_to_hf

@@ -152,13 +152,14 @@ def export_model(ckpt: Path, out: Path, extra_dirs: dict[str, Path] | None = Non
     """``<out>/model``: the checkpoint's weights and config (loadable by ``modaloom.load``) plus
     ``extra_dirs`` (name -> directory, e.g. the tokenizer), built beside it and swapped in whole: nothing of a
     previous export (a stale tokenizer) survives, and a crash leaves the old or the new folder."""
+    from modaloom.train.checkpoint import write_model_folder
+
     final = out / "model"
     recover_stale(final)
     tmp = temp_sibling(final)
     tmp.mkdir()
     try:
-        for name in ("model.safetensors", "config.json"):
-            shutil.copyfile(ckpt / name, tmp / name)
+        write_model_folder(ckpt, tmp)  # a sharded checkpoint is consolidated here, on this process
         for name, source in (extra_dirs or {}).items():
             if source.is_dir():
                 shutil.copytree(source, tmp / name)

@@ -9,7 +9,14 @@ A checkpoint is a directory ``<out>/checkpoints/step-N/`` holding
   the data-loader position, the state of the Trainer's after-step hooks (tensors keyed ``state/...``);
 - ``trainer_state.json`` (written last): step, grad-scaler state, counters.
 
-It is assembled in ``step-N.tmp/`` and renamed to ``step-N/`` in one step (``atomic.swap_directory``), so a
+A *sharded* checkpoint (``train.checkpoint_format``) holds, instead of ``model.safetensors`` and
+``optimizer.safetensors``, the folders ``model-shards/`` and ``optimizer-shards/`` written by
+``torch.distributed.checkpoint`` (DCP): every rank writes its own part of the (FSDP2-sharded) tensors as a
+safetensors file whose header records where that part lies, so nothing is gathered on one process and
+nothing is pickled. ``shards.json`` lists the tied names stored once. Any number of processes reads it
+back (DCP reshards on load), and ``consolidated_model_state`` rebuilds the full weights on one process.
+
+It is assembled in ``step-N.tmp/`` (by every rank, for a sharded one) and renamed to ``step-N/`` in one step (``atomic.swap_directory``), so a
 directory named ``step-N`` is always complete; a killed writer leaves only a ``.tmp`` directory (or, when it
 replaced an existing ``step-N``, a ``.step-N.old``), which ``latest`` ignores and the next run cleans up.
 Old checkpoints are renamed to ``*.deleting`` before removal for the same reason.
@@ -17,11 +24,15 @@ Old checkpoints are renamed to ``*.deleting`` before removal for the same reason
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import random
 import re
 import shutil
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +43,10 @@ from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
     get_optimizer_state_dict,
+    get_state_dict,
     set_model_state_dict,
     set_optimizer_state_dict,
+    set_state_dict,
 )
 
 from modaloom.atomic import atomic_write_json, old_sibling, recover_stale, swap_directory
@@ -53,6 +66,10 @@ STALE_SWAP = re.compile(r"^\.(step-\d+)\.old$")  # atomic.old_sibling of a step 
 STATE_FILE = "trainer_state.json"
 FORMAT_VERSION = 1
 RANK_TENSOR_PREFIX = "state/"  # rank tensors other than RNG states
+FORMATS = ("full", "sharded")
+MODEL_SHARDS = "model-shards"
+OPTIMIZER_SHARDS = "optimizer-shards"
+SHARDS_FILE = "shards.json"
 
 
 # ---------------------------------------------------------------- files
@@ -239,6 +256,140 @@ def check_same_model(ckpt: Path, model_config: dict[str, Any] | None) -> None:
         )
 
 
+# ---------------------------------------------------------------- sharded (DCP) pieces
+
+
+def is_sharded_checkpoint(ckpt: Path) -> bool:
+    """Whether ``ckpt`` holds DCP shards (``train.checkpoint_format=sharded``) rather than full files."""
+    return (Path(ckpt) / MODEL_SHARDS).is_dir()
+
+
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a DTensor (the tensor itself when plain): what tied names share."""
+    to_local = getattr(tensor, "to_local", None)
+    return to_local() if callable(to_local) else tensor
+
+
+@contextlib.contextmanager
+def _single_process_quiet() -> Iterator[None]:
+    """Silence DCP's warning that one process without a process group saves alone: that is meant here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def _dcp_save(tensors: dict[str, torch.Tensor], folder: Path) -> None:
+    """Every rank writes its shards of ``tensors`` into ``folder`` (safetensors with DCP offsets)."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    writer = dcp.HuggingFaceStorageWriter(str(folder), save_distributed=True)
+    no_dist = not (dist.is_available() and dist.is_initialized())
+    with _single_process_quiet():
+        dcp.save(tensors, storage_writer=writer, no_dist=no_dist)
+
+
+def shard_metadata(folder: Path, shapes: dict[str, list[int]]) -> dict[str, Any]:
+    """Name -> DCP TensorStorageMetadata of the shards in ``folder``, refused unless every tensor of
+    ``shapes`` (the full shapes rank 0 recorded) is there whole, so a lost rank's file cannot go unnoticed
+    (DCP alone would see a smaller tensor, or leave its rows uninitialised)."""
+    import torch.distributed.checkpoint as dcp
+
+    try:
+        saved = dcp.HuggingFaceStorageReader(str(folder)).read_metadata().state_dict_metadata
+    except Exception as exc:  # an unreadable or corrupt shard file
+        raise CheckpointError(f"cannot read the shards in {folder}: {exc}") from None
+    for key, shape in shapes.items():
+        meta = saved.get(key)
+        covered = sum(math.prod(chunk.sizes) for chunk in meta.chunks) if meta is not None else 0
+        if meta is None or list(meta.size) != list(shape) or covered != math.prod(shape):
+            raise CheckpointError(f"{folder}: the shards hold {covered} of the {math.prod(shape)} values of {key}; "
+                                  f"a rank's shard file is missing, the checkpoint is damaged")
+    return saved
+
+
+def _dcp_load(tensors: dict[str, torch.Tensor], folder: Path, shapes: dict[str, list[int]],
+              no_dist: bool = False) -> None:
+    """Fill ``tensors`` (plain or DTensor, any sharding) in place from the shards in ``folder``;
+    ``no_dist``: on this process alone, even when a process group exists."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    no_dist = no_dist or not (dist.is_available() and dist.is_initialized())
+    shard_metadata(folder, shapes)
+    missing = sorted(set(tensors) - set(shapes))
+    if missing:
+        raise CheckpointError(f"{folder} lacks {len(missing)} tensors this run needs, e.g. {', '.join(missing[:4])}; "
+                              f"was it written for another model or optimizer?")
+    wrong = [f"{k}: saved {tuple(shapes[k])}, here {tuple(v.shape)}" for k, v in tensors.items()
+             if tuple(shapes[k]) != tuple(v.shape)]
+    if wrong:
+        raise CheckpointError(f"{folder} does not match this run: {'; '.join(wrong[:4])}")
+    with _single_process_quiet():
+        dcp.load(tensors, storage_reader=dcp.HuggingFaceStorageReader(str(folder)), no_dist=no_dist)
+
+
+def _save_sharded(tmp: Path, model: nn.Module, optimizer: torch.optim.Optimizer, rank: int) -> None:
+    """Model and optimizer as DCP shards; each rank writes its own part, rank 0 the JSON beside them
+    (``shards.json``: tied names, and the full shape of every tensor to check the shards against)."""
+    weights, optim = get_state_dict(model, optimizer)  # sharded (DTensor) under FSDP2, plain otherwise
+    aliases = tied_aliases({k: _local(v) for k, v in weights.items()})
+    stored = {k: v for k, v in weights.items() if k not in aliases}
+    _dcp_save(stored, tmp / MODEL_SHARDS)
+    opt_tensors, opt_meta = flatten_optimizer(optim)
+    _dcp_save(opt_tensors, tmp / OPTIMIZER_SHARDS)
+    if rank == 0:
+        shapes = {name: {k: list(v.shape) for k, v in part.items()}
+                  for name, part in (("model", stored), ("optimizer", opt_tensors))}
+        write_json(tmp / SHARDS_FILE, {"aliases": aliases, "shapes": shapes})
+        write_json(tmp / "optimizer.json", opt_meta)
+
+
+def _load_sharded(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Read DCP shards into this run's model and optimizer, whatever their sharding (DCP reshards)."""
+    weights, optim = get_state_dict(model, optimizer)  # targets; the optimizer state is initialised
+    index = read_json(ckpt / SHARDS_FILE)
+    aliases = index["aliases"]
+    _dcp_load({k: v for k, v in weights.items() if k not in aliases}, ckpt / MODEL_SHARDS, index["shapes"]["model"])
+    for alias, stored in aliases.items():
+        if alias in weights and stored in weights:
+            weights[alias] = weights[stored]  # the name stored once gives both their value
+    opt_tensors, _ = flatten_optimizer(optim)
+    _dcp_load(opt_tensors, ckpt / OPTIMIZER_SHARDS, index["shapes"]["optimizer"])
+    osd = unflatten_optimizer(opt_tensors, read_json(ckpt / "optimizer.json"))
+    set_state_dict(model, optimizer, model_state_dict=weights, optim_state_dict=osd)
+
+
+def consolidated_model_state(ckpt: str | Path) -> dict[str, torch.Tensor]:
+    """The full weights of a checkpoint (sharded or not) on this one process, tied names included.
+
+    Needs no process group and no torchrun: a sharded checkpoint is read with DCP's single-process path.
+    """
+    ckpt = Path(ckpt)
+    if not is_sharded_checkpoint(ckpt):
+        return read_weights(ckpt / "model.safetensors")
+    index = read_json(ckpt / SHARDS_FILE)
+    shapes = index["shapes"]["model"]
+    saved = shard_metadata(ckpt / MODEL_SHARDS, shapes)
+    state = {k: torch.empty(shape, dtype=saved[k].properties.dtype) for k, shape in shapes.items()}
+    _dcp_load(state, ckpt / MODEL_SHARDS, shapes, no_dist=True)
+    for alias, stored in index["aliases"].items():
+        state[alias] = state[stored]
+    return state
+
+
+def write_model_folder(ckpt: str | Path, folder: str | Path) -> None:
+    """``config.json`` + ``model.safetensors`` of ``ckpt`` into ``folder`` (a sharded one consolidated)."""
+    ckpt, folder = Path(ckpt), Path(folder)
+    if not (ckpt / "config.json").is_file():
+        raise CheckpointError(f"{ckpt} has no config.json: it was saved without a model config")
+    if is_sharded_checkpoint(ckpt):
+        save_weights(consolidated_model_state(ckpt), folder / "model.safetensors")
+    else:
+        shutil.copyfile(ckpt / "model.safetensors", folder / "model.safetensors")
+    shutil.copyfile(ckpt / "config.json", folder / "config.json")
+
+
 # ---------------------------------------------------------------- save / load
 
 
@@ -254,11 +405,13 @@ def save_checkpoint(
     rank: int = 0,
     world_size: int = 1,
     rank_tensors: dict[str, torch.Tensor] | None = None,
+    sharded: bool = False,
 ) -> Path:
     """Write ``step-N`` atomically (collective when distributed: every rank calls it).
 
     ``rank_tensors`` (this rank's, e.g. hook state) are stored beside its RNG state and come back from
-    ``load_checkpoint`` as ``rank_state["tensors"]``.
+    ``load_checkpoint`` as ``rank_state["tensors"]``. ``sharded``: model and optimizer as DCP shards, every
+    rank writing its own; otherwise gathered and written whole by rank 0.
     """
     from modaloom.train import distributed as dist_utils
 
@@ -276,19 +429,22 @@ def save_checkpoint(
     write_tensors(tmp / f"rank-{rank}.safetensors", {**rng_tensors, **extra})
     write_json(tmp / f"rank-{rank}.json", {"rng": rng_meta, **rank_state})
 
-    weights = model_state(model)  # collective under FSDP
-    optim = optimizer_state(model, optimizer)
+    if rank == 0 and model_config is not None:
+        write_json(tmp / "config.json", {"format": CONFIG_FORMAT, "model": model_config})
+    if sharded:
+        _save_sharded(tmp, model, optimizer, rank)
+    else:
+        weights = model_state(model)  # collective under FSDP
+        optim = optimizer_state(model, optimizer)
+        if rank == 0:
+            save_weights(weights, tmp / "model.safetensors")
+            opt_tensors, opt_meta = flatten_optimizer(optim)
+            write_tensors(tmp / "optimizer.safetensors", opt_tensors)
+            write_json(tmp / "optimizer.json", opt_meta)
+    dist_utils.barrier()  # every rank's files are written: only now may the folder become step-N
     if rank == 0:
-        save_weights(weights, tmp / "model.safetensors")
-        if model_config is not None:
-            write_json(tmp / "config.json", {"format": CONFIG_FORMAT, "model": model_config})
-        opt_tensors, opt_meta = flatten_optimizer(optim)
-        write_tensors(tmp / "optimizer.safetensors", opt_tensors)
-        write_json(tmp / "optimizer.json", opt_meta)
-    dist_utils.barrier()
-    if rank == 0:
-        write_json(tmp / STATE_FILE, {"format_version": FORMAT_VERSION, "step": step,
-                                      "world_size": world_size, **trainer_state})
+        write_json(tmp / STATE_FILE, {"format_version": FORMAT_VERSION, "step": step, "world_size": world_size,
+                                      "checkpoint_format": FORMATS[sharded], **trainer_state})
         recover_stale_checkpoint(final)
         swap_directory(tmp, final)
         prune(out_dir, keep_last)
@@ -309,6 +465,12 @@ def _is_sharded(model: nn.Module) -> bool:
     return any(type(p).__name__ == "DTensor" for p in model.parameters())
 
 
+def source_rank(rank: int, saved_world_size: int) -> int:
+    """Whose saved per-rank state (RNG, data position, hooks) this rank resumes from: its own when the
+    checkpoint has it, else rank 0's (a run resumed on more processes than wrote the checkpoint)."""
+    return rank if rank < saved_world_size else 0
+
+
 def load_checkpoint(
     ckpt: Path,
     model: nn.Module,
@@ -317,21 +479,30 @@ def load_checkpoint(
     rank: int = 0,
     world_size: int = 1,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Restore model, optimizer and this rank's RNG; return (trainer_state, rank_state)."""
+    """Restore model, optimizer and this rank's RNG; return (trainer_state, rank_state).
+
+    Another number of processes than the writer's is accepted: model and optimizer reshard (DCP, or the
+    full state dict), and the per-rank state comes from ``source_rank``; a rank that did not exist then
+    continues rank 0's RNG stream reseeded by its rank, so ranks draw different dropout masks.
+    """
     check_same_model(ckpt, model_config)
     state = read_json(ckpt / STATE_FILE)
-    if state.get("world_size", 1) != world_size:
-        raise CheckpointError(
-            f"checkpoint {ckpt} was written by {state.get('world_size')} processes, this run has {world_size}; "
-            f"resume with the same number of processes (the data-loader position is per rank)"
-        )
-    load_model_weights(model, ckpt)
-    opt_tensors, _ = read_tensors(ckpt / "optimizer.safetensors")
-    osd = unflatten_optimizer(opt_tensors, read_json(ckpt / "optimizer.json"))
-    set_optimizer_state_dict(model, optimizer, osd, options=_full_options())
-    rng_tensors, _ = read_tensors(ckpt / f"rank-{rank}.safetensors")
-    rank_state = read_json(ckpt / f"rank-{rank}.json")
+    if is_sharded_checkpoint(ckpt):
+        _load_sharded(ckpt, model, optimizer)
+    else:
+        load_model_weights(model, ckpt)
+        opt_tensors, _ = read_tensors(ckpt / "optimizer.safetensors")
+        osd = unflatten_optimizer(opt_tensors, read_json(ckpt / "optimizer.json"))
+        set_optimizer_state_dict(model, optimizer, osd, options=_full_options())
+    source = source_rank(rank, int(state.get("world_size", 1)))
+    rng_tensors, _ = read_tensors(ckpt / f"rank-{source}.safetensors")
+    rank_state = read_json(ckpt / f"rank-{source}.json")
     set_rng_state(rng_tensors, rank_state.pop("rng"))
+    if source != rank:
+        seed = int(torch.randint(0, 2**31, (1,)).item()) + rank
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        random.seed(seed)
     rank_state["tensors"] = {k[len(RANK_TENSOR_PREFIX):]: v for k, v in rng_tensors.items()
                              if k.startswith(RANK_TENSOR_PREFIX)}
     return state, rank_state

@@ -60,6 +60,9 @@ class TrainConfig:
     eval_holdout: float = 0.01  # records held out of --data for evaluation (a fraction, or a count >= 1)
     save_every: int = 0  # 0: only at the end (and on SIGINT/SIGTERM)
     keep_last: int = 3
+    # full: model and optimizer gathered and written whole by rank 0; sharded: every rank writes its own
+    # shards (torch.distributed.checkpoint); auto: sharded under FSDP with more than one process, else full
+    checkpoint_format: str = choice("full", "full", "sharded", "auto")
     log_every: int = 10
     progress: bool = True  # tqdm progress bar on rank 0
     tensorboard: bool = True

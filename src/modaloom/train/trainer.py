@@ -182,8 +182,16 @@ class Trainer:
         return ckpt.save_checkpoint(
             self.out_dir, self.step, self.model, self.optimizer, trainer_state,
             {"data": self.stream.state_dict(), "hooks": hook_entries}, self.model_config, self.cfg.keep_last,
-            self.info.rank, self.info.world_size, rank_tensors=hook_tensors,
+            self.info.rank, self.info.world_size, rank_tensors=hook_tensors, sharded=self.sharded_checkpoints,
         )
+
+    @property
+    def sharded_checkpoints(self) -> bool:
+        """``train.checkpoint_format`` resolved: auto is sharded for FSDP2 on more than one process."""
+        fmt = self.cfg.checkpoint_format
+        if fmt == "auto":
+            return self.cfg.parallel == "fsdp" and self.info.distributed
+        return fmt == "sharded"
 
     # ------------------------------------------------------------ one step
 
