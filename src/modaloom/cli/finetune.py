@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--epochs must be >= 1, got {args.epochs}")
     config_overrides, options = split_overrides(args)
     model_dir = Path(args.model) if args.model else None
-    cfg = finetune_config(model_dir, args.config, config_overrides)
+    cfg = finetune_config(model_dir, args.config, config_overrides, keep_targets=task_cls.keeps_targets)
     overridden = {item.partition("=")[0].strip() for item in config_overrides}
     inputs = FinetuneInputs(test=Path(args.test) if args.test else None, vocab=args.vocab,
                             options=typed_options(options), epochs=args.epochs, overridden=overridden)

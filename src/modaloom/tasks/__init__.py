@@ -3,7 +3,7 @@
 Importing this package registers the built-in tasks under the registry kind ``task``.
 """
 
-from modaloom.tasks import classification, pretrain  # noqa: F401  (register "classification", "pretrain")
+from modaloom.tasks import classification, pretrain, speech_to_text  # noqa: F401  (register the built-in tasks)
 from modaloom.tasks.base import JobPaths, Task, load_job_config
 
 __all__ = ["JobPaths", "Task", "load_job_config"]

@@ -60,8 +60,12 @@ def read_model_folder_config(model_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def finetune_config(model_dir: Path | None, config: str | None, overrides: list[str]) -> Config:
-    """The job config: the model of ``model_dir`` or of ``config``, fine-tuning train defaults, overrides."""
+def finetune_config(model_dir: Path | None, config: str | None, overrides: list[str],
+                    keep_targets: bool = False) -> Config:
+    """The job config: the model of ``model_dir`` or of ``config``, fine-tuning train defaults, overrides.
+
+    The model's targets become one placeholder ``cls`` head for the task to replace, unless ``keep_targets``
+    (a task that trains the model's own head, e.g. the ``lm`` of an encoder-decoder)."""
     from modaloom.config import config_dict, load_config
     from modaloom.model_config import model_section_from_saved
 
@@ -73,7 +77,8 @@ def finetune_config(model_dir: Path | None, config: str | None, overrides: list[
         data, _ = config_dict(str(config))
         if not set(data) & {"model", "data", "train"}:
             data = {"model": data}
-    data["model"] = {**data["model"], "targets": [{"type": "cls"}]}  # the task sets its head in prepare()
+    if not keep_targets:
+        data["model"] = {**data["model"], "targets": [{"type": "cls"}]}  # the task sets its head in prepare()
     data["train"] = {**FINETUNE_TRAIN_DEFAULTS, **(data.get("train") or {})}
     data["data"] = {"seq_length": (data.get("data") or {}).get("seq_length", 128)}
     return load_config(None, overrides, base=data, require_parts=True)
@@ -105,9 +110,10 @@ def resolve_tokenizer(model_dir: Path | None, vocab: str) -> tuple[Tokenizer, st
     raise ConfigError(f"no tokenizer: {where}; pass --vocab VOCAB_FILE")
 
 
-def check_vocabulary(cfg: Config, tokenizer: Tokenizer, where: str) -> None:
-    """A tokenizer whose ids exceed the model's embedding rows cannot run: refuse it (0 = fill it in)."""
-    embedding = cfg.model.embedding
+def check_vocabulary(cfg: Config, tokenizer: Tokenizer, where: str, section: str = "embedding") -> None:
+    """A tokenizer whose ids exceed the model's embedding rows cannot run: refuse it (0 = fill it in).
+    ``section``: the embedding the tokenizer feeds (``tgt_embedding`` for a decoder's tokenizer)."""
+    embedding = getattr(cfg.model, section)
     if embedding.vocab_size == 0:
         embedding.vocab_size = int(tokenizer.vocab_size)
     elif tokenizer.vocab_size > embedding.vocab_size:
@@ -152,6 +158,7 @@ class FinetuneTask(Task):
     strict_init: ClassVar[bool] = False  # a new head and dropped pre-training targets are expected (listed)
     selection_metric: ClassVar[str] = "accuracy"
     lower_is_better: ClassVar[tuple[str, ...]] = ("loss", "mse")
+    keeps_targets: ClassVar[bool] = False  # True: finetune_config keeps the model's targets (see there)
 
     def __init__(self, cfg: Config, paths: JobPaths, inputs: FinetuneInputs | None = None) -> None:
         super().__init__(cfg, paths)
