@@ -286,3 +286,23 @@ def test_finetune_predict_evaluate_end_to_end(tmp_path, capsys):
     assert main(["predict", "--model", str(out / "model"), "--input", str(broken),
                  "--out", str(tmp_path / "b.jsonl")]) == 2
     assert f"{broken}:3: audio file" in capsys.readouterr().err and not (tmp_path / "b.jsonl").exists()
+
+    # the fine-tuned folder starts another run: its tokenizer and its lm head are reused, every key matches
+    assert main(["finetune", "--task", "speech_to_text", "--model", str(out / "model"), "--train", str(train),
+                 "--dev", str(dev), "--out", str(tmp_path / "again"), "--steps", "2", "--batch-size", "4",
+                 "train.threads=1", "task.max_new_tokens=3"]) == 0
+    assert "every key matched" in capsys.readouterr().err
+
+
+def test_a_decoder_tokenizer_larger_than_the_target_embedding_is_refused(tmp_path):
+    from types import SimpleNamespace
+
+    from modaloom.tasks.finetune import check_vocabulary, finetune_config
+
+    config, _ = tiny_s2t(tmp_path)
+    cfg = finetune_config(None, str(config), ["model.tgt_embedding.vocab_size=8"], keep_targets=True)
+    assert [t.type for t in cfg.model.targets] == ["lm"]  # kept, not replaced by the placeholder cls head
+    with pytest.raises(DataError, match="has 9 tokens but the model's embedding has 8 rows"):
+        check_vocabulary(cfg, SimpleNamespace(vocab_size=9), "v.txt", section="tgt_embedding")
+    check_vocabulary(cfg, SimpleNamespace(vocab_size=8), "v.txt", section="tgt_embedding")
+    assert [t.type for t in finetune_config(None, str(config), []).model.targets] == ["cls"]
