@@ -162,20 +162,17 @@ class _DecoderOnly(_Runner):
 class _EncoderDecoder(_Runner):
     """Encoder once, then the decoder one token at a time with self- and cross-attention caches."""
 
-    def __init__(self, model: Model, ids: torch.Tensor, mask: torch.Tensor, start_id: int) -> None:
+    def __init__(self, model: Model, inputs: dict[str, torch.Tensor], rows: int, start_id: int) -> None:
         super().__init__(model)
         if not hasattr(model.decoder, "new_caches"):
             raise ConfigError(f"decoder type {model.config.decoder.type!r} has no key/value cache for generation")
-        self.ids, self.mask, self.start_id = ids, mask, start_id
+        self.inputs, self.rows, self.start_id = inputs, rows, start_id  # inputs: the encoder's batch
         self.caches, self.cross = model.decoder.new_caches()
         self.memory = self.memory_mask = None
 
     def start(self) -> torch.Tensor:
-        batch = {"input_ids": self.ids}
-        if not bool(self.mask.all()):
-            batch["attention_mask"] = self.mask
-        self.memory, self.memory_mask = self.model.encode(batch)
-        first = torch.full((len(self.ids),), self.start_id, dtype=torch.long, device=self.ids.device)
+        self.memory, self.memory_mask = self.model.encode(self.inputs)
+        first = torch.full((self.rows,), self.start_id, dtype=torch.long, device=self.memory.device)
         return self.step(first)
 
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -288,13 +285,16 @@ def _pad_id(model: Model, cfg: GenerationConfig) -> int:
 
 
 @torch.inference_mode()
-def generate(model: Model, prompts: Sequence[Sequence[int]] | torch.Tensor,
+def generate(model: Model, prompts: Sequence[Sequence[int]] | torch.Tensor | None = None,
              config: GenerationConfig | None = None, attention_mask: torch.Tensor | None = None,
-             decode: Callable[[list[int]], str] | None = None) -> GenerationOutput:
+             decode: Callable[[list[int]], str] | None = None,
+             encoder_inputs: dict[str, torch.Tensor] | None = None) -> GenerationOutput:
     """Generate continuations of ``prompts`` (token lists, or an (B, L) tensor with ``attention_mask``).
 
     Decoder-only models continue each prompt; encoder-decoder models encode it and decode from
-    ``decoder_start_token_id``. ``decode`` turns token ids into text for ``stop_strings``.
+    ``decoder_start_token_id``. ``decode`` turns token ids into text for ``stop_strings``. An encoder-decoder
+    whose encoder reads something else than token ids (speech: ``input_features`` and ``feature_mask``) takes
+    that batch as ``encoder_inputs`` instead of ``prompts``.
     """
     cfg = config or GenerationConfig()
     cfg.check()
@@ -303,19 +303,29 @@ def generate(model: Model, prompts: Sequence[Sequence[int]] | torch.Tensor,
     device = next(model.parameters()).device
     pad = _pad_id(model, cfg)
     seq2seq = model.decoder is not None
-    if isinstance(prompts, torch.Tensor):
+    if (prompts is None) == (encoder_inputs is None):
+        raise ConfigError("give generate either prompts (token ids) or encoder_inputs (an encoder batch), not both")
+    if encoder_inputs is not None:
+        if not seq2seq or not encoder_inputs:
+            raise ConfigError("encoder_inputs need an encoder-decoder model and at least one tensor")
+        inputs = {k: v.to(device) for k, v in encoder_inputs.items()}
+        rows = len(next(iter(inputs.values())))
+    elif isinstance(prompts, torch.Tensor):
         ids = prompts.to(device)
         mask = torch.ones_like(ids) if attention_mask is None else attention_mask.to(device)
     else:
         ids, mask = pad_prompts(prompts, pad, left=not seq2seq, device=device)
+    if encoder_inputs is None:
+        inputs = {"input_ids": ids, **({} if bool(mask.all()) else {"attention_mask": mask})}
+        rows = len(ids)
     was_training = model.training
     model.eval()
     try:
         if seq2seq:
             start_id = cfg.decoder_start_token_id if cfg.decoder_start_token_id is not None else \
                 int(getattr(model.config.tgt_embedding, "pad_id", pad))
-            runner: _Runner = _EncoderDecoder(model, ids, mask, start_id)
-            history, history_mask = torch.full((len(ids), 1), start_id, device=device), None
+            runner: _Runner = _EncoderDecoder(model, inputs, rows, start_id)
+            history, history_mask = torch.full((rows, 1), start_id, device=device), None
         else:
             runner = _DecoderOnly(model, ids, mask)
             history, history_mask = ids, mask

@@ -11,6 +11,7 @@ from modaloom.tasks import (  # noqa: F401  (register the built-in tasks)
     pretrain,
     qa,
     sentence_embedding,
+    speech_to_text,
     tagging,
     text2text,
 )
