@@ -2,8 +2,9 @@
 
 - config (``finetune_config``): ``--model DIR`` takes the model section of a saved folder (pre-trained,
   converted or fine-tuned); ``--config C`` a config file or zoo name (random init). Both get the fine-tuning
-  defaults of TencentPretrain's ``run_classifier.py`` (lr 2e-5, 10% linear warm-up, batch 32) under the
-  command-line overrides; the task replaces the targets by its own head in ``prepare``.
+  defaults of TencentPretrain's ``run_classifier.py`` (lr 2e-5, 10% linear warm-up, batch 32, AdamW without
+  bias correction: its lr 2e-5 assumes it) under the command-line overrides; the task replaces the targets by
+  its own head in ``prepare``.
 - tokenizer (``resolve_tokenizer``): the model folder's ``tokenizer/`` (a pretrain run's or a fine-tuned
   model's), else the HF files a converted folder holds (``vocab.txt``), else ``--vocab``.
 - best dev checkpoint: evaluation runs after every epoch on the dev file; when the task's selection metric
@@ -36,7 +37,8 @@ if TYPE_CHECKING:
     from modaloom.tasks.base import JobPaths
     from modaloom.train.distributed import DistInfo
 
-FINETUNE_TRAIN_DEFAULTS: dict[str, Any] = {"lr": 2e-5, "warmup_ratio": 0.1, "schedule": "linear", "batch_size": 32}
+FINETUNE_TRAIN_DEFAULTS: dict[str, Any] = {"lr": 2e-5, "warmup_ratio": 0.1, "schedule": "linear", "batch_size": 32,
+                                           "adam_bias_correction": False}
 BEST_DIR = "best"
 
 

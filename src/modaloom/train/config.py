@@ -35,6 +35,9 @@ class TrainConfig:
     eps: float = 1e-8
     momentum: float = 0.0  # sgd only
     optimizer_impl: str = choice("auto", "auto", "fused", "foreach", "loop")  # adamw kernels
+    # adamw only (other optimizers ignore it): false = no bias correction (original BERT / TencentPretrain);
+    # early steps then are up to (1 - beta1) / sqrt(1 - beta2^t) times larger, ~3x at step 1 with the default betas
+    adam_bias_correction: bool = True
     # schedule: warmup is a fraction of `steps` when warmup_ratio > 0, else warmup_steps
     schedule: str = choice("linear", *SCHEDULES)
     warmup_steps: int = 0
@@ -93,6 +96,10 @@ class TrainConfig:
             raise ConfigError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if len(self.tristage_ratios) != 3 or abs(sum(self.tristage_ratios) - 1) > 1e-6:
             raise ConfigError(f"train.tristage_ratios must be 3 fractions summing to 1, got {self.tristage_ratios}")
+        if self.optimizer == "adamw" and not self.adam_bias_correction and self.optimizer_impl == "fused":
+            raise ConfigError("train.adam_bias_correction=false has no fused kernel (torch's fused AdamW always "
+                              "corrects the bias); use train.optimizer_impl=auto, foreach or loop, or "
+                              "train.adam_bias_correction=true")
         if self.clip_norm < 0:
             raise ConfigError(f"train.clip_norm must be >= 0 (0 disables), got {self.clip_norm}")
         if self.keep_last < 1:

@@ -1,5 +1,9 @@
 """Optimizers (torch's own AdamW, Adafactor and SGD) with weight-decay parameter groups.
 
+``train.adam_bias_correction=false`` swaps torch's AdamW for ``AdamWNoBiasCorrection`` (original BERT and
+TencentPretrain behaviour: ``p -= lr * m / (sqrt(v) + eps)`` with the raw moving averages), for runs that
+must match those recipes at their learning rates; torch's AdamW has no switch for it.
+
 Biases, norm weights and every other 1-D parameter get no weight decay; so does any parameter whose name
 contains one of ``train.no_decay``. Registered under kind "optimizer"; each builder takes the parameter
 groups and the TrainConfig.
@@ -44,6 +48,71 @@ def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]
     return groups
 
 
+class AdamWNoBiasCorrection(torch.optim.Optimizer):
+    """AdamW (decoupled weight decay) without bias correction of the moment estimates.
+
+    Per step: ``p *= 1 - lr * wd``; ``m = b1 m + (1 - b1) g``; ``v = b2 v + (1 - b2) g^2``;
+    ``p -= lr * m / (sqrt(v) + eps)``. Its state (``step``, ``exp_avg``, ``exp_avg_sq``) has torch's AdamW
+    layout, so checkpoints load into either. ``foreach`` runs the multi-tensor kernels, else a loop.
+    """
+
+    def __init__(self, params: Any, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0, foreach: bool = True) -> None:
+        defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay, "foreach": foreach}
+        super().__init__(params, defaults)
+
+    def _init_group(self, group: dict[str, Any]) -> tuple[list[torch.Tensor], ...]:
+        params, grads, avgs, avg_sqs, steps = [], [], [], [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError("AdamWNoBiasCorrection does not support sparse gradients")
+            state = self.state[p]
+            if not state:
+                state["step"] = torch.tensor(0.0)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            params.append(p)
+            grads.append(p.grad)
+            avgs.append(state["exp_avg"])
+            avg_sqs.append(state["exp_avg_sq"])
+            steps.append(state["step"])
+        return params, grads, avgs, avg_sqs, steps
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params, grads, avgs, avg_sqs, steps = self._init_group(group)
+            if not params:
+                continue
+            lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            if group["foreach"]:
+                torch._foreach_add_(steps, 1.0)
+                if wd:
+                    torch._foreach_mul_(params, 1.0 - lr * wd)
+                torch._foreach_mul_(avgs, beta1)
+                torch._foreach_add_(avgs, grads, alpha=1.0 - beta1)
+                torch._foreach_mul_(avg_sqs, beta2)
+                torch._foreach_addcmul_(avg_sqs, grads, grads, value=1.0 - beta2)
+                denom = torch._foreach_sqrt(avg_sqs)
+                torch._foreach_add_(denom, eps)
+                torch._foreach_addcdiv_(params, avgs, denom, value=-lr)
+                continue
+            for p, g, m, v, t in zip(params, grads, avgs, avg_sqs, steps):
+                t.add_(1.0)
+                if wd:
+                    p.mul_(1.0 - lr * wd)
+                m.mul_(beta1).add_(g, alpha=1.0 - beta1)
+                v.mul_(beta2).addcmul_(g, g, value=1.0 - beta2)
+                p.addcdiv_(m, v.sqrt().add_(eps), value=-lr)
+        return loss
+
+
 def adamw_kernel(cfg: TrainConfig, device: torch.device, params: list[torch.Tensor]) -> dict[str, bool]:
     """Fused AdamW where torch supports it (CPU and CUDA float tensors), else foreach."""
     impl = cfg.optimizer_impl
@@ -58,6 +127,9 @@ def adamw_kernel(cfg: TrainConfig, device: torch.device, params: list[torch.Tens
 @register("optimizer", "adamw")
 def build_adamw(groups: list[dict[str, Any]], cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     params = [p for g in groups for p in g["params"]]
+    if not cfg.adam_bias_correction:
+        return AdamWNoBiasCorrection(groups, lr=cfg.lr, betas=(cfg.betas[0], cfg.betas[1]), eps=cfg.eps,
+                                     weight_decay=cfg.weight_decay, foreach=cfg.optimizer_impl != "loop")
     return torch.optim.AdamW(
         groups, lr=cfg.lr, betas=(cfg.betas[0], cfg.betas[1]), eps=cfg.eps, weight_decay=cfg.weight_decay,
         **adamw_kernel(cfg, device, params),
