@@ -50,3 +50,12 @@ def test_debug_shows_traceback(monkeypatch):
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "modaloom.cli.main", "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "pretrain" in out.stdout
+
+
+def test_finetune_help_lists_every_registered_fine_tuning_task():
+    import modaloom.tasks  # noqa: F401  (registers the built-in tasks)
+    from modaloom import registry
+    from modaloom.cli.finetune import TASKS
+
+    trainable = set(registry.names("task")) - {"pretrain", "zero_shot"}  # zero_shot only evaluates
+    assert set(TASKS) == trainable

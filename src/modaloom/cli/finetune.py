@@ -9,19 +9,24 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-HELP = "fine-tune a model for a task (classification ...) on train/dev files; the best dev model is exported"
+HELP = "fine-tune a model for a task (classification, tagging, qa ...) on train/dev files; the best dev model is exported"
+# the fine-tuning tasks registered by modaloom.tasks (kept in line with the registry by tests/cli/test_main.py)
+TASKS = ("classification", "clip_retrieval", "image_classification", "multiple_choice", "qa", "sentence_embedding",
+         "speech_to_text", "tagging", "text2text")
 
 SHORTCUTS = {"steps": "train.steps", "batch_size": "train.batch_size", "lr": "train.lr",
              "seq_length": "data.seq_length", "precision": "train.precision", "seed": "train.seed"}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task", required=True, help="task name, e.g. classification")
+    parser.add_argument("--task", required=True, metavar="TASK",
+                        help=f"the task (docs/tasks.md): {', '.join(TASKS)}, or one a plug-in registers")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="model folder to start from (pre-trained, converted or fine-tuned)")
     source.add_argument("--config", help="model config or zoo name: a randomly initialised model (needs --vocab)")
     parser.add_argument("--vocab", default="", help="vocabulary file (default: the model folder's tokenizer)")
-    parser.add_argument("--train", required=True, help="training file (TSV with header label text_a [text_b], or JSONL)")
+    parser.add_argument("--train", required=True, help="training file in the task's format (classification: TSV with header label text_a "
+                        "[text_b], or JSONL; see docs/tasks.md)")
     parser.add_argument("--dev", required=True, help="dev file: evaluated every epoch, picks the best model")
     parser.add_argument("--test", help="test file evaluated with the best model at the end")
     parser.add_argument("--out", required=True, help="output directory: checkpoints, logs, curves, model/")
