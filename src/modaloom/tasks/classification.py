@@ -179,7 +179,8 @@ class ClassificationTask(FinetuneTask):
         assert self.tokenizer is not None
         rank, world = (info.rank, info.world_size) if info is not None else (0, 1)
         return MemoryLoader(examples, self.cfg.train.batch_size, self.tokenizer.special_id("pad", "padding"),
-                            shuffle=train, seed=self.cfg.train.seed, rank=rank, world_size=world)
+                            shuffle=train, seed=self.cfg.train.seed, rank=rank, world_size=world,
+                            group_by_length=self.cfg.train.group_by_length)
 
     def train_loader(self, info: Any, model: Any) -> MemoryLoader:
         return self.loader(self.train_examples, True, info)

@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from modaloom.train.distributed import DistInfo
 
 FINETUNE_TRAIN_DEFAULTS: dict[str, Any] = {"lr": 2e-5, "warmup_ratio": 0.1, "schedule": "linear", "batch_size": 32,
-                                           "adam_bias_correction": False}
+                                           "adam_bias_correction": False, "group_by_length": True}
 BEST_DIR = "best"
 
 

@@ -20,9 +20,7 @@ Images are kept as their encoded bytes and decoded per batch (``ImageLoader``), 
 from __future__ import annotations
 
 import json
-import random
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -227,19 +225,9 @@ class ImageLoader(MemoryLoader):
 
     transform: ImageTransform | None = None
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        order = list(range(len(self.examples)))
-        if self.shuffle:
-            random.Random(self.seed + self.epoch).shuffle(order)
-        epoch, self.epoch = self.epoch, self.epoch + 1
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start:start + self.batch_size]
-            if self.drop_last and len(chunk) < self.batch_size:
-                return
-            yield self.collate([self.examples[i] for i in chunk], epoch)
-
-    def collate(self, examples: list[dict[str, Any]], epoch: int) -> dict[str, torch.Tensor]:
+    def collate_batch(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         assert self.transform is not None
+        epoch = self.batch_epoch
         pixels = [self.transform(e["image"], np.random.default_rng([self.seed, epoch, e["index"]]), e["where"])
                   for e in examples]
         batch = {"pixel_values": torch.from_numpy(np.stack(pixels)),

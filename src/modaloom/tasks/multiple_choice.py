@@ -22,9 +22,7 @@ loss, accuracy the metric (also the best-dev selection).
 from __future__ import annotations
 
 import json
-import random
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,15 +162,10 @@ def fit_parts(choice_ids: list[int], question_ids: list[int], context_ids: list[
 class ChoiceLoader(MemoryLoader):
     """Batches of questions: (B, C, L) ids, segments and mask, a (B, C) choice mask, labels when known."""
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        order = list(range(len(self.examples)))
-        if self.shuffle:
-            random.Random(self.seed + self.epoch).shuffle(order)
-        self.epoch += 1
-        for start in range(0, len(order), self.batch_size):
-            yield self.collate([self.examples[i] for i in order[start:start + self.batch_size]])
+    def length(self, example: dict[str, Any]) -> int:
+        return sum(len(ids) for ids in example["input_ids"])
 
-    def collate(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def collate_batch(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         choices = max(len(e["input_ids"]) for e in examples)
         width = max(len(ids) for e in examples for ids in e["input_ids"])
         ids = np.full((len(examples), choices, width), self.pad_id, dtype=np.int64)
@@ -239,7 +232,8 @@ class MultipleChoiceTask(FinetuneTask):
         assert self.tokenizer is not None
         rank, world = (info.rank, info.world_size) if info is not None else (0, 1)
         return ChoiceLoader(examples, self.cfg.train.batch_size, self.tokenizer.special_id("pad", "padding"),
-                            shuffle=train, seed=self.cfg.train.seed, rank=rank, world_size=world)
+                            shuffle=train, seed=self.cfg.train.seed, rank=rank, world_size=world,
+                            group_by_length=self.cfg.train.group_by_length)
 
     def prepare(self) -> None:
         cfg, paths = self.cfg, self.paths

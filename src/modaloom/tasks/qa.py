@@ -306,7 +306,7 @@ class QATask(FinetuneTask):
     def train_loader(self, info: Any, model: Any) -> WindowLoader:
         loader = self.train_data
         return WindowLoader(list(loader.by_index.values()), loader.batch_size, loader.pad_id, shuffle=True,
-                            seed=self.cfg.train.seed, rank=info.rank, world_size=info.world_size,
+                            seed=self.cfg.train.seed, rank=info.rank, world_size=info.world_size, group_by_length=self.cfg.train.group_by_length,
                             questions=loader.questions, **self.padding())
 
     def eval_loader(self, info: Any) -> WindowLoader | None:

@@ -29,7 +29,6 @@ lower-casing both sides when the tokenizer lower-cases; the best dev checkpoint 
 from __future__ import annotations
 
 import json
-import random
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -43,7 +42,7 @@ from modaloom.config_schema import build, to_dict
 from modaloom.errors import ConfigError, DataError
 from modaloom.registry import register
 from modaloom.tasks.finetune import FinetuneTask, check_vocabulary, resolve_tokenizer
-from modaloom.tasks.text_io import is_jsonl, read_lines
+from modaloom.tasks.text_io import MemoryLoader, is_jsonl, read_lines
 
 AUDIO_COLUMNS = ("path", "wav_path")  # TSV; TencentPretrain's files name it wav_path
 AUDIO_FIELDS = ("audio", "path")  # JSONL
@@ -236,32 +235,17 @@ def collate_speech(examples: Sequence[dict[str, Any]], ids: dict[str, int]) -> d
 
 
 @dataclass
-class SpeechLoader:
-    """Batches of in-memory utterances: this rank's share, shuffled per epoch with ``seed + epoch`` when
-    ``shuffle`` (as ``text_io.MemoryLoader``, whose batches are token ids)."""
+class SpeechLoader(MemoryLoader):
+    """``text_io.MemoryLoader`` over utterances: batches of padded features and decoder ids; ``length`` is the
+    number of feature frames."""
 
-    examples: list[dict[str, Any]]
-    batch_size: int
-    ids: dict[str, int]  # pad, bos, eos
-    shuffle: bool = False
-    seed: int = 7
-    rank: int = 0
-    world_size: int = 1
-    epoch: int = field(default=0, init=False)
+    ids: dict[str, int] = field(default_factory=dict)  # pad, bos, eos
 
-    def __post_init__(self) -> None:
-        self.examples = self.examples[self.rank::self.world_size]
+    def length(self, example: dict[str, Any]) -> int:
+        return len(example["features"])
 
-    def __len__(self) -> int:
-        return -(-len(self.examples) // self.batch_size)
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        order = list(range(len(self.examples)))
-        if self.shuffle:
-            random.Random(self.seed + self.epoch).shuffle(order)
-        self.epoch += 1
-        for start in range(0, len(order), self.batch_size):
-            yield collate_speech([self.examples[i] for i in order[start:start + self.batch_size]], self.ids)
+    def collate_batch(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        return collate_speech(examples, self.ids)
 
 
 # ---------------------------------------------------------------- the task
@@ -362,8 +346,8 @@ class SpeechToTextTask(FinetuneTask):
 
     def loader(self, examples: list[dict[str, Any]], train: bool, info: Any = None) -> SpeechLoader:
         rank, world = (info.rank, info.world_size) if info is not None else (0, 1)
-        return SpeechLoader(examples, self.cfg.train.batch_size, self.ids, shuffle=train, seed=self.cfg.train.seed,
-                            rank=rank, world_size=world)
+        return SpeechLoader(examples, self.cfg.train.batch_size, self.ids["pad"], shuffle=train,
+                            seed=self.cfg.train.seed, rank=rank, world_size=world, ids=self.ids, group_by_length=self.cfg.train.group_by_length)
 
     def train_loader(self, info: Any, model: Any) -> SpeechLoader:
         return self.loader(self.train_examples, True, info)

@@ -37,7 +37,6 @@ entity's tokens joined by a space.
 from __future__ import annotations
 
 import json
-import random
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -227,16 +226,8 @@ def collate_tags(examples: list[dict[str, Any]], pad_id: int) -> dict[str, torch
 class TaggingLoader(MemoryLoader):
     """``MemoryLoader`` with the tagging collate (labels per token, first-piece mask)."""
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        order = list(range(len(self.examples)))
-        if self.shuffle:
-            random.Random(self.seed + self.epoch).shuffle(order)
-        self.epoch += 1
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start:start + self.batch_size]
-            if self.drop_last and len(chunk) < self.batch_size:
-                return
-            yield collate_tags([self.examples[i] for i in chunk], self.pad_id)
+    def collate_batch(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        return collate_tags(examples, self.pad_id)
 
 
 MODEL_KEYS = ("input_ids", "segment_ids", "attention_mask", WORD_MASK, TAG_LABELS)
@@ -360,7 +351,8 @@ class TaggingTask(FinetuneTask):
         assert self.tokenizer is not None
         rank, world = (info.rank, info.world_size) if info is not None else (0, 1)
         return TaggingLoader(examples, self.cfg.train.batch_size, self.tokenizer.special_id("pad", "padding"),
-                             shuffle=train, seed=self.cfg.train.seed, rank=rank, world_size=world)
+                             shuffle=train, seed=self.cfg.train.seed, rank=rank, world_size=world,
+                             group_by_length=self.cfg.train.group_by_length)
 
     def train_loader(self, info: Any, model: Any) -> TaggingLoader:
         return self.loader(self.train_examples, True, info)

@@ -24,7 +24,6 @@ tokenizer would drop them); decoded text loses the spaces a WordPiece decoder pu
 from __future__ import annotations
 
 import json
-import random
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -185,14 +184,12 @@ class CollatingLoader(MemoryLoader):
 
     collate_fn: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
+    def length(self, example: dict[str, Any]) -> int:
+        return len(example["source"]) + len(example.get("target") or ())
+
+    def collate_batch(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         assert self.collate_fn is not None
-        order = list(range(len(self.examples)))
-        if self.shuffle:
-            random.Random(self.seed + self.epoch).shuffle(order)
-        self.epoch += 1
-        for begin in range(0, len(order), self.batch_size):
-            yield self.collate_fn([self.examples[i] for i in order[begin:begin + self.batch_size]])
+        return self.collate_fn(examples)
 
 
 # ---------------------------------------------------------------- the task
@@ -316,7 +313,8 @@ class Text2TextTask(FinetuneTask):
         rank, world = (info.rank, info.world_size) if info is not None else (0, 1)
         assert self.layout is not None
         return CollatingLoader(examples, self.cfg.train.batch_size, self.layout.pad, shuffle=train,
-                               seed=self.cfg.train.seed, rank=rank, world_size=world, collate_fn=self.collate)
+                               seed=self.cfg.train.seed, rank=rank, world_size=world, collate_fn=self.collate,
+                               group_by_length=self.cfg.train.group_by_length)
 
     def train_loader(self, info: Any, model: Any) -> CollatingLoader:
         return self.loader(self.train_examples, True, info)

@@ -205,10 +205,18 @@ def collate(examples: Sequence[dict[str, Any]], pad_id: int) -> dict[str, torch.
     return batch
 
 
+GROUP_BATCHES = 50  # group_by_length sorts pools of this many batches by length
+
+
 @dataclass
 class MemoryLoader:
     """Batches of in-memory examples: this rank's share (every ``world_size``-th), shuffled per epoch with
-    ``seed + epoch`` when ``shuffle`` (the same order on every restart, so a resumed run replays exactly)."""
+    ``seed + epoch`` when ``shuffle`` (the same order on every restart, so a resumed run replays exactly).
+
+    ``group_by_length`` (with ``shuffle``): the shuffled order is cut into pools of ``GROUP_BATCHES`` batches,
+    each pool sorted by example length and cut into batches, and the batches shuffled, so a batch pads to a
+    length near its examples' own (fairseq's and transformers' ``group_by_length``); still seeded per epoch.
+    Subclasses change ``collate_batch`` (and ``length``), not the order."""
 
     examples: list[dict[str, Any]]
     batch_size: int
@@ -218,7 +226,9 @@ class MemoryLoader:
     rank: int = 0
     world_size: int = 1
     drop_last: bool = False
-    epoch: int = field(default=0, init=False)
+    group_by_length: bool = False
+    epoch: int = field(default=0, init=False)  # the next epoch
+    batch_epoch: int = field(default=0, init=False)  # the epoch of the batches being yielded
 
     def __post_init__(self) -> None:
         self.examples = self.examples[self.rank::self.world_size]
@@ -227,13 +237,39 @@ class MemoryLoader:
         n = len(self.examples)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+    def length(self, example: dict[str, Any]) -> int:
+        """The size ``group_by_length`` sorts by: the example's token count."""
+        return len(example.get("input_ids") or ())
+
+    def order(self, rng: random.Random) -> list[list[int]]:
+        """This epoch's batches as lists of example positions."""
         order = list(range(len(self.examples)))
-        if self.shuffle:
-            random.Random(self.seed + self.epoch).shuffle(order)
-        self.epoch += 1
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start:start + self.batch_size]
+        size = self.batch_size
+        if not self.shuffle:
+            return [order[i:i + size] for i in range(0, len(order), size)]
+        rng.shuffle(order)
+        if not self.group_by_length:
+            return [order[i:i + size] for i in range(0, len(order), size)]
+        batches: list[list[int]] = []
+        pool = size * GROUP_BATCHES
+        for start in range(0, len(order), pool):
+            ranked = sorted(order[start:start + pool], key=lambda i: self.length(self.examples[i]), reverse=True)
+            batches += [ranked[i:i + size] for i in range(0, len(ranked), size)]
+        rng.shuffle(batches)
+        return batches
+
+    def batches(self) -> Iterator[list[dict[str, Any]]]:
+        """This epoch's batches of examples (a short one dropped with ``drop_last``); advances the epoch."""
+        self.batch_epoch, self.epoch = self.epoch, self.epoch + 1
+        for chunk in self.order(random.Random(self.seed + self.batch_epoch)):
             if self.drop_last and len(chunk) < self.batch_size:
-                return
-            yield collate([self.examples[i] for i in chunk], self.pad_id)
+                continue
+            yield [self.examples[i] for i in chunk]
+
+    def collate_batch(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        """One batch of tensors from its examples."""
+        return collate(examples, self.pad_id)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for examples in self.batches():
+            yield self.collate_batch(examples)

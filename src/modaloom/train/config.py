@@ -26,6 +26,8 @@ class TrainConfig:
     steps: int = 100  # optimizer steps in total (a resumed run continues up to this count)
     batch_size: int = 32  # examples per micro-batch per process
     grad_accum_steps: int = 1  # micro-batches summed into one optimizer step
+    # fine-tuning tasks: batches of examples of similar length (less padding), still shuffled and seeded
+    group_by_length: bool = False
     # optimizer
     optimizer: str = choice("adamw", "adamw", "adafactor", "sgd")
     lr: float = 1e-4
