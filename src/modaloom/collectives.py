@@ -91,3 +91,47 @@ def gather_features(x: torch.Tensor) -> torch.Tensor:
     if not is_distributed():
         return x
     return _GatherWithGrad.apply(x, row_counts(x.shape[0], x.device))
+
+
+def _send_right_receive_left(x: torch.Tensor, receive_rows: int, step: int) -> torch.Tensor:
+    """Send ``x`` ``step`` ranks to the right and return what arrives from ``step`` ranks to the left."""
+    size, me = dist.get_world_size(), dist.get_rank()
+    buffer = x.new_empty((receive_rows, *x.shape[1:]))
+    ops = [dist.P2POp(dist.isend, x.contiguous(), (me + step) % size),
+           dist.P2POp(dist.irecv, buffer, (me - step) % size)]
+    for request in dist.batch_isend_irecv(ops):
+        request.wait()
+    return buffer
+
+
+class _RingShift(torch.autograd.Function):
+    """Pass rows to the right-hand neighbour; the backward pass returns their gradient to the left."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, receive_rows: int) -> torch.Tensor:  # type: ignore[override]
+        ctx.sent_rows = x.shape[0]
+        return _send_right_receive_left(x, receive_rows, 1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        # the rows we received came from the left: their gradient goes back there, ours arrives from the right
+        return _send_right_receive_left(grad, ctx.sent_rows, -1), None
+
+
+def ring_pass(x: torch.Tensor) -> list[torch.Tensor]:
+    """The shards of ``x`` held by the other ranks, one neighbour exchange at a time, differentiable.
+
+    Element k (k = 0 .. world_size - 2) is the shard of rank ``rank - k - 1``: each round sends what
+    arrived last round to the right-hand neighbour, so no rank ever holds more than two shards (SigLIP's
+    scheme, Zhai et al. 2023). The gradient of each received shard travels back along the ring to the
+    rank that owns it. Returns [] when not distributed; ranks may hold different numbers of rows.
+    """
+    if not is_distributed():
+        return []
+    sizes = row_counts(x.shape[0], x.device)
+    size, me = len(sizes), dist.get_rank()
+    received, current = [], x
+    for k in range(1, size):
+        current = _RingShift.apply(current, sizes[(me - k) % size])
+        received.append(current)
+    return received

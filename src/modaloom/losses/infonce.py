@@ -38,6 +38,7 @@ class ContrastiveScores:
 @register("loss", "infonce")
 class InfoNCE(nn.Module):
     Options = InfoNCEOptions
+    logit_scale_init = 2.6592  # log(1 / 0.07), as CLIP
 
     def __init__(self, cfg: Any) -> None:
         super().__init__()

@@ -3,8 +3,10 @@
 The head: each stream's states are pooled (``poolings``: first, eos, mean, ... per stream), projected to
 ``feature_size`` (``projections.{0,1}``, bias when ``projection_bias``) and L2-normalised; the scale is
 exp(``logit_scale``), clamped at 100 (log 100 on the parameter, as CLIP). The loss is chosen by name
-(``loss``, default ``infonce``: CLIP's symmetric cross-entropy, gathered across ranks); it receives the
-features and the scale. The pair of features is left in ``ctx.features[<target name>]`` for callers.
+(``loss``, default ``infonce``: CLIP's symmetric cross-entropy, gathered across ranks; ``siglip``: the
+pairwise sigmoid loss); it receives the features and the scale, and the learnable ``logit_bias`` when the
+loss declares ``uses_bias``. ``logit_scale_init`` left unset starts the scale where the loss says
+(``logit_scale_init`` on its class). The pair of features is left in ``ctx.features[<target name>]``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from modaloom import registry
 from modaloom.context import ForwardContext
 from modaloom.errors import ConfigError
 from modaloom.heads import pool
@@ -25,6 +28,7 @@ from modaloom.registry import register
 from modaloom.targets.base import Target, TargetOutput
 
 MAX_LOGIT_SCALE = math.log(100.0)
+CLIP_LOGIT_SCALE_INIT = 2.6592  # log(1 / 0.07): where a loss that names no start of its own begins
 
 
 @dataclass
@@ -32,7 +36,7 @@ class ContrastiveOptions:
     feature_size: int = 512
     projection: bool = True
     projection_bias: bool = False
-    logit_scale_init: float = 2.6592  # log(1 / 0.07), as CLIP
+    logit_scale_init: float | None = None  # None: the loss's own (infonce log(1 / 0.07) as CLIP, siglip log 10)
     learnable_scale: bool = True
     poolings: list[str] = field(default_factory=lambda: ["first", "first"])  # per stream
     eos_id: int | None = None  # 'eos' pooling: first position of this id; None: the largest id (CLIP legacy)
@@ -43,13 +47,22 @@ class ContrastiveOptions:
             raise ConfigError(f"clr needs one pooling per stream (2), got poolings {self.poolings}")
 
 
+def initial_logit_scale(cfg: TargetConfig) -> float:
+    """Where ``logit_scale`` starts: the config's ``logit_scale_init``, else the chosen loss's default."""
+    if cfg.logit_scale_init is not None:
+        return float(cfg.logit_scale_init)
+    loss = registry.get("loss", cfg.loss, where=f"targets.{cfg.label}.loss")
+    return float(getattr(loss, "logit_scale_init", CLIP_LOGIT_SCALE_INIT))
+
+
 def direction_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(-1) == labels).float().mean()
 
 
 @register("target", "clr")
 class Contrastive(Target):
-    """Parameters: ``projections.{0,1}.weight`` (feature_size, stream width) [+ bias], ``logit_scale`` ()."""
+    """Parameters: ``projections.{0,1}.weight`` (feature_size, stream width) [+ bias], ``logit_scale`` (),
+    ``logit_bias`` () when the loss uses one (siglip)."""
 
     Options = ContrastiveOptions
 
@@ -64,9 +77,12 @@ class Contrastive(Target):
             if sizes[0] != sizes[1]:
                 raise ConfigError(f"clr without projection needs equal stream widths, got {sizes}")
             self.projections = None
-        self.logit_scale = nn.Parameter(torch.tensor(float(cfg.logit_scale_init)),
-                                        requires_grad=cfg.learnable_scale)
+        self.logit_scale = nn.Parameter(torch.tensor(initial_logit_scale(cfg)), requires_grad=cfg.learnable_scale)
         self.loss = build_loss(cfg)
+        if getattr(self.loss, "uses_bias", False):
+            self.logit_bias = nn.Parameter(torch.tensor(float(cfg.logit_bias_init)))
+        else:
+            self.register_parameter("logit_bias", None)
         streams = getattr(model_cfg.embedding, "streams", None)
         self.id_keys = [(s.input_key or "input_ids") for s in streams] if streams else ["input_ids", "input_ids"]
 
@@ -91,7 +107,10 @@ class Contrastive(Target):
         f0, f1 = self.features(hidden, mask, batch)
         ctx.features[self.cfg.label] = (f0.detach(), f1.detach())
         scale = self.scale()
-        scores = self.loss(f0, f1, scale)
+        if self.logit_bias is None:
+            scores = self.loss(f0, f1, scale)
+        else:
+            scores = self.loss(f0, f1, scale, self.logit_bias.float())
         with torch.no_grad():
             acc_01 = direction_accuracy(scores.logits_01, scores.labels)
             acc_10 = direction_accuracy(scores.logits_10, scores.labels)
@@ -104,4 +123,6 @@ class Contrastive(Target):
             f"{prefix}_accuracy_1to0": acc_10,
             f"{prefix}_logit_scale": scale.detach(),
         }
+        if self.logit_bias is not None:
+            metrics[f"{prefix}_logit_bias"] = self.logit_bias.detach().float()
         return TargetOutput(scores.loss, metrics, scores.logits_01)

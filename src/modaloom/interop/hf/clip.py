@@ -33,6 +33,7 @@ from modaloom.interop.hf.family import (
 )
 from modaloom.interop.hf.mapping import Mapping, Rule, renames, wb
 from modaloom.model_config import ModelConfig
+from modaloom.targets.contrastive import initial_logit_scale
 
 PREFIX = "clip."
 TEXT_EMB = "embedding.streams.0."
@@ -160,7 +161,7 @@ class CLIPFamily(HFFamily):
             layer_norm_eps=ix.norm_eps, attention_dropout=attention_dropout(ix), initializer_range=cfg.init_std,
         )
         return CLIPConfig(text_config=text, vision_config=vision, projection_dim=clr.feature_size,
-                          logit_scale_init_value=clr.logit_scale_init)
+                          logit_scale_init_value=initial_logit_scale(clr))
 
     def mapping(self, cfg: ModelConfig, architecture: str) -> Mapping:
         p = PREFIX
