@@ -5,6 +5,9 @@ The head: each stream's states are pooled (``poolings``: first, eos, mean, ... p
 exp(``logit_scale``), clamped at 100 (log 100 on the parameter, as CLIP). The loss is chosen by name
 (``loss``, default ``infonce``: CLIP's symmetric cross-entropy, gathered across ranks); it receives the
 features and the scale. The pair of features is left in ``ctx.features[<target name>]`` for callers.
+A token-wise loss (``loss: filip``, its class sets ``token_wise``) receives instead every token projected
+and normalised with the same projections, with the streams' masks; the pooled pair is still left in
+``ctx.features`` (retrieval and zero-shot read it).
 """
 
 from __future__ import annotations
@@ -84,6 +87,15 @@ class Contrastive(Target):
             out.append(F.normalize(pooled.float(), dim=-1))
         return out
 
+    def token_features(self, hidden, mask) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Each stream's tokens projected and L2-normalised (B, L, feature_size) in fp32, with its mask."""
+        masks = mask if isinstance(mask, (tuple, list)) else (mask, mask)
+        out = []
+        for i in range(2):
+            tokens = hidden[i] if self.projections is None else self.projections[i](hidden[i])
+            out.append((F.normalize(tokens.float(), dim=-1), masks[i]))
+        return out
+
     def scale(self) -> torch.Tensor:
         return self.logit_scale.float().clamp(max=MAX_LOGIT_SCALE).exp()
 
@@ -91,7 +103,11 @@ class Contrastive(Target):
         f0, f1 = self.features(hidden, mask, batch)
         ctx.features[self.cfg.label] = (f0.detach(), f1.detach())
         scale = self.scale()
-        scores = self.loss(f0, f1, scale)
+        if getattr(self.loss, "token_wise", False):
+            (t0, m0), (t1, m1) = self.token_features(hidden, mask)
+            scores = self.loss(t0, m0, t1, m1, scale)
+        else:
+            scores = self.loss(f0, f1, scale)
         with torch.no_grad():
             acc_01 = direction_accuracy(scores.logits_01, scores.labels)
             acc_10 = direction_accuracy(scores.logits_10, scores.labels)
