@@ -8,6 +8,7 @@ target computes for other targets or for the caller, and modality ids for mixtur
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -39,6 +40,9 @@ class ForwardContext:
     streams: list[ForwardContext] = field(default_factory=list)  # one per stream of a dual model
     # features a target computes for other targets or the caller, by target name (e.g. clr's pair)
     features: dict[str, Any] = field(default_factory=dict)
+    # the model's embedding + encoder, (batch) -> (hidden, mask), set by Model.forward: targets that
+    # encode other inputs in the same step call it (hard-negative itm re-encodes mismatched pairs)
+    encode: Callable[[dict[str, torch.Tensor]], tuple[Any, Any]] | None = None
 
     def for_stream(self, input_key: str = "", mask_key: str = "") -> ForwardContext:
         """A context for one stream of a dual model: caches and shared features kept, sequence fields reset."""

@@ -120,6 +120,8 @@ class Model(nn.Module):
 
     def forward(self, batch: Batch, ctx: ForwardContext | None = None) -> ModelOutput:
         ctx = ForwardContext() if ctx is None else ctx
+        if ctx.encode is None:
+            ctx.encode = self.encode
         hidden, mask = self.encode(batch, ctx)
         enc_hidden, enc_mask = hidden, mask
         if self.decoder is not None and "decoder_input_ids" in batch:

@@ -7,6 +7,9 @@ exp(``logit_scale``), clamped at 100 (log 100 on the parameter, as CLIP). The lo
 pairwise sigmoid loss); it receives the features and the scale, and the learnable ``logit_bias`` when the
 loss declares ``uses_bias``. ``logit_scale_init`` left unset starts the scale where the loss says
 (``logit_scale_init`` on its class). The pair of features is left in ``ctx.features[<target name>]``.
+A token-wise loss (``loss: filip``, its class sets ``token_wise``) receives instead every token projected
+and normalised with the same projections, with the streams' masks; the pooled pair is still left in
+``ctx.features`` (retrieval and zero-shot read it).
 """
 
 from __future__ import annotations
@@ -100,6 +103,15 @@ class Contrastive(Target):
             out.append(F.normalize(pooled.float(), dim=-1))
         return out
 
+    def token_features(self, hidden, mask) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Each stream's tokens projected and L2-normalised (B, L, feature_size) in fp32, with its mask."""
+        masks = mask if isinstance(mask, (tuple, list)) else (mask, mask)
+        out = []
+        for i in range(2):
+            tokens = hidden[i] if self.projections is None else self.projections[i](hidden[i])
+            out.append((F.normalize(tokens.float(), dim=-1), masks[i]))
+        return out
+
     def scale(self) -> torch.Tensor:
         return self.logit_scale.float().clamp(max=MAX_LOGIT_SCALE).exp()
 
@@ -107,7 +119,10 @@ class Contrastive(Target):
         f0, f1 = self.features(hidden, mask, batch)
         ctx.features[self.cfg.label] = (f0.detach(), f1.detach())
         scale = self.scale()
-        if self.logit_bias is None:
+        if getattr(self.loss, "token_wise", False):
+            (t0, m0), (t1, m1) = self.token_features(hidden, mask)
+            scores = self.loss(t0, m0, t1, m1, scale)
+        elif self.logit_bias is None:
             scores = self.loss(f0, f1, scale)
         else:
             scores = self.loss(f0, f1, scale, self.logit_bias.float())
