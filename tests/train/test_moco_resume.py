@@ -25,12 +25,12 @@ class ClipLoader(SyntheticLoader):
         return {"input_ids": ids, "pixel_values": torch.randn(total, 3, 8, 8, generator=g)}
 
 
-def moco_model(seed: int):
+def moco_model(seed: int, dropout: float = 0.1):
     torch.manual_seed(seed)
     cfg = clip_config()
     cfg["targets"][0].update(type="moco", queue_size=5, momentum=0.8)
     for stream in cfg["encoder"]["streams"]:
-        stream["dropout"] = 0.1  # the RNG state must resume too
+        stream["dropout"] = dropout  # with dropout, the RNG state must resume too
     return build_model(cfg)
 
 
