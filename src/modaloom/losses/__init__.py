@@ -5,7 +5,7 @@ fields), so it may own parameters (a learnable bias, a queue) that land in the c
 target. Importing this package registers the built-in losses.
 """
 
-from modaloom.losses import cross_entropy, filip, infonce, regression, siglip  # noqa: F401
+from modaloom.losses import cross_entropy, filip, infonce, moco, regression, siglip  # noqa: F401
 from modaloom.losses.base import build_loss
 
 __all__ = ["build_loss"]

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from modaloom.atomic import atomic_file, atomic_write_json, recover_stale, swap_directory, temp_sibling
 from modaloom.errors import CheckpointError, ConfigError, DataError
 from modaloom.outputs import LOCK_NAME, check_not_input, run_lock
+from modaloom.train.hooks import part_hooks
 from modaloom.train.steps import ModelSteps, Outputs
 
 if TYPE_CHECKING:
@@ -249,8 +250,8 @@ class Task(ModelSteps):
         return model
 
     def hooks(self, model: nn.Module) -> list[Any]:
-        """After-step hooks for the Trainer (``modaloom.train.hooks``); none by default."""
-        return []
+        """After-step hooks for the Trainer (``modaloom.train.hooks``): those the model's parts ask for."""
+        return part_hooks(model)
 
     # ---- prediction
     def prediction_records(self, outputs: Outputs) -> Iterator[dict[str, Any]]:

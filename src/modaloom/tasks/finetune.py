@@ -210,7 +210,7 @@ class FinetuneTask(Task):
                               "train.parallel=fsdp is not supported here, use ddp")
 
     def hooks(self, model: nn.Module) -> list[Any]:
-        return [self.best]
+        return [self.best, *super().hooks(model)]
 
     def inputs(self) -> list[Path]:
         return [*super().inputs(), *([self.inputs_.test] if self.inputs_.test else [])]

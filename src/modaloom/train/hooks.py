@@ -25,6 +25,16 @@ class StepHook(Protocol):
     def __call__(self, trainer: Any) -> None: ...
 
 
+def part_hooks(model: Any) -> list[Any]:
+    """The hooks a model's parts ask for (a part's ``step_hooks(model)``), e.g. a moco target's momentum towers."""
+    hooks: list[Any] = []
+    for module in model.modules():
+        make = getattr(module, "step_hooks", None)
+        if callable(make):
+            hooks.extend(make(model))
+    return hooks
+
+
 def hook_name(hook: Any) -> str:
     """A hook's ``name`` attribute, else its class name (checked on resume)."""
     return str(getattr(hook, "name", None) or type(hook).__name__)
