@@ -100,14 +100,23 @@ def module_matches(name: str, entries: list[str]) -> bool:
     return any(name == e or name.startswith(f"{e}.") or f".{e}." in f".{name}." for e in entries)
 
 
+def tied_ids(model: nn.Module) -> set[int]:
+    """Parameters reachable under more than one name (an output layer tied to the word table): not adapted,
+    since merging would untie them."""
+    seen: dict[int, int] = {}
+    for _, param in model.named_parameters(remove_duplicate=False):
+        seen[id(param)] = seen.get(id(param), 0) + 1
+    return {k for k, count in seen.items() if count > 1}
+
+
 def linear_names(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and not isinstance(m, LoraLinear)
             and n.rsplit(".", 1)[-1] not in ("lora_A", "lora_B")]
 
 
 def apply_lora(model: nn.Module, settings: Any) -> list[str]:
-    """Wrap the chosen linear layers (not those inside ``targets`` or ``modules_to_save``, which train in
-    full) and set ``requires_grad`` as the settings say; returns the adapted module names."""
+    """Wrap the chosen linear layers (not those inside ``modules_to_save`` or, with ``train_targets``, the
+    targets: they train in full) and set ``requires_grad`` as the settings say; returns the adapted module names."""
     targets = settings.target_modules
     if isinstance(targets, str) and targets != ALL_LINEAR:
         try:
@@ -115,8 +124,8 @@ def apply_lora(model: nn.Module, settings: Any) -> list[str]:
         except re.error as exc:
             raise ConfigError(f"train.lora.target_modules {targets!r} is not a regular expression: {exc}") from None
     full = list(settings.modules_to_save) + (["targets"] if settings.train_targets else [])
-    chosen = [n for n in linear_names(model)
-              if matches_target(n, targets) and not n.startswith("targets.") and not module_matches(n, full)]
+    chosen = [n for n in linear_names(model) if matches_target(n, targets) and not module_matches(n, full)
+              and id(model.get_submodule(n).weight) not in tied_ids(model)]
     if not chosen:
         names = sorted({n.rsplit(".", 1)[-1] for n in linear_names(model)})
         raise ConfigError(f"train.lora.target_modules {targets!r} names no linear layer of the model; its linear "

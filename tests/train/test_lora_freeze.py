@@ -96,6 +96,12 @@ def test_target_modules_regex_bias_and_modules_to_save():
     assert "encoder.stack.layers.0.self_attn.key.bias" not in trainable
     assert "embedding.parts.pos.weight" in trainable and "embedding.norm.weight" in trainable
     assert not any(n.startswith("targets.") and "word" not in n for n in trainable)
+    everything = build_model(TINY_BERT)
+    adapted = apply_lora(everything, lora(target_modules="all-linear", train_targets=False))
+    assert len(adapted) == 2 * 6 + len([n for n, m in build_model(TINY_BERT).targets.named_modules()
+                                        if isinstance(m, torch.nn.Linear)]) - 1
+    assert "targets.mlm.head.dense" in adapted and "targets.mlm.head.output" not in adapted  # tied: not adapted
+    assert not everything.get_submodule("targets.mlm.head.dense").weight.requires_grad
 
 
 def test_lora_refusals_name_the_valid_choices():
