@@ -165,12 +165,12 @@ def init_from(model: nn.Module, entries: Iterable[Any]) -> list[PartReport]:
     return [load_part(model, e.prefix, Path(e.folder), e.source_prefix) for e in entries]
 
 
-def apply_strategies(model: nn.Module, train: Any) -> list[str]:
-    """``train.init_from``, then ``train.lora``, then ``train.freeze`` (which also locks adapters under a
-    frozen prefix); returns report lines for the job's start message."""
-    from modaloom.lora import apply_lora, trainable_count
+def set_trainable_parts(model: nn.Module, train: Any) -> list[str]:
+    """``train.lora``, then ``train.freeze`` (which also locks adapters under a frozen prefix); returns report
+    lines. Works on a meta-device model too (the dry-run plan counts what trains)."""
+    from modaloom.lora import apply_lora
 
-    lines = [f"init_from {r.describe()}" for r in init_from(model, train.init_from)]
+    lines = []
     if train.lora is not None:
         adapted = apply_lora(model, train.lora)
         lines.append(f"LoRA r={train.lora.r} alpha={train.lora.lora_alpha:g} on {len(adapted)} linear layers "
@@ -178,6 +178,16 @@ def apply_strategies(model: nn.Module, train: Any) -> list[str]:
     if train.freeze:
         frozen = freeze(model, train.freeze)
         lines.append(f"frozen: {len(frozen)} parameter tensors under {', '.join(train.freeze)} (kept in eval mode)")
+    return lines
+
+
+def apply_strategies(model: nn.Module, train: Any) -> list[str]:
+    """``train.init_from``, then ``set_trainable_parts``; returns report lines for the job's start message,
+    ending with the trainable parameter count when anything is frozen."""
+    from modaloom.lora import trainable_count
+
+    lines = [f"init_from {r.describe()}" for r in init_from(model, train.init_from)]
+    lines += set_trainable_parts(model, train)
     if train.lora is not None or train.freeze:
         trainable, total = trainable_count(model)
         lines.append(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.2f}%)")

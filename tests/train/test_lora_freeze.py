@@ -278,3 +278,18 @@ def test_pretrain_with_a_frozen_part_initialised_from_a_model_folder(pretrained)
     encoder = [k for k in out if k.startswith("encoder.")]
     assert encoder and all(torch.equal(out[k], pre[k]) for k in encoder)  # bit-identical after training
     assert not torch.equal(out["embedding.parts.pos.weight"], pre["embedding.parts.pos.weight"])
+
+
+def test_the_dry_run_plan_counts_only_what_trains():
+    from modaloom.config import load_config
+    from modaloom.train.plan import plan_run
+
+    base = {"model": TINY_BERT, "train": {"optimizer": "adamw"}}
+    full = plan_run(load_config(None, [], base=base))
+    lora_run = plan_run(load_config(None, ["train.lora.r=2"], base=base))
+    frozen = plan_run(load_config(None, ["train.freeze=[encoder]"], base=base))
+    assert lora_run.parameters["trainable"] < full.parameters["trainable"] == full.parameters["total"]
+    assert lora_run.parameters["total"] == full.parameters["total"] + 4 * 2 * (16 + 16)
+    assert lora_run.memory["optimizer"] < full.memory["optimizer"]
+    assert frozen.parameters["trainable"] == full.parameters["total"] - sum(
+        p.numel() for p in build_model(TINY_BERT).encoder.parameters())
