@@ -293,3 +293,45 @@ def test_the_dry_run_plan_counts_only_what_trains():
     assert lora_run.memory["optimizer"] < full.memory["optimizer"]
     assert frozen.parameters["trainable"] == full.parameters["total"] - sum(
         p.numel() for p in build_model(TINY_BERT).encoder.parameters())
+
+
+def test_lit_locked_image_tower_from_a_vit_folder_stays_bit_identical(tmp_path):
+    """LiT: a dual model's image tower loaded from a single-tower model folder, frozen, text side trained."""
+    from tests.tasks.test_clip_tasks import tiny_clip_config
+
+    cfg = json.loads(tiny_clip_config(tmp_path / "clip.json").read_text())["model"]
+    cfg["embedding"]["streams"][0]["vocab_size"] = 40
+    cfg["encoder"]["streams"][1]["dropout"] = 0.5  # the locked tower must not drop anything
+    vit = {"embedding": cfg["embedding"]["streams"][1], "encoder": cfg["encoder"]["streams"][1],
+           "targets": [{"type": "cls", "labels_num": 2}]}
+    torch.manual_seed(5)
+    build_model(vit).save(tmp_path / "vit")
+    torch.manual_seed(6)
+    model = build_model(cfg)
+    train = build(TrainConfig, {"lr": 0.05, "clip_norm": 0, "freeze": ["embedding.streams.1", "encoder.streams.1"],
+                                "init_from": [{"prefix": "encoder.streams.1", "folder": str(tmp_path / "vit"),
+                                               "source_prefix": "encoder"},
+                                              {"prefix": "embedding.streams.1", "folder": str(tmp_path / "vit"),
+                                               "source_prefix": "embedding"}]}, Source(), "train")
+    lines = apply_strategies(model, train)
+    assert "18 tensors loaded" in lines[0] and "unused: encoder" not in lines[0]
+    assert "4 tensors loaded" in lines[1] and "of the folder unused" not in lines[1]
+    vit_state = read_weights(tmp_path / "vit" / "model.safetensors")
+    locked = {k: v.clone() for k, v in model.state_dict().items() if k.split(".")[:3] in
+              (["encoder", "streams", "1"], ["embedding", "streams", "1"])}
+    assert len(locked) == 22 and all(torch.equal(v, vit_state[k.replace(".streams.1", "")]) for k, v in locked.items())
+    text_before = model.embedding.streams[0].parts.word.weight.clone()
+    optimizer = build_optimizer(model, train, torch.device("cpu"))
+    model.train()
+    assert not model.encoder.streams[1].training and model.encoder.streams[0].training
+    torch.manual_seed(0)
+    batch = {"input_ids": torch.randint(5, 40, (4, 6)), "attention_mask": torch.ones(4, 6, dtype=torch.long),
+             "pixel_values": torch.randn(4, 3, 16, 16)}
+    assert torch.equal(model(batch).loss, model(batch).loss)  # training mode, yet the locked tower drops nothing
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(batch).loss.backward()
+        optimizer.step()
+    after = model.state_dict()
+    assert all(torch.equal(after[k], v) for k, v in locked.items())
+    assert not torch.equal(model.embedding.streams[0].parts.word.weight, text_before)
