@@ -96,7 +96,8 @@ def matches_target(name: str, targets: list[str] | str) -> bool:
 
 
 def module_matches(name: str, entries: list[str]) -> bool:
-    """``modules_to_save``: a module named by an entry or whose name ends with ``.entry``, or inside one."""
+    """``modules_to_save``: a module named by an entry or whose name ends with ``.entry``, or one inside such
+    a module."""
     return any(name == e or name.startswith(f"{e}.") or f".{e}." in f".{name}." for e in entries)
 
 
@@ -123,9 +124,16 @@ def apply_lora(model: nn.Module, settings: Any) -> list[str]:
             re.compile(targets)
         except re.error as exc:
             raise ConfigError(f"train.lora.target_modules {targets!r} is not a regular expression: {exc}") from None
+    modules = [n for n, _ in model.named_modules() if n]
+    for entry in settings.modules_to_save:
+        if not any(module_matches(n, [entry]) for n in modules):
+            tops = ", ".join(n for n, _ in model.named_children())
+            raise ConfigError(f"train.lora.modules_to_save: {entry!r} names no module of the model (a module name "
+                              f"or its last dotted parts); top-level modules: {tops}")
     full = list(settings.modules_to_save) + (["targets"] if settings.train_targets else [])
+    tied = tied_ids(model)
     chosen = [n for n in linear_names(model) if matches_target(n, targets) and not module_matches(n, full)
-              and id(model.get_submodule(n).weight) not in tied_ids(model)]
+              and id(model.get_submodule(n).weight) not in tied]
     if not chosen:
         names = sorted({n.rsplit(".", 1)[-1] for n in linear_names(model)})
         raise ConfigError(f"train.lora.target_modules {targets!r} names no linear layer of the model; its linear "

@@ -107,6 +107,8 @@ def test_target_modules_regex_bias_and_modules_to_save():
 def test_lora_refusals_name_the_valid_choices():
     with pytest.raises(ConfigError, match=r"names no linear layer.*linear_in.*query.*value"):
         apply_lora(build_model(TINY_BERT), lora(target_modules=["q_proj"]))
+    with pytest.raises(ConfigError, match=r"modules_to_save: 'classifier' names no module.*embedding, encoder"):
+        apply_lora(build_model(TINY_BERT), lora(modules_to_save=["classifier"]))
     with pytest.raises(ConfigError, match="not a regular expression"):
         apply_lora(build_model(TINY_BERT), lora(target_modules="(query"))
     with pytest.raises(ConfigError, match=r"unknown key 'alpha'.*lora_alpha"):

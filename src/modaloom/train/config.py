@@ -140,6 +140,9 @@ class TrainConfig:
             raise ConfigError(f"train.clip_norm must be >= 0 (0 disables), got {self.clip_norm}")
         if self.keep_last < 1:
             raise ConfigError(f"train.keep_last must be >= 1, got {self.keep_last}")
+        if any(not entry for entry in self.freeze):
+            raise ConfigError(f"train.freeze entries must name a part, got {self.freeze}; an empty entry would "
+                              f"freeze the whole model")
         for key in ("eval_every", "save_every", "log_every", "threads", "eval_batches"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
