@@ -23,6 +23,7 @@ from modaloom.context import ForwardContext
 from modaloom.embeddings.base import build_embedding
 from modaloom.encoders.base import build_encoder
 from modaloom.errors import CheckpointError, ConfigError
+from modaloom.lora import merge_lora_state
 from modaloom.model_config import CONFIG_FORMAT, ModelConfig, model_section_from_saved
 from modaloom.weights import load_weights_checked, read_weights, save_weights
 
@@ -160,7 +161,7 @@ class Model(nn.Module):
         with replace_directory(directory) as tmp:  # files other tools put beside the model are kept
             payload = {"format": CONFIG_FORMAT, "model": to_dict(self.config), **(extra or {})}
             atomic_write_json(tmp / CONFIG_NAME, payload)
-            save_weights(self, tmp / WEIGHTS_NAME)
+            save_weights(merge_lora_state(self.state_dict()), tmp / WEIGHTS_NAME)  # LoRA merged: a plain model
         return directory
 
     def load_weights(self, path: str | Path, strict: bool = True) -> None:

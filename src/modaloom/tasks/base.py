@@ -226,6 +226,7 @@ class Task(ModelSteps):
         self.cfg = cfg
         self.paths = paths
         self.init_report: InitReport | None = None
+        self.strategy_report: list[str] = []  # train.init_from / lora / freeze, shown at the start
 
     # ---- data
     def prepare(self) -> None:
@@ -351,6 +352,7 @@ class Task(ModelSteps):
         import torch
 
         from modaloom.config_schema import to_dict
+        from modaloom.freeze import apply_strategies
         from modaloom.train.trainer import Trainer
 
         cfg, out = self.cfg, self.paths.out
@@ -359,6 +361,7 @@ class Task(ModelSteps):
             torch.set_num_threads(cfg.train.threads)
         torch.manual_seed(cfg.train.seed)
         model = self.build_model()
+        self.strategy_report = apply_strategies(model, cfg.train)
         train_loader = self.train_loader(info, model)
         eval_loader = self.eval_loader(info) if cfg.train.eval_every else None
         if info.is_main:
@@ -389,6 +392,8 @@ class Task(ModelSteps):
               f"process(es) on {info.device}, global batch {batch}", file=sys.stderr)
         if self.init_report is not None:
             print(f"modaloom {self.name}: {self.init_report.describe()}", file=sys.stderr)
+        for line in self.strategy_report:
+            print(f"modaloom {self.name}: {line}", file=sys.stderr)
 
     def report(self, summary: dict[str, Any]) -> None:
         """The lines printed (stdout, rank 0) after training: where the outputs are, and the speed."""

@@ -51,6 +51,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from modaloom.atomic import atomic_write_json, old_sibling, recover_stale, swap_directory
 from modaloom.errors import CheckpointError
+from modaloom.lora import has_lora, merge_lora_state
 from modaloom.model_config import CONFIG_FORMAT, model_section_from_saved
 from modaloom.weights import (
     check_state,
@@ -361,13 +362,14 @@ def _load_sharded(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimizer
 
 
 def consolidated_model_state(ckpt: str | Path) -> dict[str, torch.Tensor]:
-    """The full weights of a checkpoint (sharded or not) on this one process, tied names included.
+    """The full weights of a checkpoint (sharded or not) on this one process, tied names included, LoRA
+    adapters merged into their base weights (a plain model's keys).
 
     Needs no process group and no torchrun: a sharded checkpoint is read with DCP's single-process path.
     """
     ckpt = Path(ckpt)
     if not is_sharded_checkpoint(ckpt):
-        return read_weights(ckpt / "model.safetensors")
+        return merge_lora_state(read_weights(ckpt / "model.safetensors"))
     index = read_json(ckpt / SHARDS_FILE)
     shapes = index["shapes"]["model"]
     saved = shard_metadata(ckpt / MODEL_SHARDS, shapes)
@@ -375,19 +377,31 @@ def consolidated_model_state(ckpt: str | Path) -> dict[str, torch.Tensor]:
     _dcp_load(state, ckpt / MODEL_SHARDS, shapes, no_dist=True)
     for alias, stored in index["aliases"].items():
         state[alias] = state[stored]
-    return state
+    return merge_lora_state(state)
 
 
 def write_model_folder(ckpt: str | Path, folder: str | Path) -> None:
-    """``config.json`` + ``model.safetensors`` of ``ckpt`` into ``folder`` (a sharded one consolidated)."""
+    """``config.json`` + ``model.safetensors`` of ``ckpt`` into ``folder`` (a sharded one consolidated, LoRA
+    adapters merged)."""
     ckpt, folder = Path(ckpt), Path(folder)
     if not (ckpt / "config.json").is_file():
         raise CheckpointError(f"{ckpt} has no config.json: it was saved without a model config")
-    if is_sharded_checkpoint(ckpt):
+    if is_sharded_checkpoint(ckpt) or has_lora(safetensors_keys(ckpt / "model.safetensors")):
         save_weights(consolidated_model_state(ckpt), folder / "model.safetensors")
     else:
         shutil.copyfile(ckpt / "model.safetensors", folder / "model.safetensors")
     shutil.copyfile(ckpt / "config.json", folder / "config.json")
+
+
+def safetensors_keys(path: Path) -> dict[str, None]:
+    """The tensor names of a safetensors file, without reading the tensors."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return dict.fromkeys(handle.keys())
+    except FileNotFoundError:
+        raise CheckpointError(f"no weights file at {path}") from None
 
 
 # ---------------------------------------------------------------- save / load

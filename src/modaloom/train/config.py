@@ -12,6 +12,45 @@ from dataclasses import dataclass, field
 from modaloom.config_schema import choice
 from modaloom.errors import ConfigError
 
+
+@dataclass
+class LoraSettings:
+    """``train.lora``: low-rank adapters on chosen linear layers; the option names are peft's ``LoraConfig``'s."""
+
+    r: int = 8  # rank of the update B @ A
+    lora_alpha: float = 8.0  # the update is scaled by lora_alpha / r
+    lora_dropout: float = 0.0  # dropout on the input of A (training only)
+    # module names: a list matches a name or its last dotted parts ("query" matches "...attention.query");
+    # a string is a regular expression the whole module name must match; "all-linear": every nn.Linear
+    target_modules: list[str] | str = field(default_factory=lambda: ["query", "value"])
+    modules_to_save: list[str] = field(default_factory=list)  # modules trained in full beside the adapters
+    bias: str = choice("none", "none", "all", "lora_only")  # which biases train: none, all, the adapted layers'
+    train_targets: bool = True  # the targets (task heads, pre-training outputs) train in full
+
+    def validate(self) -> None:
+        if self.r <= 0:
+            raise ConfigError(f"train.lora.r must be positive, got {self.r}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"train.lora.lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if not self.target_modules:
+            raise ConfigError("train.lora.target_modules is empty: name the linear layers to adapt, "
+                              "e.g. [query, value]")
+
+
+@dataclass
+class InitFrom:
+    """One ``train.init_from`` entry: the model's parameters under ``prefix`` from ``folder``'s weights
+    under ``source_prefix`` (empty: the folder's root)."""
+
+    prefix: str = ""
+    folder: str = ""
+    source_prefix: str = ""
+
+    def validate(self) -> None:
+        if not self.folder:
+            raise ConfigError("train.init_from entries need a folder (a modaloom model folder)")
+
+
 SCHEDULES = (
     "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial",
     "inverse_sqrt", "tristage",
@@ -73,6 +112,10 @@ class TrainConfig:
     tensorboard: bool = True
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default
     out_dir: str = ""  # default: --out on the command line
+    # parameter-efficient and partial training (modaloom/lora.py, modaloom/freeze.py)
+    lora: LoraSettings | None = None  # LoRA adapters; the exported model has them merged
+    freeze: list[str] = field(default_factory=list)  # parameter-name prefixes (or globs) kept fixed
+    init_from: list[InitFrom] = field(default_factory=list)  # parts of the model loaded from model folders
 
     @property
     def warmup(self) -> int:
@@ -106,6 +149,9 @@ class TrainConfig:
             raise ConfigError(f"train.clip_norm must be >= 0 (0 disables), got {self.clip_norm}")
         if self.keep_last < 1:
             raise ConfigError(f"train.keep_last must be >= 1, got {self.keep_last}")
+        if any(not entry for entry in self.freeze):
+            raise ConfigError(f"train.freeze entries must name a part, got {self.freeze}; an empty entry would "
+                              f"freeze the whole model")
         for key in ("eval_every", "save_every", "log_every", "threads", "eval_batches"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")

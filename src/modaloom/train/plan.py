@@ -270,12 +270,15 @@ def fsdp_working_set(model: nn.Module) -> int:
 def plan_run(cfg: Any, world_size: int = 1, device: str = "cpu") -> Plan:
     """Parameters and per-rank memory of training ``cfg`` (a job Config) on ``world_size`` ranks of
     ``device`` ("cpu" or "cuda"), from a model built on the meta device."""
+    from modaloom.freeze import set_trainable_parts
+
     if world_size < 1:
         raise ConfigError(f"the number of processes must be >= 1, got {world_size}")
     if device not in ("cpu", "cuda"):
         raise ConfigError(f"device {device!r} is not planned for; valid: cpu, cuda")
     train = cfg.train
     model = build_on_meta(cfg.model)
+    set_trainable_parts(model, train)  # train.lora adds adapters, train.freeze / lora freeze the rest
     params = count_parameters(model)
     parallel = effective_parallel(train.parallel, world_size)
     shard = world_size if parallel == "fsdp" else 1
