@@ -143,6 +143,20 @@ def test_resume_at_epoch_boundary(dataset: StoredDataset) -> None:
     assert_same_batches(collect(resumed), collect(loader))
 
 
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_resume_right_after_an_epochs_last_batch(dataset: StoredDataset, drop_last: bool) -> None:
+    """The trainer checkpoints after the epoch's last batch, before the epoch's iterator has ended: the
+    state is (epoch, its end), and a resumed loader must go on with the next epoch, not yield nothing."""
+    loader = make_loader(dataset, drop_last=drop_last)
+    seen = collect(loader, count=len(loader))
+    state = loader.state_dict()
+    assert state["epoch"] == 0 and state["position"] > 0
+    resumed = make_loader(dataset, drop_last=drop_last)
+    resumed.load_state_dict(state)
+    reference = make_loader(dataset, drop_last=drop_last)
+    assert_same_batches(seen + collect(resumed), collect(reference) + collect(reference))
+
+
 def test_resume_refuses_a_different_seed_or_world_size(dataset: StoredDataset) -> None:
     state = make_loader(dataset).state_dict()
     with pytest.raises(ConfigError, match="seed"):

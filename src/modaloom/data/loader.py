@@ -152,6 +152,9 @@ class Loader:
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         """The remaining batches of the current epoch; afterwards the loader stands at the next epoch."""
+        if self.position and next(iter(self._plan(self.epoch, self.position)), None) is None:
+            # stopped (and checkpointed) right after the epoch's last batch, before its iterator ended
+            self.epoch, self.position = self.epoch + 1, 0
         epoch = self.epoch
         ends: deque[int] = deque()
         sampler = _PlannedBatches(self._plan(epoch, self.position), epoch, ends)
