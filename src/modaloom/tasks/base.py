@@ -292,12 +292,28 @@ class Task(ModelSteps):
         with run_lock(self.paths.out, f"modaloom {self.name}") if first_process else contextlib.nullcontext():
             info = dist_utils.setup()
             try:
+                self.resume_after_restart(info)
                 if info.is_main:
                     check_out_dir(self.paths.out, self.paths.resume)
                 dist_utils.barrier()
+                dist_utils.check_shared_folder(self.paths.out, info)
                 return self.train(info)
             finally:
                 dist_utils.teardown()
+
+    def resume_after_restart(self, info: DistInfo) -> None:
+        """Under ``torchrun --max-restarts``, restarted workers continue the latest complete checkpoint of
+        ``--out`` without being told (``paths.resume`` becomes "latest"); an explicit ``--resume-from`` is
+        kept, and is resumed again, which reproduces the same run. Every rank must call it."""
+        from modaloom.train import distributed as dist_utils
+
+        restarts = dist_utils.restart_count()
+        if not restarts or self.paths.resume is not None:
+            return
+        self.paths.resume = "latest"
+        if info.is_main:
+            print(f"modaloom {self.name}: torchrun restarted the workers (restart {restarts}); resuming the "
+                  f"latest complete checkpoint in {self.paths.out}", file=sys.stderr)
 
     def inputs(self) -> list[Path]:
         """Every file or folder the job reads; the run folder may not be, contain or lie inside one."""
