@@ -297,9 +297,13 @@ class Task(ModelSteps):
                     check_out_dir(self.paths.out, self.paths.resume)
                 dist_utils.barrier()
                 dist_utils.check_shared_folder(self.paths.out, info)
-                return self.train(info)
-            finally:
-                dist_utils.teardown()
+                summary = self.train(info)
+            except BaseException:
+                # no goodbye barrier on failure: the other ranks may never reach it, and a rank waiting there
+                # forever hides the error from torchrun, which would neither report nor restart the job
+                raise
+            dist_utils.teardown()
+            return summary
 
     def resume_after_restart(self, info: DistInfo) -> None:
         """Under ``torchrun --max-restarts``, restarted workers continue the latest complete checkpoint of
