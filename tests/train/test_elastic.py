@@ -82,3 +82,12 @@ def test_restarted_workers_resume_the_latest_checkpoint_unless_told_which(monkey
     assert restarted_task(monkeypatch, tmp_path, "1", "ckpt/step-4").paths.resume == "ckpt/step-4"
     monkeypatch.delenv(dist_utils.RESTART_ENV)
     assert dist_utils.restart_count() == 0
+
+
+def test_a_failing_rank_ends_the_job_instead_of_hanging_it(tmp_path):
+    """Rank 1 raises while rank 0 waits for it in a collective: the job must fail within the timeout (it
+    once waited forever in a closing barrier, so torchrun could neither report nor restart it)."""
+    [(status, output)] = finish([start(torchrun("--standalone", "--nproc-per-node", "2",
+                                                "-m", "tests.train.failing_rank_script", str(tmp_path / "out")))])
+    assert status != 0
+    assert "rank 1 found a bad record" in output
