@@ -1,4 +1,4 @@
-"""Elastic restart: under ``torchrun --max-restarts 1`` a worker killed mid-run makes torchrun restart the
+"""Elastic restart: under ``torchrun --max-restarts`` a worker killed mid-run makes torchrun restart the
 workers, which resume the latest complete checkpoint by themselves and end with the uninterrupted weights."""
 
 import os
@@ -49,13 +49,15 @@ def test_killed_worker_is_restarted_and_resumes_to_the_uninterrupted_weights(tmp
                                                           "log_every": 4})
     reference, elastic = tmp_path / "reference", tmp_path / "elastic"
     run(torchrun("--standalone", "--nproc-per-node", "2", *pretrain(config, data, reference)))
-    agent = start(torchrun("--standalone", "--nproc-per-node", "2", "--max-restarts", "1",
+    # two restarts: on a loaded machine gloo's connection set-up of a restarted group has timed out once
+    # ("connectFullMesh ... Connection refused"), a transient failure that a restart is there to absorb
+    agent = start(torchrun("--standalone", "--nproc-per-node", "2", "--max-restarts", "2",
                            *pretrain(config, data, elastic)))
     killed_at = kill_after_first_checkpoint(agent.pid, elastic, rank=1)
     [(status, output)] = finish([agent])
     assert status == 0, output[-4000:]
     assert killed_at < steps, "the worker was killed after the run ended: nothing was restarted"
-    assert "torchrun restarted the workers (restart 1)" in output
+    assert "torchrun restarted the workers (restart 1)" in output  # the kill was noticed and restarted
     assert "resumed from" in output
     got = load_file(str(elastic / "model" / "model.safetensors"))
     expected = load_file(str(reference / "model" / "model.safetensors"))

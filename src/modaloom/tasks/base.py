@@ -291,17 +291,14 @@ class Task(ModelSteps):
         first_process = os.environ.get("RANK", "0") == "0"  # before the process group exists
         with run_lock(self.paths.out, f"modaloom {self.name}") if first_process else contextlib.nullcontext():
             info = dist_utils.setup()
-            try:
-                self.resume_after_restart(info)
-                if info.is_main:
-                    check_out_dir(self.paths.out, self.paths.resume)
-                dist_utils.barrier()
-                dist_utils.check_shared_folder(self.paths.out, info)
-                summary = self.train(info)
-            except BaseException:
-                # no goodbye barrier on failure: the other ranks may never reach it, and a rank waiting there
-                # forever hides the error from torchrun, which would neither report nor restart the job
-                raise
+            self.resume_after_restart(info)
+            if info.is_main:
+                check_out_dir(self.paths.out, self.paths.resume)
+            dist_utils.barrier()
+            dist_utils.check_shared_folder(self.paths.out, info)
+            summary = self.train(info)
+            # the goodbye barrier only after success: on an error the other ranks may never reach it, and a
+            # rank waiting there forever would hide the error from torchrun (no report, no restart)
             dist_utils.teardown()
             return summary
 
