@@ -13,8 +13,13 @@ from safetensors.torch import load_file
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def script_env() -> dict[str, str]:
+    """The environment of a launched process: one thread, this checkout's package and tests importable."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+
+
 def launch(out: Path, nproc: int, mode: str = "auto") -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    env = script_env()
     if nproc == 1:
         cmd = [sys.executable, "-m", "tests.train.dist_script", str(out), mode]
     else:

@@ -294,13 +294,30 @@ class Task(ModelSteps):
         first_process = os.environ.get("RANK", "0") == "0"  # before the process group exists
         with run_lock(self.paths.out, f"modaloom {self.name}") if first_process else contextlib.nullcontext():
             info = dist_utils.setup()
-            try:
-                if info.is_main:
-                    check_out_dir(self.paths.out, self.paths.resume)
-                dist_utils.barrier()
-                return self.train(info)
-            finally:
-                dist_utils.teardown()
+            self.resume_after_restart(info)
+            if info.is_main:
+                check_out_dir(self.paths.out, self.paths.resume)
+            dist_utils.barrier()
+            dist_utils.check_shared_folder(self.paths.out, info)
+            summary = self.train(info)
+            # the goodbye barrier only after success: on an error the other ranks may never reach it, and a
+            # rank waiting there forever would hide the error from torchrun (no report, no restart)
+            dist_utils.teardown()
+            return summary
+
+    def resume_after_restart(self, info: DistInfo) -> None:
+        """Under ``torchrun --max-restarts``, restarted workers continue the latest complete checkpoint of
+        ``--out`` without being told (``paths.resume`` becomes "latest"); an explicit ``--resume-from`` is
+        kept, and is resumed again, which reproduces the same run. Every rank must call it."""
+        from modaloom.train import distributed as dist_utils
+
+        restarts = dist_utils.restart_count()
+        if not restarts or self.paths.resume is not None:
+            return
+        self.paths.resume = "latest"
+        if info.is_main:
+            print(f"modaloom {self.name}: torchrun restarted the workers (restart {restarts}); resuming the "
+                  f"latest complete checkpoint in {self.paths.out}", file=sys.stderr)
 
     def inputs(self) -> list[Path]:
         """Every file or folder the job reads; the run folder may not be, contain or lie inside one."""

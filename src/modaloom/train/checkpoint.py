@@ -470,7 +470,9 @@ def load_model_weights(model: nn.Module, ckpt: Path) -> None:
     """Load ``model.safetensors`` into a (possibly wrapped or sharded) model; shape errors name the key."""
     tensors = read_weights(ckpt / "model.safetensors")
     if not _is_sharded(model):
-        expected = model_state(model)
+        # this rank's own tensors: ``model_state`` offloads a full state to rank 0 only, so on the other
+        # ranks of a DDP job it is empty and every key would look unexpected
+        expected = get_model_state_dict(model)
         check_state(expected, tensors, f"checkpoint {ckpt}", tied_aliases(expected))
     set_model_state_dict(model, tensors, options=_full_options())
 

@@ -1,18 +1,28 @@
 """torchrun integration: process-group setup, DDP / FSDP2 wrapping, rank-0 helpers, feature gathering.
 
 Nothing here is a distributed engine of its own: it reads the environment torchrun sets (RANK,
-LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT), calls ``torch.distributed.init_process_group`` (gloo
-on CPU, nccl on CUDA) and wraps the model in torch's DDP or FSDP2 (``fully_shard``).
+LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, TORCHELASTIC_RESTART_COUNT), calls
+``torch.distributed.init_process_group`` (gloo on CPU, nccl on CUDA) and wraps the model in torch's DDP or
+FSDP2 (``fully_shard``). Two checks serve multi-node and elastic jobs: ``restart_count`` (has torchrun
+restarted the workers? then the job resumes its latest checkpoint) and ``check_shared_folder`` (every
+node must see the one output folder, where all ranks assemble each checkpoint).
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from modaloom.errors import ConfigError
+
+RESTART_ENV = "TORCHELASTIC_RESTART_COUNT"
 
 
 @dataclass(frozen=True)
@@ -89,6 +99,47 @@ def broadcast_object(obj: object, src: int = 0) -> object:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def restart_count() -> int:
+    """How often torchrun (``--max-restarts``) has restarted the workers: the largest count over all ranks.
+
+    Every rank must call it once the process group exists. The maximum, because an agent whose own workers
+    did not fail restarts them for the new rendezvous round without counting a restart, so only the
+    nodes whose workers failed see a count above 0; every rank must agree on whether to resume.
+    """
+    local = int(os.environ.get(RESTART_ENV, "0") or 0)
+    if not (dist.is_available() and dist.is_initialized()):
+        return local
+    count = torch.tensor([local], dtype=torch.int64, device=current().device)
+    dist.all_reduce(count, op=dist.ReduceOp.MAX)
+    return int(count.item())
+
+
+def check_shared_folder(folder: Path, info: DistInfo) -> None:
+    """Refuse an output folder that is not one folder for every rank (all ranks must call it).
+
+    A checkpoint is assembled by all ranks in one folder (each writes its RNG and data position beside
+    rank 0's weights), so with several machines ``--out`` must be on storage every node mounts at the same
+    path. Rank 0 writes a probe file there; a rank that cannot see it is named, with its host.
+    """
+    if not info.distributed:
+        return
+    probe = folder / f".shared-probe-{uuid.uuid4().hex}" if info.is_main else None
+    if probe is not None:
+        probe.write_bytes(b"")
+    probe = broadcast_object(probe)
+    assert isinstance(probe, Path)
+    seen: list[tuple[bool, str] | None] = [None] * info.world_size
+    dist.all_gather_object(seen, (probe.is_file(), socket.gethostname()))
+    dist.barrier()
+    if info.is_main:
+        probe.unlink(missing_ok=True)
+    blind = [f"rank {rank} on {entry[1]}" for rank, entry in enumerate(seen) if entry is not None and not entry[0]]
+    if blind:
+        raise ConfigError(f"--out {folder} is not the same folder on every node: {', '.join(blind)} cannot see "
+                          f"the files rank 0 writes there; put --out on storage every node mounts at the same "
+                          f"path (NFS, Lustre, a cloud file system), because all ranks write each checkpoint")
 
 
 def repeated_blocks(model: nn.Module) -> list[nn.Module]:
