@@ -31,7 +31,7 @@ import torch
 from modaloom.data.images import ImageTransform, decode_image
 from modaloom.data.processors.vision import IMAGE_SUFFIXES
 from modaloom.errors import ConfigError, DataError
-from modaloom.tasks.text_io import MemoryLoader, is_jsonl, read_lines
+from modaloom.tasks.text_io import MemoryLoader, is_jsonl, read_lines, tsv_header, tsv_rows
 
 IMAGE_KEYS = ("path", "image")
 IMAGE_PARTS = ("patch", "masked_patch")
@@ -70,25 +70,12 @@ def _image_path(list_file: Path, name: str) -> Path:
 
 
 def _read_tsv(path: Path, lines: list[str], need: tuple[str, ...]) -> list[ImageRow]:
-    if not lines or not lines[0].strip():
-        raise DataError(f"{path}:1: the first line must be a header naming the columns (label path, or text path)")
-    header = [c.strip() for c in lines[0].split("\t")]
+    header = tsv_header(path, lines, "label path, or text path", need)
     image_key = next((k for k in IMAGE_KEYS if k in header), None)
     if image_key is None:
         raise DataError(f"{path}:1: header {header} has no image column (path or image)")
-    for column in need:
-        if column not in header:
-            raise DataError(f"{path}:1: header {header} has no column {column}, which this file needs")
     rows = []
-    for number, line in enumerate(lines[1:], start=2):
-        where = f"{path}:{number}"
-        if not line.strip():
-            raise DataError(f"{where}: empty line; remove it (every line after the header is one example)")
-        fields = line.split("\t")
-        if len(fields) < len(header):
-            raise DataError(f"{where}: {len(fields)} tab-separated field(s), the header names {len(header)} "
-                            f"({' '.join(header)})")
-        value = dict(zip(header, fields, strict=False))
+    for where, value in tsv_rows(path, lines, header):
         if not value[image_key].strip():
             raise DataError(f"{where}: empty image path")
         rows.append(ImageRow(where, _image_path(path, value[image_key].strip()), value.get("label"), value.get("text")))

@@ -42,7 +42,7 @@ from modaloom.config_schema import build, to_dict
 from modaloom.errors import ConfigError, DataError
 from modaloom.registry import register
 from modaloom.tasks.finetune import FinetuneTask, check_vocabulary, resolve_tokenizer
-from modaloom.tasks.text_io import MemoryLoader, is_jsonl, read_lines
+from modaloom.tasks.text_io import MemoryLoader, is_jsonl, read_lines, tsv_header, tsv_rows
 
 AUDIO_COLUMNS = ("path", "wav_path")  # TSV; TencentPretrain's files name it wav_path
 AUDIO_FIELDS = ("audio", "path")  # JSONL
@@ -105,24 +105,12 @@ def read_utterances(path: str | Path, need_text: bool) -> list[Utterance]:
 
 
 def _read_tsv(path: Path, lines: list[str], need_text: bool) -> list[Utterance]:
-    if not lines or not lines[0].strip():
-        raise DataError(f"{path}:1: the first line must be a header naming the columns (text path)")
-    header = [c.strip() for c in lines[0].split("\t")]
+    header = tsv_header(path, lines, "text path", ("text",) if need_text else ())
     audio_column = next((c for c in AUDIO_COLUMNS if c in header), None)
     if audio_column is None:
         raise DataError(f"{path}:1: header {header} has no audio column ({' or '.join(AUDIO_COLUMNS)})")
-    if need_text and "text" not in header:
-        raise DataError(f"{path}:1: header {header} has no column text, which this file needs")
     out = []
-    for number, line in enumerate(lines[1:], start=2):
-        where = f"{path}:{number}"
-        if not line.strip():
-            raise DataError(f"{where}: empty line; remove it (every line after the header is one utterance)")
-        fields = line.split("\t")
-        if len(fields) < len(header):
-            raise DataError(f"{where}: {len(fields)} tab-separated field(s), the header names {len(header)} "
-                            f"({' '.join(header)})")
-        value = dict(zip(header, fields, strict=False))
+    for where, value in tsv_rows(path, lines, header):
         if not value[audio_column].strip():
             raise DataError(f"{where}: empty {audio_column}")
         text = _check_text(where, value["text"]) if "text" in value else None

@@ -52,7 +52,7 @@ from modaloom.errors import ConfigError, DataError
 from modaloom.registry import register
 from modaloom.targets.tagger import TAG_LABELS, WORD_MASK
 from modaloom.tasks.finetune import FinetuneTask, check_vocabulary, resolve_tokenizer
-from modaloom.tasks.text_io import MemoryLoader, is_jsonl, read_lines
+from modaloom.tasks.text_io import MemoryLoader, is_jsonl, read_lines, tsv_header, tsv_rows
 
 HEAD = "tagger"
 PREFIX_ORDER = {"B": 0, "I": 1, "E": 2, "S": 3}
@@ -99,23 +99,9 @@ def read_tag_rows(path: str | Path, need_labels: bool) -> list[TagRow]:
 
 
 def _read_tsv(path: Path, lines: list[str], need_labels: bool) -> list[TagRow]:
-    if not lines or not lines[0].strip():
-        raise DataError(f"{path}:1: the first line must be a header naming the columns (text_a label)")
-    header = [c.strip() for c in lines[0].split("\t")]
-    if "text_a" not in header:
-        raise DataError(f"{path}:1: header {header} has no column text_a (expected text_a label)")
-    if need_labels and "label" not in header:
-        raise DataError(f"{path}:1: header {header} has no column label, which this file needs")
+    header = tsv_header(path, lines, "text_a label", ("text_a", "label") if need_labels else ("text_a",))
     rows = []
-    for number, line in enumerate(lines[1:], start=2):
-        where = f"{path}:{number}"
-        if not line.strip():
-            raise DataError(f"{where}: empty line; remove it (every line after the header is one example)")
-        fields = line.split("\t")
-        if len(fields) < len(header):
-            raise DataError(f"{where}: {len(fields)} tab-separated field(s), the header names {len(header)} "
-                            f"({' '.join(header)})")
-        value = dict(zip(header, fields, strict=False))
+    for where, value in tsv_rows(path, lines, header):
         tokens = value["text_a"].split()
         if not tokens:
             raise DataError(f"{where}: text_a holds no token")

@@ -69,15 +69,21 @@ def read_rows(path: str | Path, need_label: bool) -> list[Row]:
     return rows
 
 
-def _read_tsv(path: Path, lines: list[str], need_label: bool) -> list[Row]:
+def tsv_header(path: Path, lines: list[str], expected: str, need: Sequence[str] = ()) -> list[str]:
+    """The column names on a TencentPretrain-style TSV's first line; each of ``need`` must be one of them
+    (``expected`` describes the header in errors, e.g. ``label text_a [text_b]``)."""
     if not lines or not lines[0].strip():
-        raise DataError(f"{path}:1: the first line must be a header naming the columns (label text_a [text_b])")
+        raise DataError(f"{path}:1: the first line must be a header naming the columns ({expected})")
     header = [c.strip() for c in lines[0].split("\t")]
-    if "text_a" not in header:
-        raise DataError(f"{path}:1: header {header} has no column text_a (expected label text_a [text_b])")
-    if need_label and "label" not in header:
-        raise DataError(f"{path}:1: header {header} has no column label, which this file needs")
-    rows = []
+    for column in need:
+        if column not in header:
+            raise DataError(f"{path}:1: header {header} has no column {column} (expected {expected})")
+    return header
+
+
+def tsv_rows(path: Path, lines: list[str], header: list[str]) -> Iterator[tuple[str, dict[str, str]]]:
+    """``(file:line, {column: field})`` for every line after the header; an empty line, or one with fewer
+    fields than the header names, is an error naming the line."""
     for number, line in enumerate(lines[1:], start=2):
         where = f"{path}:{number}"
         if not line.strip():
@@ -86,9 +92,13 @@ def _read_tsv(path: Path, lines: list[str], need_label: bool) -> list[Row]:
         if len(fields) < len(header):
             raise DataError(f"{where}: {len(fields)} tab-separated field(s), the header names {len(header)} "
                             f"({' '.join(header)})")
-        value = dict(zip(header, fields, strict=False))
-        rows.append(Row(where, value["text_a"], value.get("text_b"), value.get("label")))
-    return rows
+        yield where, dict(zip(header, fields, strict=False))
+
+
+def _read_tsv(path: Path, lines: list[str], need_label: bool) -> list[Row]:
+    header = tsv_header(path, lines, "label text_a [text_b]", ("text_a", "label") if need_label else ("text_a",))
+    return [Row(where, value["text_a"], value.get("text_b"), value.get("label"))
+            for where, value in tsv_rows(path, lines, header)]
 
 
 def _read_jsonl(path: Path, lines: list[str], need_label: bool) -> list[Row]:
