@@ -26,6 +26,7 @@ from modaloom.context import ForwardContext
 from modaloom.errors import ConfigError
 from modaloom.heads import pool
 from modaloom.losses import build_loss
+from modaloom.losses.infonce import ContrastiveScores
 from modaloom.model_config import ModelConfig, TargetConfig
 from modaloom.registry import register
 from modaloom.targets.base import Target, TargetOutput
@@ -60,6 +61,22 @@ def initial_logit_scale(cfg: TargetConfig) -> float:
 
 def direction_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(-1) == labels).float().mean()
+
+
+def contrastive_metrics(prefix: str, scores: ContrastiveScores, rows: torch.Tensor,
+                        scale: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Loss, accuracy both ways, pair count and scale of a contrastive target (``clr`` and ``moco``)."""
+    with torch.no_grad():
+        acc_01 = direction_accuracy(scores.logits_01, scores.labels)
+        acc_10 = direction_accuracy(scores.logits_10, scores.labels)
+    return {
+        f"{prefix}_loss": scores.loss.detach(),
+        f"{prefix}_accuracy": (acc_01 + acc_10) / 2,
+        f"{prefix}_count": torch.tensor(2 * rows.shape[0], device=rows.device),
+        f"{prefix}_accuracy_0to1": acc_01,
+        f"{prefix}_accuracy_1to0": acc_10,
+        f"{prefix}_logit_scale": scale.detach(),
+    }
 
 
 @register("target", "clr")
@@ -126,18 +143,7 @@ class Contrastive(Target):
             scores = self.loss(f0, f1, scale)
         else:
             scores = self.loss(f0, f1, scale, self.logit_bias.float())
-        with torch.no_grad():
-            acc_01 = direction_accuracy(scores.logits_01, scores.labels)
-            acc_10 = direction_accuracy(scores.logits_10, scores.labels)
-        prefix = self.cfg.label
-        metrics = {
-            f"{prefix}_loss": scores.loss.detach(),
-            f"{prefix}_accuracy": (acc_01 + acc_10) / 2,
-            f"{prefix}_count": torch.tensor(2 * f0.shape[0], device=f0.device),
-            f"{prefix}_accuracy_0to1": acc_01,
-            f"{prefix}_accuracy_1to0": acc_10,
-            f"{prefix}_logit_scale": scale.detach(),
-        }
+        metrics = contrastive_metrics(self.cfg.label, scores, f0, scale)
         if self.logit_bias is not None:
-            metrics[f"{prefix}_logit_bias"] = self.logit_bias.detach().float()
+            metrics[f"{self.cfg.label}_logit_bias"] = self.logit_bias.detach().float()
         return TargetOutput(scores.loss, metrics, scores.logits_01)

@@ -28,7 +28,7 @@ from modaloom.heads import pool
 from modaloom.model_config import ModelConfig, TargetConfig
 from modaloom.registry import register
 from modaloom.targets.base import TargetOutput
-from modaloom.targets.contrastive import Contrastive, ContrastiveOptions, direction_accuracy
+from modaloom.targets.contrastive import Contrastive, ContrastiveOptions, contrastive_metrics
 from modaloom.train.momentum import FeatureQueue, ema_update, momentum_copy
 
 
@@ -93,19 +93,8 @@ class MomentumContrastTarget(Contrastive):
             queue0 = queue1 = q0.new_zeros(0, q0.shape[1])
         offset = rank_offset(q0.shape[0], q0.device) if keys0.shape[0] != q0.shape[0] else 0
         scores = self.loss(q0, q1, keys0, keys1, queue0, queue1, scale, offset)
-        with torch.no_grad():
-            acc_01 = direction_accuracy(scores.logits_01, scores.labels)
-            acc_10 = direction_accuracy(scores.logits_10, scores.labels)
-        prefix = self.cfg.label
-        metrics = {
-            f"{prefix}_loss": scores.loss.detach(),
-            f"{prefix}_accuracy": (acc_01 + acc_10) / 2,
-            f"{prefix}_count": torch.tensor(2 * q0.shape[0], device=q0.device),
-            f"{prefix}_accuracy_0to1": acc_01,
-            f"{prefix}_accuracy_1to0": acc_10,
-            f"{prefix}_logit_scale": scale.detach(),
-            f"{prefix}_queue_filled": torch.tensor(float(queue0.shape[0]), device=q0.device),
-        }
+        metrics = contrastive_metrics(self.cfg.label, scores, q0, scale)
+        metrics[f"{self.cfg.label}_queue_filled"] = torch.tensor(float(queue0.shape[0]), device=q0.device)
         return TargetOutput(scores.loss, metrics, scores.logits_01)
 
 
