@@ -3,11 +3,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# passed to `modaloom demo`, e.g. make demo DEMO_ARGS="vision --threads 2"
+DEMO_ARGS ?=
 
 .PHONY: venv demo test lint format bench clean
 
 $(STAMP): requirements-dev.txt requirements-nodeps.txt pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
+	  echo "could not create $(VENV): install Python's venv module (Debian: sudo apt-get install python3-venv)"; exit 1; }
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements-dev.txt
 	$(BIN)/pip install -q --no-deps -r requirements-nodeps.txt
@@ -17,7 +20,7 @@ $(STAMP): requirements-dev.txt requirements-nodeps.txt pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/modaloom demo
+	$(BIN)/modaloom demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(BIN)/ruff check .

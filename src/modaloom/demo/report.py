@@ -204,7 +204,7 @@ def html_section(work: Path, report: StageReport, status: str, figures: list[Fig
 def render_html(reports: list[tuple[Path, StageReport]], figures: dict[str, list[FigureCopy]],
                 total_wall_s: float, facts: dict[str, Any], status: dict[str, str]) -> str:
     """The whole page: header, machine facts, summary across stages, contents, one section per stage."""
-    rows = [[k, v] for k, v in facts.items()] + [["total wall time", format_seconds(total_wall_s)]]
+    rows = [[k, str(v)] for k, v in facts.items()] + [["total wall time", format_seconds(total_wall_s)]]
     summary = Table("Summary", ["stage", "key figures", "wall time", "status"], [
         [r.title, headline_text(r), format_seconds(r.wall_s), status.get(r.stage, "finished")] for _, r in reports])
     pending = [[name, "-", "-", text] for name, text in status.items()
@@ -279,7 +279,7 @@ def md_section(work: Path, report: StageReport, status: str, figures: list[Figur
 
 def render_markdown(reports: list[tuple[Path, StageReport]], figures: dict[str, list[FigureCopy]],
                     total_wall_s: float, facts: dict[str, Any], status: dict[str, str]) -> str:
-    rows = [[k, v] for k, v in facts.items()] + [["total wall time", format_seconds(total_wall_s)]]
+    rows = [[k, str(v)] for k, v in facts.items()] + [["total wall time", format_seconds(total_wall_s)]]
     summary = Table("Summary", ["stage", "key figures", "wall time", "status"], [
         [r.title, headline_text(r), format_seconds(r.wall_s), status.get(r.stage, "finished")] for _, r in reports])
     summary.rows += [[name, "-", "-", text] for name, text in status.items()
