@@ -101,6 +101,17 @@ def test_an_interrupted_stage_leaves_a_partial_report(tmp_path, monkeypatch):
     assert 'id="stage-alpha"' in text and "interrupted" in text and 'id="stage-beta"' not in text
 
 
+def test_a_stage_module_that_does_not_exist_is_a_failed_stage(tmp_path, monkeypatch, capsys):
+    fakes = FakeStages(monkeypatch)
+    monkeypatch.setitem(demo_stages.STAGES, "alpha", "modaloom_no_such_stage_module")
+    assert demo(tmp_path) == 1
+    assert fakes.calls == {"alpha": 0, "beta": 1}
+    err = capsys.readouterr().err
+    assert "the alpha stage's module modaloom_no_such_stage_module is not in this installation" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "report" / "figures" / "alpha").exists()
+
+
 def test_unknown_stage_names_the_valid_ones(tmp_path, monkeypatch, capsys):
     FakeStages(monkeypatch)
     assert demo(tmp_path, "alpah") == 2

@@ -133,6 +133,9 @@ def run_stage(name: str, folder: Path, args: argparse.Namespace) -> tuple[StageR
         report.save(folder)
         return report, "finished"
     except Exception as exc:  # one stage's failure must not stop the others
+        missing = isinstance(exc, ModuleNotFoundError) and exc.name == demo_stages.STAGES[name]
+        if missing:
+            exc = ModaloomError(f"the {name} stage's module {exc.name} is not in this installation")
         if not isinstance(exc, ModaloomError) or getattr(args, "debug", False):
             traceback.print_exc()
         print(f"modaloom demo: stage {name} failed: {exc}", file=sys.stderr, flush=True)

@@ -14,6 +14,7 @@ import importlib.metadata
 import os
 import platform
 import re
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,10 @@ def copy_figures(out: Path, work: Path, report: StageReport) -> list[FigureCopy]
     """Copies the stage's PNGs to ``out/figures/<stage>/`` (the folder replaced whole: no stale pictures)."""
     copies: list[FigureCopy] = []
     folder = out / "figures" / report.stage
+    if not report.figures:
+        if folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder)  # the report's own copies from an earlier report of this stage
+        return copies
     with replace_directory(folder, keep_existing=False) as tmp:
         for index, figure in enumerate(report.figures):
             source = work / figure.path
