@@ -33,9 +33,9 @@ MARKER = ".modaloom-demo"  # written into every stage folder the demo creates: {
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("stages", nargs="*", metavar="STAGE",
                         help=f"stages to run, in any order (default: all: {', '.join(demo_stages.STAGES)})")
-    parser.add_argument("--work", default="demo_run", help="folder for every stage's data, models and runs "
+    parser.add_argument("--work", default="demo_run", metavar="DIR", help="folder for every stage's data, models and runs "
                         "(default: demo_run); a second run reuses what is finished there")
-    parser.add_argument("--report", default="demo-report",
+    parser.add_argument("--report", default="demo-report", metavar="DIR",
                         help="folder for index.html, index.md and figures/ (default: demo-report)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes (seconds per stage): checks the path, not the figures; for tests")
