@@ -13,9 +13,15 @@ from modaloom.cli.main import main
 from modaloom.data.collate import Collator
 from modaloom.data.processors.base import IGNORE_INDEX, SourceRecord, build_processor
 from modaloom.data.processors.text_common import greedy_groups
+from modaloom.data.tokenizers import load_tokenizer
 from modaloom.errors import ConfigError
-from tests.data.test_processors_text import run, tok  # noqa: F401 - tok is a fixture
-from tests.data.text_fixtures import sentence
+from tests.data.test_processors_text import run
+from tests.data.text_fixtures import sentence, write_vocab
+
+
+@pytest.fixture()
+def tok(tmp_path):
+    return load_tokenizer({"type": "wordpiece", "vocab": str(write_vocab(tmp_path))})
 
 
 def short_documents(count=30):
@@ -129,12 +135,13 @@ def test_lm_documents_packing_splits_a_long_document(tok):
 
 
 def test_preprocess_and_pretrain_with_packing(tmp_path, capsys):
-    from tests.train.data_helpers import sentences, tiny_bert_config, write_vocab
+    from tests.train.data_helpers import sentences, tiny_bert_config
+    from tests.train.data_helpers import write_vocab as write_small_vocab
 
     text = sentences(240, seed=3)
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("".join(f"{line}\n\n" for line in text), encoding="utf-8")  # one-sentence documents
-    vocab = write_vocab(tmp_path / "vocab.txt")
+    vocab = write_small_vocab(tmp_path / "vocab.txt")
     datasets = {}
     for packing in ("none", "documents"):
         out = tmp_path / f"data-{packing}"
@@ -160,3 +167,30 @@ def test_preprocess_and_pretrain_with_packing(tmp_path, capsys):
     capsys.readouterr()
     fill = {k: s["real_tokens_per_second"] / s["tokens_per_second"] for k, s in summaries.items()}
     assert fill["none"] < 0.5 < 0.75 < fill["documents"] <= 1.0  # documents of 4-12 words in 32 positions
+
+
+def test_resume_on_packed_data_is_exact(tmp_path, capsys):
+    from modaloom.data.loader import build_loader
+    from tests.data.test_loader import assert_same_batches, collect
+    from tests.train.data_helpers import sentences
+    from tests.train.data_helpers import write_vocab as write_small_vocab
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"{line}\n\n" for line in sentences(90, seed=5)), encoding="utf-8")
+    out = tmp_path / "data"
+    assert main(["preprocess", "--processor", "mlm", "--corpus", str(corpus), "--vocab",
+                 str(write_small_vocab(tmp_path / "vocab.txt")), "--out", str(out), "--seq-length", "32",
+                 "--option", "packing=documents"]) == 0
+    capsys.readouterr()
+
+    def loader():
+        return build_loader(out, batch_size=4, seed=3, padding="max_length", seq_length=32)
+
+    full = collect(loader())  # one epoch
+    first = loader()
+    head = collect(first, 3)
+    resumed = loader()
+    resumed.load_state_dict(first.state_dict())
+    rest = collect(resumed)
+    assert_same_batches(head + rest, full)
+    assert len(rest) > 0 and (full[0]["mlm_labels"] != IGNORE_INDEX).any()
