@@ -51,6 +51,25 @@ def count_tokens(batch: Batch) -> int:
     return 0
 
 
+# The mask that marks the real (non-padding) positions of each sequence key.
+SEQUENCE_MASKS = {INPUT_IDS: ATTENTION_MASK, INPUT_FEATURES: FEATURE_MASK, DECODER_INPUT_IDS: DECODER_ATTENTION_MASK}
+
+
+def count_real_tokens(batch: Batch) -> torch.Tensor:
+    """Non-padding tokens of the sequence ``count_tokens`` counts (its mask's sum), as a 0-dim int64 tensor on
+    the batch's device, so that a training loop can add it up without waiting for the device each step;
+    without a mask every position is real."""
+    import torch
+
+    for key in SEQUENCE_KEYS:
+        if key in batch:
+            mask = batch.get(SEQUENCE_MASKS[key])
+            if mask is not None and mask.shape[:2] == batch[key].shape[:2]:
+                return mask.sum(dtype=torch.int64)
+            return torch.tensor(count_tokens(batch), dtype=torch.int64, device=batch[key].device)
+    return torch.zeros((), dtype=torch.int64)
+
+
 def count_samples(batch: Batch) -> int:
     """Examples in a batch: the first dimension of its first tensor that has one."""
     import torch

@@ -154,3 +154,49 @@ def test_eval_runs_and_is_logged(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "eval/loss" in r] == [3, 6]
     assert summary["eval/loss"] > 0
+
+
+class HalfPaddedLoader(SyntheticLoader):
+    """Batches whose attention mask marks the last half of every row as padding."""
+
+    def global_batch(self, epoch: int, index: int) -> dict[str, torch.Tensor]:
+        batch = super().global_batch(epoch, index)
+        mask = torch.ones_like(batch["input_ids"])
+        mask[:, self.seq // 2:] = 0
+        return {**batch, "attention_mask": mask}
+
+
+def test_real_tokens_count_the_attention_mask_only(tmp_path):
+    _, summary = run(tmp_path, config(steps=6, log_every=2), HalfPaddedLoader(batch_size=8))
+    assert summary["real_tokens_per_second"] == pytest.approx(summary["tokens_per_second"] / 2, rel=0.01)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 3
+    for row in rows:
+        assert row["real_tokens_per_second"] == pytest.approx(row["tokens_per_second"] / 2, rel=1e-6)
+    _, unmasked = run(tmp_path / "unmasked", config(steps=4))
+    assert unmasked["real_tokens_per_second"] == pytest.approx(unmasked["tokens_per_second"], rel=0.01)
+
+
+def test_count_real_tokens_follows_the_sequence_key_and_its_mask():
+    from modaloom.batch import count_real_tokens, count_tokens
+
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    assert int(count_real_tokens({"input_ids": torch.zeros(2, 3), "attention_mask": mask})) == 3
+    assert int(count_real_tokens({"input_ids": torch.zeros(2, 3)})) == 6
+    features = {"input_features": torch.zeros(2, 3, 4), "feature_mask": mask}
+    assert count_tokens(features) == 6 and int(count_real_tokens(features)) == 3
+    choices = {"input_ids": torch.zeros(2, 2, 3), "attention_mask": torch.ones(2, 2, 3)}
+    assert int(count_real_tokens(choices)) == count_tokens(choices) == 12
+
+
+@pytest.mark.parametrize(("precision", "dtype"), [("fp32", torch.float32), ("bf16", torch.bfloat16)])
+def test_mfu_divides_by_the_peak_of_the_precision_in_use(tmp_path, monkeypatch, precision, dtype):
+    seen = []
+
+    def fake_peak(device, peak_dtype=torch.float32, size=2048):
+        seen.append(peak_dtype)
+        return 1e9
+
+    monkeypatch.setattr("modaloom.train.trainer.measure_matmul_peak", fake_peak)
+    trainer, summary = run(tmp_path, config(steps=3, precision=precision))
+    assert seen == [dtype] and trainer.matmul_dtype() == dtype and summary["mfu"] > 0

@@ -2,10 +2,12 @@
 
 Files under the output directory:
 - ``metrics.jsonl``: one JSON object per logged step (``step``, ``lr``, ``loss``, target metrics,
-  ``tokens_per_second``, ``samples_per_second``) and per evaluation (keys prefixed ``eval/``);
+  ``tokens_per_second`` counting padding, ``real_tokens_per_second`` counting only attention-mask positions,
+  ``samples_per_second``) and per evaluation (keys prefixed ``eval/``);
 - ``tensorboard/``: the same scalars as TensorBoard event files;
 - ``curves.png``: loss and learning rate against the step, drawn at the end;
-- ``summary.json``: ``steps``, ``tokens_per_second``, ``samples_per_second``, ``mfu``, ``peak_rss_mb``,
+- ``summary.json``: ``steps``, ``tokens_per_second``, ``real_tokens_per_second``, ``samples_per_second``,
+  ``mfu``, ``peak_rss_mb``,
   final loss and eval metrics, wall time.
 """
 
@@ -96,7 +98,7 @@ class Monitor:
         if self.bar is not None:
             shown = {}
             for key, label in (("loss", "loss"), ("eval/loss", "eval"), ("tokens_per_second", "tok/s"),
-                               ("lr", "lr")):
+                               ("real_tokens_per_second", "real tok/s"), ("lr", "lr")):
                 if key in scalars:
                     value = scalars[key]
                     shown[label] = f"{value:.3g}" if key == "lr" else f"{value:.4g}"

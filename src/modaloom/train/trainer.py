@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from modaloom import collectives
-from modaloom.batch import Batch, count_samples, count_tokens, to_device
+from modaloom.batch import Batch, count_real_tokens, count_samples, count_tokens, to_device
 from modaloom.errors import DataError, ModaloomError
 from modaloom.train import checkpoint as ckpt
 from modaloom.train import distributed as dist_utils
@@ -195,6 +195,11 @@ class Trainer:
 
     # ------------------------------------------------------------ one step
 
+    def matmul_dtype(self) -> torch.dtype:
+        """The dtype the step's matmuls run in (autocast's under bf16/fp16, on the CPU too): MFU divides by
+        that dtype's measured peak, since a CPU with AMX runs bf16 matmuls several times faster than fp32."""
+        return self.autocast_dtype
+
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.cfg.precision == "fp32":
             return contextlib.nullcontext()
@@ -336,6 +341,10 @@ class Trainer:
         start_step, last_saved = self.step, None
         tokens = samples = 0
         window_tokens = window_samples = 0
+        # non-padding tokens, kept on the device (summed without a sync per step; read when logged)
+        real_tokens = torch.zeros((), dtype=torch.int64, device=self.device)
+        window_real = torch.zeros((), dtype=torch.int64, device=self.device)
+        measured_real = torch.zeros((), dtype=torch.int64, device=self.device)
         window_loss = torch.zeros((), device=self.device)
         window_metrics: dict[str, torch.Tensor] = {}
         window_steps = 0
@@ -348,6 +357,9 @@ class Trainer:
                 loss, metrics, batches = self.train_step()
                 step_tokens = sum(count_tokens(b) for b in batches) * self.info.world_size
                 step_samples = sum(count_samples(b) for b in batches) * self.info.world_size
+                step_real = sum(count_real_tokens(b).to(self.device) for b in batches) * self.info.world_size
+                real_tokens += step_real
+                window_real += step_real
                 tokens += step_tokens
                 samples += step_samples
                 window_tokens += step_tokens
@@ -358,6 +370,7 @@ class Trainer:
                 window_steps += 1
                 if measured_since is None:  # the first step (allocation, compilation) is not timed
                     measured_since, measured_tokens, measured_samples = time.perf_counter(), tokens, samples
+                    measured_real = real_tokens.clone()
                 self.monitor.advance()
                 last = self.step >= self.cfg.steps
                 if self.cfg.log_every and (self.step % self.cfg.log_every == 0 or last):
@@ -365,10 +378,12 @@ class Trainer:
                     elapsed = max(now - window_start, 1e-9)
                     scalars = {"loss": window_loss.item() / window_steps, "lr": lr_at(self.step - 1, self.cfg),
                                "tokens_per_second": window_tokens / elapsed,
+                               "real_tokens_per_second": window_real.item() / elapsed,
                                "samples_per_second": window_samples / elapsed}
                     scalars.update({k: v.item() / window_steps for k, v in window_metrics.items()})
                     self.monitor.log(self.step, scalars)
                     window_start, window_tokens, window_samples, window_steps = now, 0, 0, 0
+                    window_real = torch.zeros((), dtype=torch.int64, device=self.device)
                     window_loss = torch.zeros((), device=self.device)
                     window_metrics = {}
                 if self.cfg.eval_every and (self.step % self.cfg.eval_every == 0 or last):
@@ -385,10 +400,12 @@ class Trainer:
                 signal.signal(sig, old)
             self.monitor.close()
         return self._summarise(start_step, clock, end, measured_since, tokens - (measured_tokens or 0),
-                               samples - (measured_samples or 0), last_eval, last_saved)
+                               samples - (measured_samples or 0), last_eval, last_saved,
+                               real_tokens=int((real_tokens - measured_real).item()))
 
     def _summarise(self, start_step: int, clock: float, end: float, measured_since: float | None,
-                   tokens: int, samples: int, last_eval: dict[str, float], saved: Path | None) -> dict[str, Any]:
+                   tokens: int, samples: int, last_eval: dict[str, float], saved: Path | None,
+                   real_tokens: int = 0) -> dict[str, Any]:
         previous = self.out_dir / "summary.json"
         if self.step == start_step and previous.is_file():  # nothing was trained: keep the run's summary
             kept = ckpt.read_json(previous)
@@ -396,10 +413,11 @@ class Trainer:
         timed = (end - measured_since) if measured_since is not None else 0.0
         tps = tokens / timed if timed > 0 else 0.0
         sps = samples / timed if timed > 0 else 0.0
+        real_tps = real_tokens / timed if timed > 0 else 0.0
         mfu = None
         assert self.monitor is not None
         if tps and self.seq_length:
-            peak = measure_matmul_peak(self.device, self.autocast_dtype if self.device.type == "cuda" else torch.float32)
+            peak = measure_matmul_peak(self.device, self.matmul_dtype())
             mfu = flops_per_token(self.raw_model, self.seq_length) * tps / (peak * self.info.world_size)
         history = self.monitor.read_history() if self.info.is_main else []
         final_loss = next((r["loss"] for r in reversed(history) if "loss" in r), None)
@@ -407,6 +425,7 @@ class Trainer:
             "steps": self.step,
             "steps_this_run": self.step - start_step,
             "tokens_per_second": round(tps, 1),
+            "real_tokens_per_second": round(real_tps, 1),
             "samples_per_second": round(sps, 2),
             "mfu": float(f"{mfu:.4g}") if mfu is not None else None,  # significant digits: tiny models too
             "peak_rss_mb": round(peak_rss_mb(), 1),

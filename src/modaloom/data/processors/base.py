@@ -138,18 +138,23 @@ class Processor:
                 start += len(texts)
         batch = RecordBatch(self.fields)
         skips: list[Skip] = []
+        outputs: list[dict[str, Any]] = []
         for record in records:
             try:
-                produced = 0
-                for out in self.process(record):
-                    batch.add(out)
-                    produced += 1
-                if produced == 0:
+                produced = len(outputs)
+                outputs.extend(self.process(record))
+                if len(outputs) == produced:
                     skips.append(Skip(record.file, record.line, "no_records: too short to make an example"))
             except SkipRecord as exc:
                 skips.append(Skip(record.file, record.line, exc.reason))
+        for out in self.finish_chunk(outputs):
+            batch.add(out)
         self.current_chunk = ()
         return ChunkResult(batch, skips, dict(self.counters), len(records))
+
+    def finish_chunk(self, outputs: list[dict[str, Any]]) -> Iterable[dict[str, Any]]:
+        """The stored records of a chunk from what ``process`` gave, in order; packing processors merge here."""
+        return outputs
 
     # ---- load time ---------------------------------------------------------------------------------
     def make_example(self, stored: Mapping[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:

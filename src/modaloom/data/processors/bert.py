@@ -9,10 +9,12 @@ from typing import Any
 
 import numpy as np
 
+from modaloom.config_schema import choice
 from modaloom.data.config import MaskingOptions
 from modaloom.data.processors.base import SkipRecord, SourceRecord
-from modaloom.data.processors.text_common import MaskingMixin, MlmOptions, chunks, document_ids
+from modaloom.data.processors.text_common import MaskingMixin, MlmOptions, chunks, document_ids, greedy_groups
 from modaloom.data.storage import FieldSpec
+from modaloom.errors import ConfigError
 from modaloom.registry import register
 
 
@@ -21,6 +23,16 @@ class SentencePairOptions:
     masking: MaskingOptions = field(default_factory=MaskingOptions)
     short_seq_prob: float = 0.1  # how often a shorter target length is drawn (as Google's BERT)
     dup_factor: int = 1  # instances drawn per document (dynamic masking makes >1 rarely useful)
+    # A pair sequence holds one A/B pair and one sp label at [CLS]: several documents in it would give
+    # the label no meaning, so only "none"; "documents" is refused with the way to pack (mlm, as RoBERTa).
+    packing: str = choice("none", "none", "documents", doc="bert/albert: none only (one pair per sequence)")
+
+    def validate(self) -> None:
+        if self.packing != "none":
+            raise ConfigError(
+                f"packing={self.packing!r}: bert/albert sequences are one sentence pair whose sp label is "
+                "read at [CLS], so documents cannot be packed together; use --processor mlm with "
+                "--option packing=documents (RoBERTa's FULL-SENTENCES: no next-sentence or order label)")
 
 
 def segment_ids_for(length: int, first_length: int) -> np.ndarray:
@@ -168,6 +180,20 @@ class MlmProcessor(MaskingMixin):
         tokens = [t for s in document_ids(record) for t in s]
         for piece in chunks(tokens, self.seq_length - 2):
             yield {"input_ids": [self.tokenizer.cls_id, *piece, self.tokenizer.sep_id]}
+
+    def finish_chunk(self, outputs: list[dict[str, Any]]) -> Iterable[dict[str, Any]]:
+        """``packing: documents``: [CLS] d1 [SEP] d2 [SEP] ... in one record while they fit seq_length.
+
+        Each stored piece ([CLS] piece [SEP]) costs its length minus the [CLS] the record already has, so
+        a record never exceeds seq_length; packing is per input chunk (workers see one chunk each).
+        """
+        if self.options.packing == "none":
+            return outputs
+        pieces = [list(out["input_ids"])[1:] for out in outputs]  # piece + its [SEP]
+        assert self.tokenizer is not None
+        cls_id = self.tokenizer.cls_id
+        return [{"input_ids": [cls_id, *(t for i in group for t in pieces[i])]}
+                for group in greedy_groups([len(p) for p in pieces], self.seq_length - 1)]
 
     def make_example(self, stored: Mapping[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
         input_ids, mlm_labels = self.mask(stored["input_ids"], rng)

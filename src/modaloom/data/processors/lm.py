@@ -2,27 +2,42 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from modaloom.batch import IGNORE_INDEX
+from modaloom.config_schema import choice
 from modaloom.data.processors.base import ChunkResult, Processor, SkipRecord, SourceRecord
-from modaloom.data.processors.text_common import chunks
+from modaloom.data.processors.text_common import chunks, greedy_groups
 from modaloom.data.storage import FieldSpec, Skip
 from modaloom.registry import register
 
 
+@dataclass
+class LmOptions:
+    """How documents (bos + tokens + eos) are laid out in stored sequences."""
+
+    packing: str = choice("stream", "stream", "documents", "none",
+                          doc="stream: concatenated and cut anywhere (GPT-2); documents: whole documents packed "
+                              "greedily; none: one document (or piece of a long one) per sequence")
+
+
 @register("processor", "lm")
 class LmProcessor(Processor):
-    """Lines (each one document) -> bos + tokens + eos, streamed and cut into pieces of seq_length + 1.
+    """Lines (each one document) -> bos + tokens + eos in pieces of at most seq_length + 1.
 
-    Documents of a chunk of input are concatenated before cutting, so no token is lost; only the last
-    piece of a chunk can be shorter. At load time ``lm_labels`` is the input shifted by one.
+    ``packing: stream`` (the default, as GPT-2): the documents of a chunk of input are concatenated and cut
+    every seq_length + 1 tokens, so no token is lost and only the last piece of a chunk can be shorter;
+    ``documents``: whole documents are packed greedily in input order, a document is cut only when it is
+    longer than a sequence; ``none``: each document on its own. At load time ``lm_labels`` is the input
+    shifted by one (across a document boundary: eos predicts the next bos, as in GPT-2's stream).
     """
 
     name = "lm"
+    Options = LmOptions
     input_kind = "line"
     required_tokens = ("bos", "eos", "pad")
     extra = 1  # tokens beyond seq_length stored per record (1: the shifted label)
@@ -38,17 +53,32 @@ class LmProcessor(Processor):
         result = super().process_chunk(records, chunk_index)  # tokenizes; skips are recomputed below
         assert self.tokenizer is not None
         bos, eos = self.tokenizer.bos_id, self.tokenizer.eos_id
-        stream: list[int] = []
+        documents: list[list[int]] = []
         result.skips.clear()
         for record in records:
             ids = (record.encoded or [[]])[0]
             if not ids:
                 result.skips.append(Skip(record.file, record.line, "empty: no tokens after tokenization"))
                 continue
-            stream += [bos, *ids, eos]
-        for piece in chunks(stream, self.seq_length + self.extra, min_length=self.extra + 1):
+            documents.append([bos, *ids, eos])
+        for piece in self.sequences(documents):
             result.batch.add({"input_ids": piece})
         return result
+
+    def sequences(self, documents: list[list[int]]) -> Iterator[list[int]]:
+        """Stored sequences of a chunk's documents under the ``packing`` option (see the class docstring)."""
+        size, shortest = self.seq_length + self.extra, self.extra + 1
+        if self.options.packing == "stream":
+            yield from chunks([t for d in documents for t in d], size, min_length=shortest)
+            return
+        pieces = [piece for d in documents for piece in chunks(d, size)]
+        if self.options.packing == "none":
+            yield from (piece for piece in pieces if len(piece) >= shortest)
+            return
+        for group in greedy_groups([len(p) for p in pieces], size):
+            packed = [t for i in group for t in pieces[i]]
+            if len(packed) >= shortest:
+                yield packed
 
     def make_example(self, stored: Mapping[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
         ids = np.asarray(stored["input_ids"], dtype=np.int64)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from modaloom.config_schema import choice
 from modaloom.data.config import MaskingOptions
 from modaloom.data.masking import mask_tokens
 from modaloom.data.processors.base import Processor, SkipRecord, SourceRecord
@@ -28,11 +29,30 @@ def document_ids(record: SourceRecord) -> list[list[int]]:
     return sentences
 
 
+def greedy_groups(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Indices of items grouped in order: an item joins the open group while the lengths fit ``capacity``,
+    else it opens the next one (greedy, corpus order; an item longer than ``capacity`` stands alone)."""
+    groups: list[list[int]] = []
+    used = capacity + 1  # no group open yet
+    for index, length in enumerate(lengths):
+        if used + length > capacity:
+            groups.append([])
+            used = 0
+        groups[-1].append(index)
+        used += length
+    return groups
+
+
+PACKING_DOC = ("none: one document (or one piece of a long one) per sequence; documents: whole documents "
+               "packed greedily in corpus order, separated by [SEP] (mlm) or eos/bos (lm)")
+
+
 @dataclass
 class MlmOptions:
     """Options of processors that predict masked tokens."""
 
     masking: MaskingOptions = field(default_factory=MaskingOptions)
+    packing: str = choice("none", "none", "documents", doc=PACKING_DOC)
 
 
 class MaskingMixin(Processor):
