@@ -57,6 +57,15 @@ class Model(nn.Module):
             self.targets[tcfg.label] = cls(tcfg, cfg, self._target_input_size(tcfg))
         self.apply(self._init_weights)
         self.tie_weights()
+        # the optimizer step the loss weights are read at (``TargetConfig.weight_at``); a plain attribute set by
+        # the Trainer through ``LossWeightClock`` before each step, never counted here; None outside training
+        self.step: int | None = None
+
+    def step_hooks(self, model: nn.Module) -> list[Any]:
+        """The hook that tells the model the Trainer's step, when a target's weight follows a schedule."""
+        if any(t.weight_schedule is not None for t in self.config.targets):
+            return [LossWeightClock(self)]
+        return []
 
     def _target_input_size(self, tcfg) -> int:
         if self.decoder is not None and tcfg.source != "encoder":
@@ -129,6 +138,8 @@ class Model(nn.Module):
             hidden, mask = self.decode(batch, enc_hidden, enc_mask, ctx)
         out = ModelOutput(hidden=hidden)
         total = None
+        step = ctx.step if ctx.step is not None else self.step
+        report_weights = len(self.targets) > 1
         for label, target in self.targets.items():
             if target.cfg.source == "encoder":
                 result = target(enc_hidden, enc_mask, batch, ctx)
@@ -138,7 +149,11 @@ class Model(nn.Module):
             if result.logits is not None:
                 out.logits[label] = result.logits
             if result.loss is not None:
-                weighted = result.loss * target.cfg.weight
+                weight = target.cfg.weight_at(step)
+                if report_weights or target.cfg.weight_schedule is not None:
+                    out.metrics.setdefault(f"{label}_loss", result.loss.detach())
+                    out.metrics[f"{label}_weight"] = torch.tensor(weight, device=result.loss.device)
+                weighted = result.loss * weight
                 total = weighted if total is None else total + weighted
         out.loss = total
         if total is not None:
@@ -167,6 +182,22 @@ class Model(nn.Module):
     def load_weights(self, path: str | Path, strict: bool = True) -> None:
         """Load a safetensors file, checking every key and shape before touching the model."""
         load_weights_checked(self, read_weights(path), str(path), strict=strict)
+
+
+class LossWeightClock:
+    """A Trainer hook that sets ``model.step`` to the step about to run, so that the targets' weight schedules
+    are pure functions of the Trainer's step (a resumed run sets the same step, no counter to checkpoint)."""
+
+    name = "loss_weight_clock"
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+
+    def before_step(self, trainer: Any) -> None:
+        self.model.step = int(trainer.step)
+
+    def __call__(self, trainer: Any) -> None:
+        """Nothing after the step: the next ``before_step`` sets the next one."""
 
 
 def build_model(cfg: ModelConfig | dict[str, Any]) -> Model:
