@@ -198,8 +198,8 @@ class Model(nn.Module):
 
 
 class LossWeightClock:
-    """A Trainer hook that sets ``model.step`` to the step about to run, so that the targets' weight schedules
-    are pure functions of the Trainer's step (a resumed run sets the same step, no counter to checkpoint)."""
+    """A Trainer hook that calls ``model.set_step`` with the step about to run, so that the targets' weight
+    schedules are pure functions of the Trainer's step (a resumed run sets the same step: nothing to checkpoint)."""
 
     name = "loss_weight_clock"
 
