@@ -43,6 +43,9 @@ class ForwardContext:
     # the model's embedding + encoder, (batch) -> (hidden, mask), set by Model.forward: targets that
     # encode other inputs in the same step call it (hard-negative itm re-encodes mismatched pairs)
     encode: Callable[[dict[str, torch.Tensor]], tuple[Any, Any]] | None = None
+    # the optimizer step (0-based) this pass trains for, read by the targets' weight schedules; None: the
+    # model's own (``Model.set_step``, called by the Trainer's hook before each step), else the schedules' end
+    step: int | None = None
 
     def for_stream(self, input_key: str = "", mask_key: str = "") -> ForwardContext:
         """A context for one stream of a dual model: caches and shared features kept, sequence fields reset."""

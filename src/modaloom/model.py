@@ -57,6 +57,26 @@ class Model(nn.Module):
             self.targets[tcfg.label] = cls(tcfg, cfg, self._target_input_size(tcfg))
         self.apply(self._init_weights)
         self.tie_weights()
+        # the optimizer step the loss weights are read at (``TargetConfig.weight_at``), set by the Trainer through
+        # ``LossWeightClock`` before each step, never counted here; None outside training. The weights at that
+        # step sit in a buffer (not saved), so the forward reads a tensor, not a Python number that changes
+        # every step (which torch.compile would guard on)
+        self.step: int | None = None
+        self.register_buffer("loss_weights", torch.tensor([t.weight_at(None) for t in cfg.targets]),
+                             persistent=False)
+
+    def set_step(self, step: int | None) -> None:
+        """Weigh the targets' losses as at optimizer step ``step`` (0-based; None: the schedules' end)."""
+        self.step = step
+        weights = [t.weight_at(step) for t in self.config.targets]
+        with torch.no_grad():
+            self.loss_weights.copy_(torch.tensor(weights, dtype=self.loss_weights.dtype))
+
+    def step_hooks(self, model: nn.Module) -> list[Any]:
+        """The hook that tells the model the Trainer's step, when a target's weight follows a schedule."""
+        if any(t.weight_schedule is not None for t in self.config.targets):
+            return [LossWeightClock(self)]
+        return []
 
     def _target_input_size(self, tcfg) -> int:
         if self.decoder is not None and tcfg.source != "encoder":
@@ -129,7 +149,8 @@ class Model(nn.Module):
             hidden, mask = self.decode(batch, enc_hidden, enc_mask, ctx)
         out = ModelOutput(hidden=hidden)
         total = None
-        for label, target in self.targets.items():
+        report_weights = len(self.targets) > 1
+        for index, (label, target) in enumerate(self.targets.items()):
             if target.cfg.source == "encoder":
                 result = target(enc_hidden, enc_mask, batch, ctx)
             else:
@@ -138,7 +159,14 @@ class Model(nn.Module):
             if result.logits is not None:
                 out.logits[label] = result.logits
             if result.loss is not None:
-                weighted = result.loss * target.cfg.weight
+                if ctx.step is not None:  # a caller's own step
+                    weight = torch.tensor(target.cfg.weight_at(ctx.step), device=result.loss.device)
+                else:
+                    weight = self.loss_weights[index]
+                if report_weights or target.cfg.weight_schedule is not None:
+                    out.metrics.setdefault(f"{label}_loss", result.loss.detach())
+                    out.metrics[f"{label}_weight"] = weight.detach().clone()
+                weighted = result.loss * weight
                 total = weighted if total is None else total + weighted
         out.loss = total
         if total is not None:
@@ -167,6 +195,22 @@ class Model(nn.Module):
     def load_weights(self, path: str | Path, strict: bool = True) -> None:
         """Load a safetensors file, checking every key and shape before touching the model."""
         load_weights_checked(self, read_weights(path), str(path), strict=strict)
+
+
+class LossWeightClock:
+    """A Trainer hook that calls ``model.set_step`` with the step about to run, so that the targets' weight
+    schedules are pure functions of the Trainer's step (a resumed run sets the same step: nothing to checkpoint)."""
+
+    name = "loss_weight_clock"
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+
+    def before_step(self, trainer: Any) -> None:
+        self.model.set_step(int(trainer.step))
+
+    def __call__(self, trainer: Any) -> None:
+        """Nothing after the step: the next ``before_step`` sets the next one."""
 
 
 def build_model(cfg: ModelConfig | dict[str, Any]) -> Model:

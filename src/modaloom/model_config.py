@@ -12,6 +12,7 @@ unknown key is checked against that part's own keys. Files keep the flat layout 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -176,6 +177,47 @@ class DecoderConfig(StackFields, Section):
     kind: ClassVar[str] = "decoder"
 
 
+WEIGHT_SCHEDULES = ("constant", "linear", "cosine", "step")
+
+
+@dataclass
+class WeightSchedule:
+    """How a target's loss weight changes over training: ``weight`` times a factor of the optimizer step.
+
+    The factor is ``start_factor`` before ``start_step`` and ``end_factor`` from ``end_step`` on; in between it
+    moves linearly (``linear``), along a half cosine (``cosine``), or stays at ``start_factor`` (``step``: one
+    jump at ``end_step``). ``constant``: 1 at every step. The names follow torch's ``LinearLR``. The factor is a
+    pure function of the step, so a resumed run weighs its losses as the uninterrupted one does.
+    """
+
+    type: str = choice("linear", *WEIGHT_SCHEDULES)
+    start_step: int = 0
+    end_step: int = 0
+    start_factor: float = 0.0
+    end_factor: float = 1.0
+
+    def validate(self) -> None:
+        if self.start_step < 0 or self.end_step < self.start_step:
+            raise ConfigError(f"weight_schedule needs 0 <= start_step <= end_step, got start_step {self.start_step}, "
+                              f"end_step {self.end_step}")
+        if self.start_factor < 0 or self.end_factor < 0:
+            raise ConfigError(f"weight_schedule factors must be >= 0, got start_factor {self.start_factor}, "
+                              f"end_factor {self.end_factor}")
+
+    def factor(self, step: int | None) -> float:
+        """The multiplier of ``weight`` at optimizer step ``step`` (0-based); None (outside training): the end."""
+        if self.type == "constant":
+            return 1.0
+        if step is None or step >= self.end_step:
+            return self.end_factor
+        if step < self.start_step or self.type == "step":
+            return self.start_factor
+        progress = (step - self.start_step) / (self.end_step - self.start_step)
+        if self.type == "cosine":
+            progress = 0.5 * (1.0 - math.cos(math.pi * progress))
+        return self.start_factor + (self.end_factor - self.start_factor) * progress
+
+
 @dataclass
 class TargetConfig(Section):
     """One objective with its head, chosen by ``type``; a target with a ``loss`` option adds that loss's options."""
@@ -186,10 +228,16 @@ class TargetConfig(Section):
     weight: float = 1.0
     name: str = ""  # metric prefix; default: the type
     source: str = choice("auto", "auto", "encoder", "decoder")  # which states the target reads
+    weight_schedule: WeightSchedule | None = None  # None: ``weight`` at every step
 
     @property
     def label(self) -> str:
         return self.name or self.type
+
+    def weight_at(self, step: int | None) -> float:
+        """The loss weight at optimizer step ``step`` (0-based): ``weight`` times the schedule's factor."""
+        schedule = self.weight_schedule
+        return self.weight if schedule is None else self.weight * schedule.factor(step)
 
     @classmethod
     def selected_options(cls, data: dict[str, Any], where: str) -> tuple[type, ...]:

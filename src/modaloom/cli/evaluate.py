@@ -15,11 +15,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, help="labelled examples (TSV with header label text_a [text_b], "
                         "or JSONL)")
     parser.add_argument("--task", help="refuse a model fine-tuned for another task than this one; zero_shot: "
-                        "classify the images of a labelled file with a CLIP model and prompts")
+                        "classify the images of a labelled file with a CLIP model and prompts; linear_probe: "
+                        "a logistic regression on the frozen model's features (task.train=FILE [task.dev=FILE])")
     parser.add_argument("--batch-size", type=int, default=64, help="examples per forward pass")
     parser.add_argument("options", nargs="*", metavar="task.key=value",
                         help="task options at evaluation, e.g. for --task zero_shot: task.classes=cat,dog "
-                             "task.template='a photo of a {}.'")
+                             "task.template='a photo of a {}.' or task.templates='[\"a photo of a {}.\", ...]'; "
+                             "for --task linear_probe: task.train=FILE task.dev=FILE task.c=1.0 task.pooling=mean")
 
 
 def table(metrics: dict[str, float]) -> str:
@@ -47,6 +49,14 @@ def run(args: argparse.Namespace) -> int:
     from modaloom.errors import DataError
     from modaloom.train.steps import collect_outputs
 
+    if args.task == "linear_probe":  # no fine-tuned head: features of the frozen model, fitted here
+        from modaloom.tasks.linear_probe import linear_probe
+
+        metrics = linear_probe(Path(args.model), Path(args.input), task_options(args.options),
+                               batch_size=args.batch_size)
+        print(table(metrics), file=sys.stderr)
+        print(json.dumps(metrics))
+        return 0
     job, model, device = load_for_inference(args.model, args.task, args.batch_size)
     job.set_options(task_options(args.options))
     loader = job.input_loader(Path(args.input))

@@ -14,19 +14,25 @@ among the file's captions for its image (``text_rank``), 1 = first.
 ``zero_shot`` classifies images without training: ``modaloom evaluate --task zero_shot --model DIR --input
 labelled.tsv [task.classes=a,b,c | task.classes=FILE] [task.template="a photo of a {}."]``. Each class name
 becomes a prompt (the template with ``{}`` replaced by the name); an image takes the class whose prompt's
-features are nearest (cosine). ``DIR`` is a CLIP model folder with a tokenizer (``tokenizer/`` or
+features are nearest (cosine). A prompt ensemble (CLIP paper, section 3.1.4): ``task.templates='["a photo of a
+{}.", "a drawing of a {}."]'`` (a JSON list) or ``task.templates=FILE`` (one template per line); a class's
+feature is then the mean of its prompts' normalised text features, normalised again (``ensemble_features``). ``DIR`` is a CLIP model folder with a tokenizer (``tokenizer/`` or
 ``vocab.txt``): fine-tuned by ``clip_retrieval``, pre-trained, or converted. The input is a labelled image file
 (``label path`` TSV, ``{"label", "image"}`` JSONL, or an ImageFolder); without ``task.classes`` the classes are
 its labels, sorted. Metrics: accuracy, macro-F1.
+
+Both tasks take the model's ``clr`` target, or a ``moco`` one (the same towers, projections and scale; in
+evaluation it scores in-batch pairs as ``clr`` does, and fine-tuning keeps its momentum queues).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from modaloom.config_schema import build, choice, to_dict
 from modaloom.context import ForwardContext
@@ -68,6 +74,8 @@ class ZeroShotOptions:
 
     classes: str = ""  # comma-separated names, or a file with one name per line; empty: the input's labels
     template: str = "a photo of a {}."  # the prompt of a class: {} is replaced by its name
+    # a prompt ensemble: several templates (a list, or a file with one per line); empty: ``template`` alone
+    templates: list[str] | str = field(default_factory=list)
     norm: str = choice("", "", *IMAGE_NORMS)  # empty: what the model was fine-tuned with, else CLIP's
 
 
@@ -85,13 +93,23 @@ def text_stream(model_cfg: Any) -> int:
     return text[0]
 
 
+CONTRASTIVE_TARGETS = ("clr", "moco")  # targets with the two projections and the scale these tasks read
+
+
 def contrastive_label(model_cfg: Any) -> str:
-    """The name of the model's ``clr`` target (the head that aligns the streams)."""
+    """The name of the model's ``clr`` (or ``moco``) target (the head that aligns the streams)."""
     for target in model_cfg.targets:
-        if target.type == "clr":
+        if target.type in CONTRASTIVE_TARGETS:
             return target.label
-    raise ConfigError(f"CLIP tasks need a clr target (contrastive head), the model has "
+    raise ConfigError(f"CLIP tasks need a clr or moco target (contrastive head), the model has "
                       f"{[t.type for t in model_cfg.targets] or 'none'}")
+
+
+def ensemble_features(per_template: list[torch.Tensor]) -> torch.Tensor:
+    """Class features of a prompt ensemble: the mean over templates of each class's normalised text features
+    (each (C, F)), normalised again, as the CLIP paper averages its 80 ImageNet prompts."""
+    stacked = torch.stack([F.normalize(t.float(), dim=-1) for t in per_template])
+    return F.normalize(stacked.mean(0), dim=-1)
 
 
 def caption_ids(tokenizer: Any, texts: list[str], seq_length: int) -> tuple[list[list[int]], int]:
@@ -152,7 +170,7 @@ class ClipBase(FinetuneTask):
     """What both CLIP tasks share: the tokenizer, the image transform, the loader and the feature pass."""
 
     options: Any
-    kept_targets = ("clr",)  # the model's own clr head (projections, logit scale) is what these tasks use
+    kept_targets = CONTRASTIVE_TARGETS  # the model's own head (projections, logit scale) is what these tasks use
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -217,7 +235,7 @@ class ClipRetrievalTask(ClipBase):
 
         cfg, paths = self.cfg, self.paths
         model = to_dict(cfg.model)
-        model["targets"] = [t for t in model["targets"] if t.get("type") == "clr"][:1]
+        model["targets"] = [t for t in model["targets"] if t.get("type") in CONTRASTIVE_TARGETS][:1]
         cfg.model = build(ModelConfig, model, Source(), "model")
         self.set_tokenizer(paths.init_from, self.inputs_.vocab)
         positions = self.text_section.max_seq_length
@@ -324,9 +342,28 @@ class ZeroShotTask(ClipBase):
         self.set_tokenizer(model_dir, "")
 
     def set_options(self, options: dict[str, Any]) -> None:
-        self.options = build(ZeroShotOptions, dict(options), path="task")
-        if "{}" not in self.options.template:
-            raise ConfigError(f"task.template {self.options.template!r} has no {{}} for the class name")
+        options = dict(options)
+        if "template" in options and "templates" in options:
+            raise ConfigError("give task.template (one prompt) or task.templates (an ensemble), not both")
+        self.options = build(ZeroShotOptions, options, path="task")
+        self.options.templates = self.template_list()
+        for template in self.options.templates or [self.options.template]:
+            if "{}" not in template:
+                raise ConfigError(f"task.template {template!r} has no {{}} for the class name")
+
+    def template_list(self) -> list[str]:
+        """``task.templates`` as a list: given as one, or read from a file with one template per line."""
+        given = self.options.templates
+        if isinstance(given, list):
+            return [t for t in given if t.strip()]
+        path = Path(given)
+        if not path.is_file():
+            raise ConfigError(f"task.templates {given!r} is neither a JSON list of templates nor a file; write "
+                              f"task.templates='[\"a photo of a {{}}.\", \"a drawing of a {{}}.\"]' or name a file")
+        templates = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        if not templates:
+            raise ConfigError(f"task.templates file {path} holds no template")
+        return templates
 
     def class_names(self, rows: list[ImageRow]) -> list[str]:
         """``task.classes`` (a list or a file of names), else the labels of the input, sorted."""
@@ -363,18 +400,25 @@ class ZeroShotTask(ClipBase):
         return self.loader(examples, False)
 
     def prompt_features(self, model: Any, device: torch.device) -> torch.Tensor:
-        """Normalised text features of every class's prompt (C, F), computed once per model."""
+        """Normalised text features of every class (C, F), one forward pass per template, computed once per
+        model; several templates are ensembled (``ensemble_features``)."""
         if self.prompts is not None and self.prompts[0] == id(model):
             return self.prompts[1]
-        texts = [self.options.template.replace("{}", name) for name in self.classes]
+        templates = list(self.options.templates) or [self.options.template]
+        per_template = [self.template_features(model, device, t) for t in templates]
+        text = per_template[0] if len(per_template) == 1 else ensemble_features(per_template)
+        self.prompts = (id(model), text)
+        return text
+
+    def template_features(self, model: Any, device: torch.device, template: str) -> torch.Tensor:
+        """Normalised text features (C, F) of ``template`` filled with each class name."""
+        texts = [template.replace("{}", name) for name in self.classes]
         ids, _ = caption_ids(self.tokenizer, texts, self.cfg.data.seq_length)
         section = image_embedding(self.cfg.model)
         input_ids, mask = pad_ids(ids, self.tokenizer.special_id("pad", "padding"))
         blank = torch.zeros(len(ids), section.channels, section.image_height, section.image_width)
         batch = {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), "pixel_values": blank.to(device)}
-        text, _, _ = pair_features(model, batch, self.label, self.text_index)
-        self.prompts = (id(model), text)
-        return text
+        return pair_features(model, batch, self.label, self.text_index)[0]
 
     def eval_step(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
         device = batch["pixel_values"].device

@@ -8,6 +8,7 @@ run through embedding + encoder in batches padded to their longest, pooled over 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,20 +16,28 @@ import torch
 from modaloom.atomic import atomic_file
 from modaloom.outputs import check_not_input
 from modaloom.tasks.finetune import resolve_tokenizer
-from modaloom.tasks.text_io import MemoryLoader, encode_pairs, read_sentences
+from modaloom.tasks.text_io import MemoryLoader, Row, encode_pairs, read_sentences
 
 
 @torch.no_grad()
 def sentence_features(model_dir: Path, input_path: Path, pooling: str, normalize: bool, vocab: str = "",
                       seq_length: int = 0, batch_size: int = 64) -> tuple[np.ndarray, int]:
     """(sentences x hidden float32 array in input order, number of truncated sentences)."""
-    from modaloom.heads import pool
     from modaloom.model import load
 
     tokenizer, _ = resolve_tokenizer(model_dir, vocab)
     model = load(model_dir).eval()
+    return row_features(model, tokenizer, read_sentences(input_path), pooling, normalize, seq_length, batch_size)
+
+
+@torch.no_grad()
+def row_features(model: Any, tokenizer: Any, rows: list[Row], pooling: str, normalize: bool, seq_length: int = 0,
+                 batch_size: int = 64) -> tuple[np.ndarray, int]:
+    """``sentence_features`` of rows already read, with a model and tokenizer already loaded (the linear probe
+    encodes its train, dev and test files with one model)."""
+    from modaloom.heads import pool
+
     length = seq_length or int(model.config.embedding.max_seq_length)
-    rows = read_sentences(input_path)
     encoded = encode_pairs(tokenizer, rows, length)
     examples = [{"input_ids": ids, "segment_ids": seg, "index": i}
                 for i, (ids, seg) in enumerate(zip(encoded.input_ids, encoded.segment_ids, strict=True))]

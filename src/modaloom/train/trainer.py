@@ -228,6 +228,10 @@ class Trainer:
         accum = self.cfg.grad_accum_steps
         losses, batches = [], []
         metric_sums: dict[str, torch.Tensor] = {}
+        for hook in self.hooks:
+            before = getattr(hook, "before_step", None)
+            if before is not None:
+                before(self)
         for micro in range(accum):
             batch = to_device(next(self.stream), self.device)
             loss, metrics = self._forward_backward(batch, sync=micro == accum - 1)
