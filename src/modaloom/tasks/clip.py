@@ -189,6 +189,7 @@ class ClipRetrievalTask(ClipBase):
     """Contrastive fine-tuning of a dual text-image model on pairs; recall@K image<->text."""
 
     name = "clip_retrieval"
+    Options = ClipTaskOptions  # its task.<key> options (docs/config-reference.md)
     selection_metric = "mean_recall"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -299,6 +300,7 @@ class ZeroShotTask(ClipBase):
     CLIP model folder with a tokenizer."""
 
     name = "zero_shot"
+    Options = ZeroShotOptions  # its task.<key> options (docs/config-reference.md)
     runs_any_model = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
