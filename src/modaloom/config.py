@@ -25,9 +25,9 @@ from modaloom.zoo import resolve_config
 class Config:
     """A full job description."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)  # the five parts and their sizes (model.*)
+    data: DataConfig = field(default_factory=DataConfig)  # how batches are drawn from the dataset (data.*)
+    train: TrainConfig = field(default_factory=TrainConfig)  # optimisation, checkpoints and logging (train.*)
 
 
 def is_tencentpretrain(data: dict[str, Any]) -> bool:

@@ -114,16 +114,17 @@ class EmbeddingConfig(Section):
 
     kind: ClassVar[str] = "embedding"
 
+    # embedding parts summed in order, by registered name
     parts: list[str] = field(default_factory=lambda: ["word", "pos"])
-    emb_size: int = 768
+    emb_size: int = 768  # width of the embedded vectors
     max_seq_length: int = 512  # the longest sequence the model takes (positions, generation, data checks)
-    norm: str = choice("layernorm", *NORMS)
-    norm_eps: float = 1e-12
-    dropout: float = 0.1
+    norm: str = choice("layernorm", *NORMS)  # norm applied to the sum of the parts (none: no norm)
+    norm_eps: float = 1e-12  # epsilon of that norm
+    dropout: float = 0.1  # dropout after the norm
     # batch keys a stream reads instead of the defaults (e.g. input_ids_b for the second tower of a
     # siamese text model); "" keeps the part's default (input_ids / pixel_values / input_features)
     input_key: str = ""
-    mask_key: str = ""
+    mask_key: str = ""  # batch key of the padding mask read instead of the default (attention_mask ...)
 
     @classmethod
     def selected_options(cls, data: dict[str, Any], where: str) -> tuple[type, ...]:
@@ -147,10 +148,10 @@ class EmbeddingConfig(Section):
 class StackFields:
     """Fields every encoder and decoder shares."""
 
-    type: str = "transformer"
-    hidden_size: int = 768
-    layers_num: int = 12
-    dropout: float = 0.1
+    type: str = "transformer"  # registered encoder / decoder name
+    hidden_size: int = 768  # width of the hidden states
+    layers_num: int = 12  # number of layers
+    dropout: float = 0.1  # dropout inside the layers (attention output, feed-forward)
 
     @classmethod
     def selected_options(cls, data: dict[str, Any], where: str) -> tuple[type, ...]:
@@ -224,8 +225,8 @@ class TargetConfig(Section):
 
     kind: ClassVar[str] = "target"
 
-    type: str = "mlm"
-    weight: float = 1.0
+    type: str = "mlm"  # registered target name (mlm, lm, cls, clr ...)
+    weight: float = 1.0  # this target's loss is multiplied by it in the model's summed loss
     name: str = ""  # metric prefix; default: the type
     source: str = choice("auto", "auto", "encoder", "decoder")  # which states the target reads
     weight_schedule: WeightSchedule | None = None  # None: ``weight`` at every step
@@ -260,13 +261,16 @@ class TargetConfig(Section):
 class ModelConfig:
     """The five parts. ``tgt_embedding`` and ``decoder`` are present for encoder-decoder models only."""
 
+    # the source embedding (model.embedding.*)
     embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)  # the encoder stack (model.encoder.*)
+    # the decoder's input embedding; null for encoder-only models
     tgt_embedding: EmbeddingConfig | None = None
-    decoder: DecoderConfig | None = None
+    decoder: DecoderConfig | None = None  # the decoder stack; null for encoder-only models
+    # the objectives and their heads (model.targets.N.*); losses add with their weights
     targets: list[TargetConfig] = field(default_factory=lambda: [TargetConfig()])
     share_embedding: bool = False  # target embedding shares the source word embedding (T5, BART)
-    init_std: float = 0.02
+    init_std: float = 0.02  # standard deviation of the normal initialisation of weights
     paper: str = ""  # the publication a zoo config reproduces
 
     def validate(self) -> None:

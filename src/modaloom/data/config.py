@@ -32,13 +32,13 @@ class TokenizerConfig:
 class MaskingOptions:
     """Token masking at load time (new masks every epoch): BERT 80/10/10, whole-word, SpanBERT spans."""
 
-    mask_prob: float = 0.15
+    mask_prob: float = 0.15  # fraction of the tokens chosen for prediction
     replace_with_mask: float = 0.8  # of the chosen tokens: -> [MASK]
     replace_with_random: float = 0.1  # -> a random token; the rest stay unchanged
     whole_word: bool = False  # mask every piece of a word (WordPiece '##' continuations; CJK: per char)
     span: bool = False  # SpanBERT: geometric span lengths
-    span_geo_prob: float = 0.2
-    span_max_length: int = 10
+    span_geo_prob: float = 0.2  # span: p of the geometric distribution of span lengths
+    span_max_length: int = 10  # span: longest span in tokens
 
     def validate(self) -> None:
         if not 0.0 < self.mask_prob < 1.0:
@@ -57,11 +57,11 @@ class DataConfig:
     """How training batches are drawn from a preprocessed dataset directory (given on the command line)."""
 
     processor: str = ""  # empty = the processor recorded in the dataset manifest
-    seq_length: int = 128
+    seq_length: int = 128  # tokens per example at most (longer records are cut)
     padding: str = choice("longest", "longest", "max_length", "packing",
                           doc="pad to the longest in the batch, to seq_length, or pack records")
-    num_workers: int = 0
-    shuffle: bool = True
+    num_workers: int = 0  # DataLoader worker processes (0: load in the training process)
+    shuffle: bool = True  # shuffle the records every epoch (seeded, resumable)
     # Load-time masking overrides (keys of MaskingOptions); empty keeps what the dataset manifest says.
     masking: dict[str, float | int | bool] = field(default_factory=dict)
 

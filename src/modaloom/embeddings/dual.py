@@ -27,6 +27,7 @@ from modaloom.registry import register
 class DualOptions:
     """The two streams, each a whole embedding section of its own."""
 
+    # two embedding sections (parts, sizes ...), one per tower
     streams: list[EmbeddingConfig] = field(default_factory=list)
 
     def check(self) -> None:

@@ -32,8 +32,10 @@ def subsampled_lengths(lengths: torch.Tensor, kernel_sizes: list[int]) -> torch.
 class SpeechOptions:
     """Filterbank frames -> strided 1-D convolutions (fairseq S2T's subsampler)."""
 
-    audio_feature_size: int = 80
+    audio_feature_size: int = 80  # filterbank features per frame
+    # output widths of the inner convs (the last one outputs 2 * emb_size for the GLU)
     conv_channels: list[int] = field(default_factory=lambda: [1024])
+    # kernel of each stride-2 conv (one conv per entry)
     conv_kernel_sizes: list[int] = field(default_factory=lambda: [5, 5])
     scale_embedding: bool = False  # multiply by sqrt(emb_size) (S2T)
 

@@ -22,7 +22,7 @@ class WordOptions:
     """Options of the ``word`` part (and of ``word_patch``, which embeds text too)."""
 
     vocab_size: int = 0  # 0: taken from the dataset's tokenizer at pretrain time
-    pad_id: int = 0
+    pad_id: int = 0  # id of the padding token (padding when ids are filled in, e.g. word_patch)
     scale_embedding: bool = False  # multiply token embeddings by sqrt(emb_size) (BART, S2T)
 
 
@@ -35,7 +35,7 @@ class PositionOptions:
 
 @dataclass
 class SegmentOptions:
-    type_vocab_size: int = 2
+    type_vocab_size: int = 2  # rows of the segment table (segments 0 = A, 1 = B ...)
 
 
 @register("embedding", "word")

@@ -30,12 +30,12 @@ POSITION_PARTS = ("pos",)
 class ImageOptions:
     """Options of the image parts (patch, masked_patch, word_patch)."""
 
-    image_height: int = 224
-    image_width: int = 224
-    channels: int = 3
-    patch_size: int = 16
-    cls_token: bool = True
-    patch_bias: bool = True
+    image_height: int = 224  # height of the input images in pixels
+    image_width: int = 224  # width of the input images in pixels
+    channels: int = 3  # colour channels of the input images
+    patch_size: int = 16  # side of the square patches in pixels (image sides must be multiples)
+    cls_token: bool = True  # prepend a learned class token to the patches
+    patch_bias: bool = True  # bias in the patch projection (conv)
 
     @property
     def num_patches(self) -> int:

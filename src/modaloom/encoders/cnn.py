@@ -36,7 +36,7 @@ class GatedConv(nn.Module):
 
 @dataclass
 class GatedCNNOptions:
-    kernel_size: int = 4
+    kernel_size: int = 4  # width of each causal convolution
     block_size: int = 2  # a residual connection every block_size layers
 
 

@@ -19,6 +19,7 @@ from modaloom.registry import register
 class DualEncoderOptions:
     """The two towers, each a whole encoder section of its own."""
 
+    # two encoder sections (type, sizes ...), one per tower
     streams: list[EncoderConfig] = field(default_factory=list)
 
     def check(self) -> None:

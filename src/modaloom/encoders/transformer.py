@@ -24,23 +24,27 @@ from modaloom.registry import register
 class TransformerOptions:
     """Options of the transformer encoder and decoder (and of any stack built on TransformerStack)."""
 
-    heads_num: int = 12
+    heads_num: int = 12  # attention heads
     head_size: int = 0  # 0: hidden_size // heads_num
     kv_heads_num: int = 0  # 0: same as heads_num; fewer gives grouped-query attention
-    feedforward_size: int = 3072
-    act: str = choice("gelu", *ACTIVATIONS)
+    feedforward_size: int = 3072  # inner width of the feed-forward block
+    act: str = choice("gelu", *ACTIVATIONS)  # feed-forward activation
+    # dense: act(xW1)W2; gated: (act(xW1) * xW3)W2 (GEGLU / SwiGLU)
     feed_forward: str = choice("dense", "dense", "gated")
-    norm: str = choice("layernorm", *NORMS)
-    norm_eps: float = 1e-12
+    norm: str = choice("layernorm", *NORMS)  # norm of each sublayer (t5 and rms: RMSNorm without bias)
+    norm_eps: float = 1e-12  # epsilon of the norms
+    # post: norm after each residual sum (BERT); pre: before each sublayer (GPT-2)
     norm_position: str = choice("post", "post", "pre")
     final_norm: bool | None = None  # default: true for pre-norm stacks
+    # which positions attend to which: all, earlier ones, or a visible prefix (prefix_lengths)
     mask: str = choice("fully_visible", "fully_visible", "causal", "prefix")
+    # position scheme inside attention (none: the embedding's positions only)
     position: str = choice("none", "none", "rotary", "relative", "alibi")
-    rotary_base: float = 10000.0
+    rotary_base: float = 10000.0  # rotary: base of the frequencies
     rotary_dim: int = 0  # 0: the full head size
-    relative_buckets: int = 32
-    relative_max_distance: int = 128
-    bias: bool = True
+    relative_buckets: int = 32  # relative: buckets of the T5 position bias
+    relative_max_distance: int = 128  # relative: distance from which buckets are shared
+    bias: bool = True  # biases in the attention and feed-forward linears
     attention_scale: bool = True  # false for T5 (no 1/sqrt(d) scaling)
     attention_dropout: float | None = None  # default: dropout
     share_layers: bool = False  # ALBERT: one layer applied layers_num times

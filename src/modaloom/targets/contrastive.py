@@ -37,14 +37,14 @@ CLIP_LOGIT_SCALE_INIT = 2.6592  # log(1 / 0.07): where a loss that names no star
 
 @dataclass
 class ContrastiveOptions:
-    feature_size: int = 512
-    projection: bool = True
-    projection_bias: bool = False
+    feature_size: int = 512  # width of the compared features (each tower's projection output)
+    projection: bool = True  # a linear projection per tower (false: the pooled states themselves)
+    projection_bias: bool = False  # bias in those projections
     logit_scale_init: float | None = None  # None: the loss's own (infonce log(1 / 0.07) as CLIP, siglip log 10)
-    learnable_scale: bool = True
+    learnable_scale: bool = True  # train the logit scale (false: fixed at its start)
     poolings: list[str] = field(default_factory=lambda: ["first", "first"])  # per stream
     eos_id: int | None = None  # 'eos' pooling: first position of this id; None: the largest id (CLIP legacy)
-    loss: str = "infonce"
+    loss: str = "infonce"  # registered contrastive loss: infonce, siglip, filip
 
     def check(self) -> None:
         if len(self.poolings) != 2:

@@ -81,15 +81,15 @@ class MAEDecoder(nn.Module):
 class MaskedImageOptions(CrossEntropyOptions):
     """Options of ``mae``; ``label_smoothing`` applies to BEiT's visual-token classification."""
 
-    patch_size: int = 16
-    channels: int = 3
-    norm_pix_loss: bool = False
+    patch_size: int = 16  # pixels per patch side of the regression targets (as the embedding's)
+    channels: int = 3  # colour channels of the regression targets
+    norm_pix_loss: bool = False  # regress each patch's pixels normalised by their own mean and variance (MAE)
     image_vocab_size: int = 0  # >0: BEiT-style discrete visual tokens instead of pixel regression
     # MAE's light decoder over visible + mask tokens (used when the embedding drops masked patches)
     decoder_layers_num: int = 0
-    decoder_hidden_size: int = 512
-    decoder_heads_num: int = 16
-    decoder_feedforward_size: int = 2048
+    decoder_hidden_size: int = 512  # width of the light decoder
+    decoder_heads_num: int = 16  # attention heads of the light decoder
+    decoder_feedforward_size: int = 2048  # feed-forward width of the light decoder
 
 
 @register("target", "mae")

@@ -36,7 +36,7 @@ from modaloom.train.momentum import FeatureQueue, ema_update, momentum_copy
 class MomentumContrastOptions(ContrastiveOptions):
     momentum: float = 0.995  # EMA decay of the key towers (WenLan: 0.99, MoCo: 0.999)
     queue_size: int = 4096  # past keys kept per stream as extra negatives; 0: in-batch keys only
-    loss: str = "moco_infonce"
+    loss: str = "moco_infonce"  # registered loss; moco_infonce adds the queued keys as negatives
 
     def check(self) -> None:
         super().check()

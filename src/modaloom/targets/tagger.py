@@ -31,7 +31,7 @@ WORD_MASK = "word_mask"
 class TaggerOptions:
     """Options of the ``tagger`` target."""
 
-    labels_num: int = 2
+    labels_num: int = 2  # number of tags
     crf: bool = False  # a linear-chain CRF over the tagged positions (loss and Viterbi decoding)
     loss: str = "cross_entropy"  # without a CRF
 

@@ -20,28 +20,28 @@ class VocabularyOptions:
     """Options of the targets that predict tokens through a vocabulary head (mlm, lm, bilm)."""
 
     vocab_size: int = 0  # 0: the embedding's vocabulary
-    act: str = choice("gelu", *ACTIVATIONS)
-    norm: str = choice("layernorm", *NORMS)
-    norm_eps: float = 1e-12
+    act: str = choice("gelu", *ACTIVATIONS)  # activation of the transform
+    norm: str = choice("layernorm", *NORMS)  # norm of the transform
+    norm_eps: float = 1e-12  # epsilon of that norm
     transform: bool = True  # dense + act + norm before the output layer (BERT); false for none
     tie_weights: bool = False  # output layer shares the word embedding's weight
-    output_bias: bool = True
+    output_bias: bool = True  # bias on the vocabulary logits
     scale_before_output: bool = False  # multiply by hidden_size**-0.5 before the output layer (tied T5)
-    loss: str = "cross_entropy"
+    loss: str = "cross_entropy"  # registered loss over the vocabulary logits
 
 
 @dataclass
 class SentencePredictionOptions:
     """Options of the pooled binary heads (sp / nsp / sop, itm)."""
 
-    pooling: str = choice("first", *POOLINGS)
+    pooling: str = choice("first", *POOLINGS)  # how the sequence becomes one vector
     pooler: bool = True  # dense + tanh on the pooled vector (BERT NSP / classification)
-    loss: str = "cross_entropy"
+    loss: str = "cross_entropy"  # registered loss over the logits
 
 
 @dataclass
 class ClassificationOptions(SentencePredictionOptions):
-    labels_num: int = 2
+    labels_num: int = 2  # number of classes
 
 
 def _vocab_size(cfg: TargetConfig, model_cfg: ModelConfig) -> int:

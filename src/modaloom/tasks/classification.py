@@ -39,9 +39,11 @@ SELECTION = {"single": "accuracy", "multi_label": "micro_f1", "regression": "pea
 class ClassificationOptions:
     """Options of the classification task (``task.<key>=value``)."""
 
+    # single label (cross-entropy), several labels (BCE) or a score (MSE)
     kind: str = choice("single", "single", "multi_label", "regression")
     label_separator: str = ","  # multi_label: between the labels of one TSV field
     threshold: float = 0.5  # multi_label: probability from which a label is predicted
+    # how the sequence becomes one vector for the head
     pooling: str = choice("first", "first", "mean", "max", "last")
     pooler: bool = True  # dense + tanh on the pooled vector before the output layer (BERT's classifier)
 
@@ -59,6 +61,7 @@ class ClassificationTask(FinetuneTask):
     """Text classification: reader, ``cls`` head with the kind's loss, scikit-learn metrics, predictions."""
 
     name = "classification"
+    Options = ClassificationOptions  # its task.<key> options (docs/config-reference.md)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

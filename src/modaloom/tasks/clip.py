@@ -207,6 +207,7 @@ class ClipRetrievalTask(ClipBase):
     """Contrastive fine-tuning of a dual text-image model on pairs; recall@K image<->text."""
 
     name = "clip_retrieval"
+    Options = ClipTaskOptions  # its task.<key> options (docs/config-reference.md)
     selection_metric = "mean_recall"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -317,6 +318,7 @@ class ZeroShotTask(ClipBase):
     CLIP model folder with a tokenizer."""
 
     name = "zero_shot"
+    Options = ZeroShotOptions  # its task.<key> options (docs/config-reference.md)
     runs_any_model = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

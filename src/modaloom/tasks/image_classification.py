@@ -52,7 +52,7 @@ MODEL_KEYS = ("pixel_values",)
 class ImageClassificationOptions:
     """Options of the image classification task (``task.<key>=value``)."""
 
-    pooling: str = choice("first", "first", "mean")
+    pooling: str = choice("first", "first", "mean")  # how the patches become one vector for the head
     norm: str = choice("", "", *IMAGE_NORMS)  # empty: the model's data processor's normalisation
     crop: str = choice("center", *CROP_MODES)  # training crop; evaluation always uses center
     scale_min: float = 0.5  # random_resized: smallest area fraction
@@ -71,6 +71,7 @@ class ImageClassificationTask(FinetuneTask):
     """Image classification: image reader, ``cls`` head (linear on the pooled patches), accuracy / macro-F1."""
 
     name = "image_classification"
+    Options = ImageClassificationOptions  # its task.<key> options (docs/config-reference.md)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

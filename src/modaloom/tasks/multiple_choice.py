@@ -54,7 +54,7 @@ class ChoiceQuestion:
 class MultipleChoiceOptions:
     """Options of the multiple_choice task (``task.<key>=value``)."""
 
-    pooling: str = choice("first", *POOLINGS)
+    pooling: str = choice("first", *POOLINGS)  # how each choice's sequence becomes one vector for the scorer
     pooler: bool = False  # dense + tanh before the output (TencentPretrain's run_c3 has none)
 
 
@@ -187,6 +187,7 @@ class MultipleChoiceTask(FinetuneTask):
     """Multiple choice: one pooled score per (context, question, choice), softmax over the choices, accuracy."""
 
     name = "multiple_choice"
+    Options = MultipleChoiceOptions  # its task.<key> options (docs/config-reference.md)
     selection_metric = "accuracy"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

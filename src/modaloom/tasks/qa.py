@@ -54,7 +54,9 @@ class QAOptions:
     doc_stride: int = 128  # tokens between the starts of two windows of one context
     max_answer_length: int = 30  # tokens of the longest answer decoding considers
     max_question_length: int = 64  # tokens of a question kept (its first ones)
+    # model: the model's tokenizer with offsets; char: one token per character
     tokenization: str = choice("model", "model", "char")
+    # best: max p_start * p_end; greedy: best start then best end; tencentpretrain: its rule
     decoding: str = choice("best", "best", "greedy", "tencentpretrain")
 
     def check(self) -> None:
@@ -208,6 +210,7 @@ class QATask(FinetuneTask):
     """Extractive QA: question/context windows, ``span`` head, CMRC2018 EM/F1, one answer per question."""
 
     name = "qa"
+    Options = QAOptions  # its task.<key> options (docs/config-reference.md)
     selection_metric = "f1"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

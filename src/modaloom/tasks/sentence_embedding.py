@@ -43,7 +43,9 @@ from modaloom.tasks.text_io import Row, encode_pairs, read_rows, read_sentences
 class SentenceEmbeddingOptions:
     """Options of the sentence_embedding task (``task.<key>=value``), recorded in the fine-tuned model."""
 
+    # siamese: cosine regresses on pair labels; simcse: two dropout views are positives
     kind: str = choice("siamese", "siamese", "simcse")
+    # how the tokens become one sentence vector (real tokens only)
     pooling: str = choice("mean", "mean", "first", "max", "last")
     temperature: float = 0.05  # simcse: InfoNCE logits are cosine / temperature
     label_max: float = 0.0  # siamese: labels are divided by it; 0: from the training file (see the docstring)
@@ -95,6 +97,7 @@ class SentenceEmbeddingTask(FinetuneTask):
     """Siamese cosine regression or SimCSE contrastive training of a pooled encoder; Spearman on STS pairs."""
 
     name = "sentence_embedding"
+    Options = SentenceEmbeddingOptions  # its task.<key> options (docs/config-reference.md)
     selection_metric = "spearman"
     kept_targets = ("*",)
 

@@ -244,6 +244,7 @@ class SpeechToTextTask(FinetuneTask):
     """Speech recognition on an encoder-decoder (S2T): filterbanks in, transcript out, WER / CER."""
 
     name = "speech_to_text"
+    Options = SpeechToTextOptions  # its task.<key> options (docs/config-reference.md)
     selection_metric: ClassVar[str] = "wer"
     lower_is_better: ClassVar[tuple[str, ...]] = ("loss", "wer", "cer")
     kept_targets: ClassVar[tuple[str, ...]] = ("lm",)  # the decoder's lm head is the model's own

@@ -227,6 +227,7 @@ class TaggingTask(FinetuneTask):
     """Sequence tagging: NER reader, ``tagger`` head (optional CRF), seqeval metrics, per-token predictions."""
 
     name = "tagging"
+    Options = TaggingOptions  # its task.<key> options (docs/config-reference.md)
     selection_metric = "f1"
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -54,7 +54,7 @@ class Text2TextOptions:
     tgt_seq_length: int = 64  # target tokens at most (its end token included)
     max_new_tokens: int = 0  # tokens generated per example; 0: tgt_seq_length
     num_beams: int = 1  # 1: greedy; more: beam search
-    length_penalty: float = 1.0
+    length_penalty: float = 1.0  # beam search: score = sum of log-probs / length ** length_penalty
     metric: str = choice("bleu", *METRICS)  # selects the best dev checkpoint
     bleu_tokenize: str = "auto"  # sacrebleu tokenizer; auto: "zh" when a reference holds CJK text, else "13a"
 
@@ -200,6 +200,7 @@ class Text2TextTask(FinetuneTask):
     """Text-to-text fine-tuning: teacher-forced lm loss, generated dev outputs scored with BLEU/chrF/ROUGE."""
 
     name = "text2text"
+    Options = Text2TextOptions  # its task.<key> options (docs/config-reference.md)
     kept_targets = ("lm",)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

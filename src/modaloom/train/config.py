@@ -42,9 +42,9 @@ class InitFrom:
     """One ``train.init_from`` entry: the model's parameters under ``prefix`` from ``folder``'s weights
     under ``source_prefix`` (empty: the folder's root)."""
 
-    prefix: str = ""
-    folder: str = ""
-    source_prefix: str = ""
+    prefix: str = ""  # parameter-name prefix of the model filled from the folder (empty: the whole model)
+    folder: str = ""  # a modaloom model folder (model.safetensors + config.json)
+    source_prefix: str = ""  # prefix of the folder's weights that is read (empty: its root)
 
     def validate(self) -> None:
         if not self.folder:
@@ -68,50 +68,52 @@ class TrainConfig:
     # fine-tuning tasks: batches of examples of similar length (less padding), still shuffled and seeded
     group_by_length: bool = False
     # optimizer
-    optimizer: str = choice("adamw", "adamw", "adafactor", "sgd")
-    lr: float = 1e-4
-    weight_decay: float = 0.01
+    optimizer: str = choice("adamw", "adamw", "adafactor", "sgd")  # adamw, adafactor or sgd
+    lr: float = 1e-4  # peak learning rate
+    weight_decay: float = 0.01  # decoupled weight decay (adamw) for every parameter not matched by no_decay
     no_decay: list[str] = field(default_factory=lambda: ["bias", "norm"])  # name parts kept out of decay
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    momentum: float = 0.0  # sgd only
-    optimizer_impl: str = choice("auto", "auto", "fused", "foreach", "loop")  # adamw kernels
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adamw / adafactor moment coefficients
+    eps: float = 1e-8  # optimizer epsilon
+    momentum: float = 0.0  # sgd momentum (other optimizers ignore it)
+    optimizer_impl: str = choice("auto", "auto", "fused", "foreach", "loop")  # adamw kernels used
     # adamw only (other optimizers ignore it): false = no bias correction (original BERT / TencentPretrain);
     # early steps then are up to (1 - beta1) / sqrt(1 - beta2^t) times larger, ~3x at step 1 with the default betas
     adam_bias_correction: bool = True
     # schedule: warmup is a fraction of `steps` when warmup_ratio > 0, else warmup_steps
-    schedule: str = choice("linear", *SCHEDULES)
-    warmup_steps: int = 0
-    warmup_ratio: float = 0.0
+    schedule: str = choice("linear", *SCHEDULES)  # learning-rate schedule after the warm-up
+    warmup_steps: int = 0  # linear warm-up length in optimizer steps (when warmup_ratio is 0)
+    warmup_ratio: float = 0.0  # warm-up length as a fraction of steps; wins over warmup_steps when > 0
     min_lr_ratio: float = 0.0  # floor of decaying schedules, as a fraction of lr
     cycles: float = 1.0  # cosine_with_restarts: number of hard restarts
     power: float = 1.0  # polynomial decay power
-    tristage_ratios: list[float] = field(default_factory=lambda: [0.1, 0.4, 0.5])  # warmup, hold, decay
+    # tristage: fractions of steps to warm up, hold, decay
+    tristage_ratios: list[float] = field(default_factory=lambda: [0.1, 0.4, 0.5])
     tristage_final_scale: float = 0.01  # tristage: lr at the end as a fraction of lr
     # numerics
-    clip_norm: float = 1.0  # 0 disables clipping
+    clip_norm: float = 1.0  # largest global gradient norm; 0 disables clipping
+    # autocast dtype; fp16 adds a gradient scaler; weights stay fp32
     precision: str = choice("fp32", "fp32", "bf16", "fp16")
-    activation_checkpointing: bool = False
-    compile: bool = False
-    seed: int = 7
-    deterministic: bool = False
+    activation_checkpointing: bool = False  # recompute layer activations in the backward pass to save memory
+    compile: bool = False  # torch.compile the model's forward
+    seed: int = 7  # seed of initialisation, sampling and masking
+    deterministic: bool = False  # torch deterministic algorithms (slower; warns where none exists)
     nonfinite: str = choice("stop", "stop", "skip")  # what a NaN/inf loss does
     # distributed
     parallel: str = choice("auto", "auto", "ddp", "fsdp", "none")  # auto: ddp when world_size > 1
     # evaluation, checkpoints, logging
-    eval_every: int = 0  # 0: no periodic evaluation
-    eval_batches: int = 20
+    eval_every: int = 0  # optimizer steps between evaluations; 0: none
+    eval_batches: int = 20  # batches per rank in each evaluation (0: the whole evaluation set)
     eval_holdout: float = 0.01  # records held out of --data for evaluation (a fraction, or a count >= 1)
-    save_every: int = 0  # 0: only at the end (and on SIGINT/SIGTERM)
-    keep_last: int = 3
+    save_every: int = 0  # steps between checkpoints; 0: only at the end (and on SIGINT/SIGTERM)
+    keep_last: int = 3  # checkpoints kept; older ones are deleted
     # full: model and optimizer gathered and written whole by rank 0; sharded: every rank writes its own
     # shards (torch.distributed.checkpoint); auto: sharded under FSDP with more than one process, else full
     checkpoint_format: str = choice("full", "full", "sharded", "auto")
-    log_every: int = 10
+    log_every: int = 10  # optimizer steps between log lines
     progress: bool = True  # tqdm progress bar on rank 0
-    tensorboard: bool = True
+    tensorboard: bool = True  # write TensorBoard event files under the output folder
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default
-    out_dir: str = ""  # default: --out on the command line
+    out_dir: str = ""  # output folder; default: --out on the command line
     # parameter-efficient and partial training (modaloom/lora.py, modaloom/freeze.py)
     lora: LoraSettings | None = None  # LoRA adapters; the exported model has them merged
     freeze: list[str] = field(default_factory=list)  # parameter-name prefixes (or globs) kept fixed
