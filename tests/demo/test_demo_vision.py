@@ -51,7 +51,7 @@ def check_report(report: StageReport, work) -> None:
     assert verbs == ["preprocess", "pretrain", "finetune", "finetune", "predict"]
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_quick_stage_end_to_end_on_synthetic_idx_files(tmp_path, monkeypatch):
     source = synthetic_source(tmp_path / "idx")
     monkeypatch.setattr(vision, "source_folder", lambda: source)
@@ -69,7 +69,7 @@ def test_quick_stage_end_to_end_on_synthetic_idx_files(tmp_path, monkeypatch):
     assert second.headline == report.headline
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 @pytest.mark.skipif(not (fashion_mnist.SOURCE / fashion_mnist.FILES["train"][0]).is_file(),
                     reason="Debian dataset-fashion-mnist is not installed")
 def test_quick_stage_on_the_real_fashion_mnist(tmp_path):
@@ -118,3 +118,17 @@ def test_export_split_writes_pngs_and_both_lists(tmp_path):
 def test_unpatchify_inverts_patchify(patch):
     pixels = torch.randn(2, 3, 28, 28)
     assert torch.equal(vision.unpatchify(patchify(pixels, patch), patch, 28), pixels)
+
+
+def test_outputs_of_other_sizes_are_not_reused(tmp_path):
+    vision.forget_other_sizes(tmp_path, vision.QUICK)
+    (tmp_path / "pretrain").mkdir()
+    (tmp_path / "pretrain" / "summary.json").write_text("{}")
+    (tmp_path / "reconstructions.png").write_bytes(b"png")
+    (tmp_path / "notes.txt").write_text("mine")
+    vision.forget_other_sizes(tmp_path, vision.QUICK)  # same sizes: kept
+    assert (tmp_path / "pretrain" / "summary.json").is_file()
+    vision.forget_other_sizes(tmp_path, vision.FULL)
+    assert not (tmp_path / "pretrain").exists() and not (tmp_path / "reconstructions.png").exists()
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert json.loads((tmp_path / "sizes.json").read_text())["unlabelled"] == vision.FULL.unlabelled

@@ -14,6 +14,7 @@ The regime is the classic semi-supervised one: many unlabelled images, few label
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,24 @@ def write_configs(work: Path, sizes: Sizes) -> dict[str, str]:
     return {"mae": "mae.yaml", "vit": "vit.yaml"}
 
 
+STEP_OUTPUTS = ("mae_data", "pretrain", "finetune_pretrained", "finetune_random", "shown_predictions.jsonl",
+                "reconstructions.png")
+
+
+def forget_other_sizes(work: Path, sizes: Sizes) -> None:
+    """Removes the step outputs of a run with other sizes (quick after full, or the reverse) from ``work``, so that
+    no step reuses them; then records these sizes in ``sizes.json``."""
+    record = work / "sizes.json"
+    if record.is_file() and json.loads(record.read_text(encoding="utf-8")) != asdict(sizes):
+        for name in STEP_OUTPUTS:
+            path = work / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    atomic_write_json(record, asdict(sizes))
+
+
 def finished(run_dir: Path, key: str = "steps") -> bool:
     """A run whose summary.json says it completed (and, for fine-tuning, holds ``key``)."""
     path = run_dir / "summary.json"
@@ -208,6 +227,7 @@ def run(ctx: StageContext) -> StageReport:
     sizes = QUICK if ctx.quick else FULL
     work = ctx.work
     work.mkdir(parents=True, exist_ok=True)
+    forget_other_sizes(work, sizes)
     data = export_data(work / "data", sizes)
     counts = json.loads((data / "ready.json").read_text(encoding="utf-8"))["counts"]
     configs = write_configs(work, sizes)
