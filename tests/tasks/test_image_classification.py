@@ -194,3 +194,26 @@ def test_hf_export_matches_predict(tuned):
     labels = [hf_config["id2label"][str(int(i))] for i in probabilities.argmax(-1)]
     assert labels == [o["label"] for o in ours]
     assert probabilities[:, 1].tolist() == pytest.approx([o["probabilities"]["light"] for o in ours], abs=1e-4)
+
+
+def test_an_mae_pretrained_folder_fine_tunes_on_whole_images(tmp_path):
+    """An MAE model ([patch, pos, drop_masked] + mae target) fine-tunes: drop_masked, a pre-training-only
+    part without weights, is removed (it would need patch masks), and every encoder weight is kept."""
+    from modaloom.model import build_model, load
+    from modaloom.tasks.image_classification import without_pretraining_parts
+
+    config = json.loads(tiny_vit_config(tmp_path / "vit.json").read_text())["model"]
+    config["embedding"]["parts"] = ["patch", "pos", "drop_masked"]
+    config["targets"] = [{"type": "mae", "patch_size": 4, "decoder_layers_num": 1, "decoder_hidden_size": 16,
+                          "decoder_heads_num": 2, "decoder_feedforward_size": 32}]
+    assert without_pretraining_parts(json.loads(json.dumps(config)))["embedding"]["parts"] == ["patch", "pos"]
+    mae = build_model(config)
+    mae.save(tmp_path / "mae")
+    files = {"train": write_split(tmp_path, "train", 16, 0), "dev": write_split(tmp_path, "dev", 8, 1)}
+    out = tmp_path / "ft"
+    assert main(["finetune", "--task", "image_classification", "--model", str(tmp_path / "mae"), "--train",
+                 str(files["train"]), "--dev", str(files["dev"]), "--out", str(out), "--steps", "2",
+                 "--batch-size", "8", "train.threads=1"]) == 0
+    tuned = load(out / "model")
+    assert tuned.config.embedding.parts == ["patch", "pos"]
+    assert tuned.embedding.state_dict().keys() == mae.embedding.state_dict().keys()

@@ -60,6 +60,18 @@ class ImageClassificationOptions:
     skip_bad_images: bool = False  # training/dev: skip (and count) unreadable images instead of failing
 
 
+PRETRAINING_ONLY_PARTS = ("drop_masked",)  # MAE drops masked patches; a classifier sees every patch
+
+
+def without_pretraining_parts(model: dict[str, Any]) -> dict[str, Any]:
+    """The model dict with weightless pre-training-only embedding parts (MAE's ``drop_masked``) removed, so that
+    an MAE-pre-trained encoder is fine-tuned on whole images, as He et al. 2022 do."""
+    sections = list(model["embedding"].get("streams") or []) or [model["embedding"]]
+    for section in sections:
+        section["parts"] = [p for p in section.get("parts") or [] if p not in PRETRAINING_ONLY_PARTS]
+    return model
+
+
 def resized_head_keys(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
     """Head keys of ``state`` whose shape differs from the model's (e.g. an ImageNet head of 1000 labels)."""
     own = model.state_dict()
@@ -123,11 +135,12 @@ class ImageClassificationTask(FinetuneTask):
         self.set_steps(len(self.train_examples))
 
     def set_head(self) -> None:
-        """Replace the model's targets by one ``cls`` head: a linear layer on the pooled image tokens."""
+        """Replace the model's targets by one ``cls`` head: a linear layer on the pooled image tokens (and drop
+        pre-training-only embedding parts)."""
         from modaloom.config_schema import Source
         from modaloom.model_config import ModelConfig
 
-        model = to_dict(self.cfg.model)
+        model = without_pretraining_parts(to_dict(self.cfg.model))
         model["targets"] = [{"type": "cls", "labels_num": len(self.labels), "loss": "cross_entropy",
                              "pooling": self.options.pooling, "pooler": False}]
         self.cfg.model = build(ModelConfig, model, Source(), "model")
