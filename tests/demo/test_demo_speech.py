@@ -28,7 +28,8 @@ def tone_synthesise(root: Path, utterances: list[speech.Utterance], processes: i
         if path.is_file():
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
-        wave = np.concatenate([0.3 * np.sin(2 * np.pi * (200 + 40 * words.index(w)) * t) for w in u.text.split()])
+        tones = [0.3 * np.sin(2 * np.pi * (200 + 40 * words.index(w)) * t) for w in u.text.split()]
+        wave = np.concatenate(tones)
         soundfile.write(path, wave.astype(np.float32), rate)
 
 
@@ -98,7 +99,7 @@ def test_quick_stage_end_to_end_on_tones(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (Debian: espeak-ng)")
+@pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed (Debian espeak-ng)")
 def test_quick_stage_with_espeak(tmp_path: Path) -> None:
     import soundfile
 
@@ -108,3 +109,29 @@ def test_quick_stage_with_espeak(tmp_path: Path) -> None:
     wav = next((work / "data" / "wav" / "test").glob("*.wav"))
     info = soundfile.info(wav)
     assert info.samplerate == 22050 and info.duration > 0.3
+
+
+class PrintingContext:
+    """A stand-in StageContext whose command is a child process printing ``line`` on stdout."""
+
+    def __init__(self, line: str) -> None:
+        self.line, self.commands = line, []
+
+    def command(self, title: str, argv: list[str]) -> None:
+        import subprocess
+        import sys
+
+        self.commands.append(title)
+        subprocess.run([sys.executable, "-c", f"print('progress'); print({self.line!r})"], check=True)
+
+
+def test_run_json_keeps_the_child_stdout_and_reuses_it(tmp_path: Path) -> None:
+    out = tmp_path / "eval.json"
+    ctx = PrintingContext('{"wer": 0.25, "cer": 0.1}')
+    assert speech.run_json(ctx, "evaluate", [], out) == {"wer": 0.25, "cer": 0.1}
+    assert json.loads(out.read_text()) == {"wer": 0.25, "cer": 0.1}
+    assert speech.run_json(ctx, "evaluate", [], out) == {"wer": 0.25, "cer": 0.1}
+    assert ctx.commands == ["evaluate"]  # the second call reused the file
+    with pytest.raises(DataError, match="printed no JSON"):
+        speech.run_json(PrintingContext("not json"), "evaluate", [], tmp_path / "bad.json")
+    assert not (tmp_path / "bad.json").exists()

@@ -52,6 +52,7 @@ class Sizes:
     dev_voices: int
     test_voices: int
     epochs: int
+    eval_every: int  # steps between dev evaluations (and at the end)
     batch_size: int
     lr: float
     emb_size: int
@@ -61,10 +62,10 @@ class Sizes:
     samples: int  # test transcripts shown in the report
 
 
-FULL = Sizes(train=1200, dev=120, test=300, dev_voices=3, test_voices=6, epochs=10, batch_size=8, lr=1.5e-3,
-             emb_size=64, conv_channels=128, layers=2, feedforward=192, samples=6)
-QUICK = Sizes(train=32, dev=8, test=8, dev_voices=1, test_voices=1, epochs=1, batch_size=8, lr=1e-3,
-              emb_size=32, conv_channels=32, layers=1, feedforward=64, samples=3)
+FULL = Sizes(train=1200, dev=120, test=300, dev_voices=3, test_voices=6, epochs=16, eval_every=400,
+             batch_size=8, lr=1.5e-3, emb_size=64, conv_channels=128, layers=2, feedforward=192, samples=6)
+QUICK = Sizes(train=32, dev=8, test=8, dev_voices=1, test_voices=1, epochs=1, eval_every=4, batch_size=8,
+              lr=1e-3, emb_size=32, conv_channels=32, layers=1, feedforward=64, samples=3)
 
 
 @dataclass(frozen=True)
@@ -97,8 +98,8 @@ def vocabulary_words() -> list[str]:
 
 
 def voice_split(sizes: Sizes, seed: int = SEED) -> dict[str, list[str]]:
-    """All accent+variant voices shuffled by the seed: the first ones are the test voices, then the dev voices,
-    the rest train; a held-out voice is a combination never heard, made of an accent and a variant that are."""
+    """All accent+variant voices shuffled by the seed: the first are the test voices, then the dev voices, the
+    rest train; a held-out voice is a combination never heard, made of an accent and a variant that are."""
     voices = [a + v for a in ACCENTS for v in VARIANTS]
     random.Random(seed).shuffle(voices)
     test, dev = voices[:sizes.test_voices], voices[sizes.test_voices:sizes.test_voices + sizes.dev_voices]
@@ -106,13 +107,13 @@ def voice_split(sizes: Sizes, seed: int = SEED) -> dict[str, list[str]]:
 
 
 def draw_number(rng: random.Random) -> int:
-    """A number below 20, below 100 or below 1000 with equal chances (then uniform): one-word numbers teach the
-    model each word's sound before it has learnt to align longer utterances, which speeds training up."""
+    """A number below 20, below 100 or below 1000 with equal chances (then uniform): one-word numbers teach
+    the model each word's sound before it has learnt to align longer utterances, which speeds training up."""
     return rng.randint(0, (19, 99, 999)[rng.randrange(3)])
 
 
 def plan(sizes: Sizes, seed: int = SEED) -> list[Utterance]:
-    """Every utterance of the three splits: numbers, voices, speeds (130-210 wpm) and pitches drawn by the seed."""
+    """Every utterance of the three splits: numbers, voices, speeds (130-210 wpm), pitches from the seed."""
     rng = random.Random(seed)
     voices = voice_split(sizes, seed)
     out = []
@@ -128,8 +129,9 @@ def require_debian(package: str, binary: str) -> str:
     """The path of ``binary``, or a DataError naming the Debian package that provides it."""
     found = shutil.which(binary)
     if found is None:
-        raise DataError(f"the speech demo needs `{binary}`, which is not installed: run `sudo apt-get install -y "
-                        f"{package}` (Debian/Ubuntu package {package}) and run the demo again")
+        raise DataError(f"the speech demo needs `{binary}`, which is not installed: run "
+                        f"`sudo apt-get install -y {package}` (Debian/Ubuntu package {package}) "
+                        "and run the demo again")
     return found
 
 
@@ -144,10 +146,11 @@ def synthesise(root: Path, utterances: list[Utterance], processes: int = 2) -> N
     def speak(u: Utterance) -> None:
         target = root / u.wav
         partial = target.with_suffix(".part.wav")
-        done = subprocess.run([espeak, "-v", u.voice, "-s", str(u.speed), "-p", str(u.pitch), "-w", str(partial),
-                               u.text], capture_output=True, text=True)
+        argv = [espeak, "-v", u.voice, "-s", str(u.speed), "-p", str(u.pitch), "-w", str(partial), u.text]
+        done = subprocess.run(argv, capture_output=True, text=True)
         if done.returncode != 0 or not partial.is_file():
-            raise DataError(f"espeak-ng failed on voice {u.voice!r} ({done.returncode}): {done.stderr.strip()}")
+            raise DataError(f"espeak-ng failed on voice {u.voice!r} (exit {done.returncode}): "
+                            f"{done.stderr.strip()}")
         os.replace(partial, target)
 
     with ThreadPoolExecutor(max_workers=processes) as pool:
@@ -233,7 +236,8 @@ def run_json(ctx: StageContext, title: str, argv: list[str], out: Path) -> dict[
         value = json.loads(lines[-1])
     except (IndexError, ValueError):
         raise DataError(f"demo step '{title}' printed no JSON result (see {partial})") from None
-    os.replace(partial, out)
+    atomic_write_json(out, value)
+    partial.unlink()
     return value
 
 
@@ -300,7 +304,8 @@ def run(ctx: StageContext) -> StageReport:
             "finetune", "--task", "speech_to_text", "--config", str(config), "--vocab", str(vocab),
             "--train", str(data / "train.tsv"), "--dev", str(data / "dev.tsv"), "--out", str(run_dir),
             "--epochs", str(sizes.epochs), "--batch-size", str(sizes.batch_size), "--lr", str(sizes.lr),
-            "--seq-length", "16", "train.threads=1", "train.warmup_ratio=0.05", "train.adam_bias_correction=true",
+            "--seq-length", "16", f"train.eval_every={sizes.eval_every}", "train.threads=1",
+            "train.warmup_ratio=0.05", "train.adam_bias_correction=true",
             "task.num_beams=4", "task.max_new_tokens=8", *resume])
     model = run_dir / "model"
 
@@ -312,7 +317,8 @@ def run(ctx: StageContext) -> StageReport:
     scores = {}
     for split, path in (("train", seen), ("dev", data / "dev.tsv"), ("test", data / "test.tsv")):
         scores[split] = run_json(ctx, f"word error rate on the {split} voices (beam search, 4 beams)",
-                                 ["evaluate", "--model", str(model), "--input", str(path)], work / f"eval_{split}.json")
+                                 ["evaluate", "--model", str(model), "--input", str(path)],
+                                 work / f"eval_{split}.json")
 
     shown = data / "samples.tsv"
     test_rows = read_tsv(data / "test.tsv")
@@ -349,30 +355,33 @@ def report(ctx: StageContext, sizes: Sizes, manifest: dict[str, Any], scores: di
            samples: list[dict[str, str]], run_dir: Path, config: Path) -> StageReport:
     """The stage's report from the evaluations and the training run."""
     splits = manifest["splits"]
-    names = {"train": "train (voices heard in training)", "dev": "dev (held-out voices, picks the checkpoint)",
+    names = {"train": "train (voices heard in training)",
+             "dev": "dev (held-out voices, picks the checkpoint)",
              "test": "test (held-out voices)"}
     rows = []
     for split in SPLITS:
         count = int(scores[split].get("examples", 0))
         voices = splits[split]["voices"]
         shown = ", ".join(voices) if len(voices) <= 6 else f"{len(voices)} voices"
-        rows.append([names[split], shown, count, round(scores[split]["wer"], 4), round(scores[split]["cer"], 4)])
+        wer, cer = round(scores[split]["wer"], 4), round(scores[split]["cer"], 4)
+        rows.append([names[split], shown, count, wer, cer])
     test = scores["test"]
     summary_json = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
     summary = (
-        f"{manifest['utterances']} utterances of numbers 0-999 in words (\"three hundred and forty two\") were "
-        f"synthesised with espeak-ng by {sum(len(s['voices']) for s in splits.values())} voices (an accent such as "
-        f"en-gb-scotland with a variant such as +f3, at 130-210 words/min and random pitch). A "
+        f"{manifest['utterances']} utterances of numbers 0-999 in words (\"three hundred and forty two\") "
+        f"were synthesised with espeak-ng by {sum(len(s['voices']) for s in splits.values())} voices (an "
+        f"accent such as en-gb-scotland with a variant such as +f3, at 130-210 words/min, random pitch). A "
         f"{sizes.layers}+{sizes.layers}-layer S2T (width {sizes.emb_size}) was trained from random init for "
         f"{summary_json.get('steps')} steps on {splits['train']['utterances']} utterances, its transcripts "
         f"tokenised as whole words. On {splits['test']['utterances']} utterances by "
-        f"{len(splits['test']['voices'])} voices it never heard (each voice's accent and variant occur in training "
-        f"in other combinations), beam search gives WER {test['wer']:.3f} and CER {test['cer']:.3f}."
+        f"{len(splits['test']['voices'])} voices it never heard (each voice's accent and variant occur in "
+        f"training in other combinations), beam search gives WER {test['wer']:.3f} and CER {test['cer']:.3f}."
     )
     if ctx.quick:
         summary += " Quick mode: a few dozen utterances and steps, so the error rates mean nothing."
     figures = [Figure("run/curves.png", "training loss and dev WER / CER (beam search) of the S2T model"),
-               Figure("spectrogram.png", "the 80-bin filterbank of one held-out utterance, as the model reads it")]
+               Figure("spectrogram.png",
+                      "the 80-bin filterbank of one held-out utterance, as the model reads it")]
     return StageReport(
         stage="speech", title="Speech: spoken numbers, held-out voices", summary=summary,
         headline={"wer_heldout_voices": round(test["wer"], 4), "cer_heldout_voices": round(test["cer"], 4)},
