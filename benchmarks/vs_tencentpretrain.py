@@ -14,7 +14,8 @@ RSS of its whole process tree (workers included) and the 1-minute load average w
   against ``modaloom preprocess --processor bert`` (one copy, masked again each epoch); peak RSS at equal work.
 - pretrain, tiny BERT (models/bert/tiny_config.json / ``--config bert/tiny``), ``--steps`` steps: equal compute
   (batch 32 x seq 128 on both, on the equal-work data) and each tool's defaults (tokens/s of the whole command,
-  tokens = batch x seq x steps); peak RSS at equal compute.
+  tokens = batch x seq x steps); peak RSS at equal compute, and modaloom's memory by part
+  (``benchmarks/memory_breakdown.py``).
 - finetune: ``benchmarks/finetune.py``'s side-by-side commands (book_review, 2 epochs, from TencentPretrain's
   1,000-step checkpoint).
 - inference: ``benchmarks/inference.py``'s end-to-end commands (book_review test_nolabel, batch 64).
@@ -82,6 +83,7 @@ class Harness:
         self.threads: int = args.threads
         self.tp: Path = args.tp
         self.rows: list[dict[str, Any]] = []
+        self.breakdown: dict[str, Any] | None = None
 
     def pair(self, tp_cmd: list[str], ours_cmd: list[str], fresh: Path | None = None) -> tuple[Measured, Measured]:
         """Both commands ``--repeat`` times interleaved (``fresh``, modaloom's output folder, removed before each
@@ -145,6 +147,9 @@ class Harness:
                              self.work / "ml_pt")
         self.rows.append(row(f"pretrain, equal compute ({steps} steps x 32 x 128)", tp, ours, tp.wall / ours.wall, "s"))
         self.rows.append(rss_row("pretrain, equal compute: memory", tp, ours))
+        measured = side_by_side.run_measured([sys.executable, str(Path(__file__).parent / "memory_breakdown.py"),
+                                              str(data), "--threads", str(self.threads), "--json"], self.threads)
+        self.breakdown = json.loads(measured.output.strip().splitlines()[-1])
         tp, ours = self.pair(self.tp_pretrain("tp_dup5.pt", steps, []), self.ours_pretrain(data, steps, []),
                              self.work / "ml_pt")
         tp_tps, ours_tps = 32 * 128 * steps / tp.wall, default_batch_tokens() * steps / ours.wall
@@ -233,8 +238,13 @@ def main(argv: list[str] | None = None) -> int:
     header = (f"modaloom vs TencentPretrain ({args.tp}), torch {torch.__version__}, {args.threads} threads, "
               f"{os.cpu_count()} cores, median of {args.repeat} interleaved runs{' (QUICK: smoke only)' * args.quick}")
     print_table(harness.rows, header)
+    if harness.breakdown:
+        import memory_breakdown
+
+        memory_breakdown.print_rows(harness.breakdown)
     if args.json:
-        args.json.write_text(json.dumps({"header": header, "rows": harness.rows}, indent=1) + "\n", encoding="utf-8")
+        args.json.write_text(json.dumps({"header": header, "rows": harness.rows,
+                                               "memory_breakdown": harness.breakdown}, indent=1) + "\n", encoding="utf-8")
     return 0
 
 
