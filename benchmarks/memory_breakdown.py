@@ -52,7 +52,7 @@ class Ledger:
         self.last = now
 
 
-def breakdown(data: Path, batch: int, seq: int, threads: int) -> dict[str, Any]:
+def breakdown(data: Path, batch: int, seq: int, threads: int, overrides: list[str] | None = None) -> dict[str, Any]:
     """Build a tiny BERT pre-training part by part, measuring resident memory after each."""
     ledger = Ledger()
     import torch
@@ -65,6 +65,7 @@ def breakdown(data: Path, batch: int, seq: int, threads: int) -> dict[str, Any]:
     from modaloom.tasks import load_job_config
     from modaloom.train import trainer as trainer_module
     from modaloom.train.flops import measure_matmul_peak
+    from modaloom.train.memory import set_mmap_threshold
     from modaloom.train.monitor import Monitor
     from modaloom.train.optim import build_optimizer
     from modaloom.zoo import zoo_path
@@ -72,7 +73,8 @@ def breakdown(data: Path, batch: int, seq: int, threads: int) -> dict[str, Any]:
     ledger.mark("import modaloom (cli, trainer, model, loader)",
                 heavy=[name for name in HEAVY if name in sys.modules])
     cfg = load_job_config(str(zoo_path("bert/tiny")), [
-        "model.embedding.vocab_size=21128", f"data.seq_length={seq}", f"train.batch_size={batch}"])
+        "model.embedding.vocab_size=21128", f"data.seq_length={seq}", f"train.batch_size={batch}", *(overrides or [])])
+    set_mmap_threshold(cfg.train.mmap_threshold_mb)  # as `modaloom pretrain` does
     torch.manual_seed(0)
     model = build_model(cfg.model)
     params = sum(p.numel() for p in model.parameters())
@@ -101,12 +103,12 @@ def breakdown(data: Path, batch: int, seq: int, threads: int) -> dict[str, Any]:
                     heavy=[name for name in HEAVY if name in sys.modules])
     del trainer_module
     return {"rows": ledger.rows, "peak_mb": _peak_mb(), "batch": batch, "seq": seq, "threads": threads,
-            "malloc_arena_max": os.environ.get("MALLOC_ARENA_MAX")}
+            "mmap_threshold_mb": cfg.train.mmap_threshold_mb}
 
 
 def print_rows(result: dict[str, Any]) -> None:
     print(f"modaloom pre-training memory by part (tiny BERT, batch {result['batch']}x{result['seq']}, "
-          f"{result['threads']} threads), MiB")
+          f"{result['threads']} threads, train.mmap_threshold_mb={result['mmap_threshold_mb']}), MiB")
     print(f"{'part':<62} {'RSS after':>9} {'change':>8} {'peak':>7}")
     for row in result["rows"]:
         extra = f"  pulled in: {', '.join(row['heavy'])}" if row.get("heavy") else ""
@@ -120,11 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--override", action="append", default=[], help="config override, e.g. "
+                        "train.mmap_threshold_mb=0 (glibc's default heap)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON line only")
     args = parser.parse_args(argv)
     if not (args.data / "manifest.json").is_file():
         raise SystemExit(f"{args.data} has no manifest.json: run `modaloom preprocess --processor bert` first")
-    result = breakdown(args.data, args.batch, args.seq, args.threads)
+    result = breakdown(args.data, args.batch, args.seq, args.threads, args.override)
     if args.json:
         print(json.dumps(result))
     else:
