@@ -23,7 +23,8 @@ training examples and N/4 dev and test examples; 0 = all), the same model (Tence
 checkpoint ``checkpoints/bert_tiny_book_review_1k.bin``; modaloom's side is its ``convert --from
 tencentpretrain``), 2 epochs (``--epochs``), batch 32, seq 128, lr 2e-5 with 10% warm-up, and the same optimizer
 (AdamW without bias correction, no gradient clipping: ``train.adam_bias_correction=false train.clip_norm=0``),
-``OMP_NUM_THREADS`` = ``--threads`` on both. Seconds per epoch = wall time of the whole command (start-up, reading,
+``OMP_NUM_THREADS`` = ``--threads`` on both (``benchmarks/vs_tencentpretrain.py`` runs the same commands
+interleaved, with peak RSS). Seconds per epoch = wall time of the whole command (start-up, reading,
 training, the dev evaluation after each epoch and the final test evaluation) / epochs; ratio = modaloom /
 TencentPretrain (target <= 0.33). The full measurement, on a quiet machine:
 
@@ -46,12 +47,14 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
-import time
 import zlib
 from pathlib import Path
 from typing import Any
+
+import side_by_side
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "tencentpretrain"
@@ -157,48 +160,48 @@ def book_slice(work: Path, limit: int) -> tuple[Path, Path, Path]:
     return out[0], out[1], out[2]
 
 
-def timed(cmd: list[str], threads: int, cwd: Path | None = None) -> tuple[float, str]:
-    """Run ``cmd`` with ``threads`` OpenMP/torch threads; (wall seconds, its stdout + stderr), failing loudly."""
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    print("$ " + " ".join(cmd), file=sys.stderr, flush=True)
-    start = time.perf_counter()
-    done = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if done.returncode != 0:
-        raise SystemExit(f"failed ({done.returncode}):\n{(done.stdout + done.stderr)[-3000:]}")
-    return wall, done.stdout + done.stderr
+def tp_classifier_command(work: Path, train: Path, dev: Path, test: Path, epochs: int,
+                          tp_python: str = sys.executable) -> list[str]:
+    """TencentPretrain's run_classifier.py on the slice from its 1,000-step checkpoint (run in its checkout)."""
+    return [tp_python, "finetune/run_classifier.py", "--pretrained_model_path", str(TP_CHECKPOINT),
+            "--vocab_path", str(ZH_VOCAB), "--config_path", str(TP_CONFIG), "--train_path", str(train),
+            "--dev_path", str(dev), "--test_path", str(test), "--epochs_num", str(epochs), "--batch_size", "32",
+            "--seq_length", "128", "--output_model_path", str(work / "tp_classifier.bin")]
 
 
-def side_by_side(work: Path, tp: Path, limit: int, epochs: int, threads: int) -> list[dict[str, Any]]:
-    """TencentPretrain's run_classifier.py, then modaloom finetune, on the same slice; their rows."""
-    train, dev, test = book_slice(work, limit)
-    theirs = [sys.executable, "finetune/run_classifier.py", "--pretrained_model_path", str(TP_CHECKPOINT),
-              "--vocab_path", str(ZH_VOCAB), "--config_path", str(TP_CONFIG), "--train_path", str(train),
-              "--dev_path", str(dev), "--test_path", str(test), "--epochs_num", str(epochs), "--batch_size", "32",
-              "--seq_length", "128", "--output_model_path", str(work / "tp_classifier.bin")]
-    wall_tp, log = timed(theirs, threads, cwd=tp)
-    accuracies = [float(a) for a in re.findall(r"Acc\. \(Correct/Total\): ([0-9.]+)", log)]
+def modaloom_classifier_command(work: Path, out: Path, train: Path, dev: Path, test: Path,
+                                epochs: int) -> list[str]:
+    """``modaloom finetune`` with TencentPretrain's recipe from the same checkpoint, converted once into ``work``."""
     converted = work / "tp1k"
     if not (converted / "config.json").is_file():
         modaloom("convert", "--from", "tencentpretrain", "--to", "modaloom", str(TP_CHECKPOINT), str(converted),
                  "--config", str(TP_CONFIG))
-    out = work / f"side_modaloom_{limit or 'all'}"
-    ours = [sys.executable, "-m", "modaloom.cli.main", "finetune", "--task", "classification", "--model",
-            str(converted), "--vocab", str(ZH_VOCAB), "--train", str(train), "--dev", str(dev), "--test", str(test),
-            "--out", str(out), "--epochs", str(epochs), "--batch-size", "32", "--seq-length", "128",
-            "train.adam_bias_correction=false", "train.clip_norm=0", "train.progress=false",
-            "train.tensorboard=false"]
     if out.exists():
-        import shutil
-
         shutil.rmtree(out)
-    wall_ours, _ = timed(ours, threads)
+    return side_by_side.modaloom_command(
+        "finetune", "--task", "classification", "--model", str(converted), "--vocab", str(ZH_VOCAB), "--train",
+        str(train), "--dev", str(dev), "--test", str(test), "--out", str(out), "--epochs", str(epochs),
+        "--batch-size", "32", "--seq-length", "128", "train.adam_bias_correction=false", "train.clip_norm=0",
+        "train.progress=false", "train.tensorboard=false")
+
+
+def tp_accuracies(log: str) -> tuple[float, float]:
+    """(best dev, test) accuracy from run_classifier.py's output (the last figure is the test's)."""
+    accuracies = [float(a) for a in re.findall(r"Acc\. \(Correct/Total\): ([0-9.]+)", log)]
+    return max(accuracies[:-1], default=float("nan")), accuracies[-1] if accuracies else float("nan")
+
+
+def side_by_side_run(work: Path, tp: Path, limit: int, epochs: int, threads: int) -> list[dict[str, Any]]:
+    """TencentPretrain's run_classifier.py, then modaloom finetune, on the same slice; their rows."""
+    train, dev, test = book_slice(work, limit)
+    theirs = side_by_side.run_measured(tp_classifier_command(work, train, dev, test, epochs), threads, cwd=tp)
+    dev_tp, test_tp = tp_accuracies(theirs.output)
+    out = work / f"side_modaloom_{limit or 'all'}"
+    ours = side_by_side.run_measured(modaloom_classifier_command(work, out, train, dev, test, epochs), threads)
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
-    return [{"row": "TencentPretrain run_classifier.py", "seconds_per_epoch": wall_tp / epochs, "wall": wall_tp,
-             "dev_accuracy": max(accuracies[:-1], default=float("nan")),
-             "test_accuracy": accuracies[-1] if accuracies else float("nan")},
-            {"row": "modaloom finetune", "seconds_per_epoch": wall_ours / epochs, "wall": wall_ours,
+    return [{"row": "TencentPretrain run_classifier.py", "seconds_per_epoch": theirs.wall / epochs,
+             "wall": theirs.wall, "dev_accuracy": dev_tp, "test_accuracy": test_tp},
+            {"row": "modaloom finetune", "seconds_per_epoch": ours.wall / epochs, "wall": ours.wall,
              "dev_accuracy": summary["best_dev"]["value"], "test_accuracy": summary["test/accuracy"]}]
 
 
@@ -233,7 +236,7 @@ def main() -> None:
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     if args.side_by_side:
-        print_side_by_side(side_by_side(args.work, args.tp, args.limit, args.epochs, args.threads), args.limit,
+        print_side_by_side(side_by_side_run(args.work, args.tp, args.limit, args.epochs, args.threads), args.limit,
                            args.epochs, args.threads)
         return
     results = [row(name, args.work, args.pretrained, args.book_lr, args.rt_epochs) for name in args.rows]

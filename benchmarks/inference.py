@@ -231,15 +231,22 @@ def bench_predict(model_dir: Path, hf_dir: Path, source: Path, batch: int, repea
     return out
 
 
-def bench_e2e(model_dir: Path, work: Path, source: Path, tp: Path, batch: int, repeats: int,
-              threads: int) -> list[str]:
-    """Wall seconds (start-up included) of `modaloom predict` and TencentPretrain's classifier inference."""
-    ours = modaloom_command("predict", "--model", str(model_dir), "--input", str(source), "--out",
-                            str(work / "pred_modaloom.jsonl"), "--batch-size", str(batch))
-    theirs = [sys.executable, "inference/run_classifier_infer.py", "--load_model_path", str(TP_CHECKPOINT),
+def e2e_commands(model_dir: Path, work: Path, source: Path, batch: int,
+                 tp_python: str = sys.executable) -> tuple[list[str], list[str]]:
+    """(TencentPretrain's run_classifier_infer.py, run in its checkout; `modaloom predict`) on ``source``."""
+    theirs = [tp_python, "inference/run_classifier_infer.py", "--load_model_path", str(TP_CHECKPOINT),
               "--vocab_path", str(ZH_VOCAB), "--config_path", str(TP_CONFIG), "--test_path", str(source),
               "--prediction_path", str(work / "pred_tencentpretrain.tsv"), "--labels_num", "2",
               "--seq_length", "128", "--batch_size", str(batch)]
+    ours = modaloom_command("predict", "--model", str(model_dir), "--input", str(source), "--out",
+                            str(work / "pred_modaloom.jsonl"), "--batch-size", str(batch))
+    return theirs, ours
+
+
+def bench_e2e(model_dir: Path, work: Path, source: Path, tp: Path, batch: int, repeats: int,
+              threads: int) -> list[str]:
+    """Wall seconds (start-up included) of `modaloom predict` and TencentPretrain's classifier inference."""
+    theirs, ours = e2e_commands(model_dir, work, source, batch)
     walls: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeats):
         walls[0].append(run_quiet(theirs, threads, cwd=tp))

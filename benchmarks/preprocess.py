@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
+import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import psutil
+import side_by_side
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "tencentpretrain"
 VOCAB = SHARED / "models" / "google_zh_vocab.txt"
@@ -26,22 +25,9 @@ RUNS = [("bert", "book_review_train_bert.txt"), ("bert", "CLUECorpusSmall_bert_s
 
 
 def run_measured(args: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS (bytes) summed over the process and all its children, sampled every 20 ms."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    root = psutil.Process(proc.pid)
-    peak = 0
-    while proc.poll() is None:
-        try:
-            total = sum(p.memory_info().rss for p in [root, *root.children(recursive=True)])
-            peak = max(peak, total)
-        except psutil.Error:
-            pass
-        time.sleep(0.02)
-    wall = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"failed: {' '.join(args)}\n{proc.stderr.read().decode()}")
-    return wall, peak
+    """Wall seconds and peak RSS (bytes) of the whole process tree (``side_by_side.run_measured``)."""
+    measured = side_by_side.run_measured(args, threads=os.cpu_count() or 1)
+    return measured.wall, int(measured.peak_rss_mb * 2**20)
 
 
 def preprocess_args(processor: str, corpus: Path, out: Path, workers: int) -> list[str]:

@@ -9,6 +9,7 @@ reports them.
     python benchmarks/pretrain_throughput.py                 # BERT tiny, BERT mini, GPT-2 rows
     python benchmarks/pretrain_throughput.py --rows bert-tiny --steps 40
     python benchmarks/pretrain_throughput.py --memory        # peak RSS, BERT-base batch 8 seq 128
+    python benchmarks/pretrain_throughput.py --memory-breakdown  # tiny BERT 32x128: memory by part
 
 Data: TencentPretrain's book-review corpus with the Chinese BERT vocabulary (BERT rows) and its CLUE
 sample with the GPT-2 BPE vocabulary (GPT-2 row), from ../shared/data/tencentpretrain, preprocessed once
@@ -220,10 +221,16 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch threads for both sides (0: torch's default)")
     parser.add_argument("--memory", action="store_true", help="peak RSS mode (BERT-base, batch 8, seq 128)")
     parser.add_argument("--memory-steps", type=int, default=4)
+    parser.add_argument("--memory-breakdown", action="store_true", help="tiny BERT 32x128: resident memory by "
+                        "part (benchmarks/memory_breakdown.py)")
     parser.add_argument("--memory-worker", choices=["modaloom", "transformers"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.memory_breakdown:
+        data = prepare("bert", 128, Path(args.work))
+        script = Path(__file__).with_name("memory_breakdown.py")
+        return subprocess.run([sys.executable, str(script), str(data), "--threads", str(args.threads or 2)]).returncode
     if args.memory_worker:
         memory_worker(args.memory_worker, args)
         return 0

@@ -370,12 +370,14 @@ class Task(ModelSteps):
 
         from modaloom.config_schema import to_dict
         from modaloom.freeze import apply_strategies
+        from modaloom.train.memory import set_mmap_threshold
         from modaloom.train.trainer import Trainer
 
         cfg, out = self.cfg, self.paths.out
         resume_from = self.resume_checkpoint(info)
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
+        set_mmap_threshold(cfg.train.mmap_threshold_mb)
         torch.manual_seed(cfg.train.seed)
         model = self.build_model()
         self.strategy_report = apply_strategies(model, cfg.train)

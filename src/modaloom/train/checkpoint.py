@@ -34,20 +34,14 @@ import shutil
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    get_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-    set_state_dict,
-)
+
+if TYPE_CHECKING:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
 
 from modaloom.atomic import atomic_write_json, old_sibling, recover_stale, swap_directory
 from modaloom.errors import CheckpointError
@@ -75,6 +69,14 @@ SHARDS_FILE = "shards.json"
 
 # ---------------------------------------------------------------- files
 
+
+
+def _state_dict_api() -> Any:
+    """torch.distributed.checkpoint.state_dict, imported on first use: the package pulls in sympy and more
+    (about 50 MB resident), which a run should not carry from start-up to its first checkpoint."""
+    import torch.distributed.checkpoint.state_dict as api
+
+    return api
 
 def write_json(path: Path, data: Any) -> None:
     atomic_write_json(path, data, indent=1, sort_keys=True)
@@ -155,16 +157,16 @@ def _full_options(**kw: Any) -> StateDictOptions:
     import torch.distributed as dist
 
     distributed = dist.is_available() and dist.is_initialized()
-    return StateDictOptions(full_state_dict=distributed, cpu_offload=distributed, **kw)
+    return _state_dict_api().StateDictOptions(full_state_dict=distributed, cpu_offload=distributed, **kw)
 
 
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The full (unsharded) model state dict; on rank 0 only when FSDP-sharded."""
-    return get_model_state_dict(model, options=_full_options())
+    return _state_dict_api().get_model_state_dict(model, options=_full_options())
 
 
 def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    return get_optimizer_state_dict(model, optimizer, options=_full_options())
+    return _state_dict_api().get_optimizer_state_dict(model, optimizer, options=_full_options())
 
 
 def flatten_optimizer(osd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -333,7 +335,7 @@ def _dcp_load(tensors: dict[str, torch.Tensor], folder: Path, shapes: dict[str, 
 def _save_sharded(tmp: Path, model: nn.Module, optimizer: torch.optim.Optimizer, rank: int) -> None:
     """Model and optimizer as DCP shards; each rank writes its own part, rank 0 the JSON beside them
     (``shards.json``: tied names, and the full shape of every tensor to check the shards against)."""
-    weights, optim = get_state_dict(model, optimizer)  # sharded (DTensor) under FSDP2, plain otherwise
+    weights, optim = _state_dict_api().get_state_dict(model, optimizer)  # sharded (DTensor) under FSDP2, plain otherwise
     aliases = tied_aliases({k: _local(v) for k, v in weights.items()})
     stored = {k: v for k, v in weights.items() if k not in aliases}
     _dcp_save(stored, tmp / MODEL_SHARDS)
@@ -348,7 +350,7 @@ def _save_sharded(tmp: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
 
 def _load_sharded(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     """Read DCP shards into this run's model and optimizer, whatever their sharding (DCP reshards)."""
-    weights, optim = get_state_dict(model, optimizer)  # targets; the optimizer state is initialised
+    weights, optim = _state_dict_api().get_state_dict(model, optimizer)  # targets; the optimizer state is initialised
     index = read_json(ckpt / SHARDS_FILE)
     aliases = index["aliases"]
     _dcp_load({k: v for k, v in weights.items() if k not in aliases}, ckpt / MODEL_SHARDS, index["shapes"]["model"])
@@ -358,7 +360,7 @@ def _load_sharded(ckpt: Path, model: nn.Module, optimizer: torch.optim.Optimizer
     opt_tensors, _ = flatten_optimizer(optim)
     _dcp_load(opt_tensors, ckpt / OPTIMIZER_SHARDS, index["shapes"]["optimizer"])
     osd = unflatten_optimizer(opt_tensors, read_json(ckpt / "optimizer.json"))
-    set_state_dict(model, optimizer, model_state_dict=weights, optim_state_dict=osd)
+    _state_dict_api().set_state_dict(model, optimizer, model_state_dict=weights, optim_state_dict=osd)
 
 
 def consolidated_model_state(ckpt: str | Path) -> dict[str, torch.Tensor]:
@@ -472,9 +474,9 @@ def load_model_weights(model: nn.Module, ckpt: Path) -> None:
     if not _is_sharded(model):
         # this rank's own tensors: ``model_state`` offloads a full state to rank 0 only, so on the other
         # ranks of a DDP job it is empty and every key would look unexpected
-        expected = get_model_state_dict(model)
+        expected = _state_dict_api().get_model_state_dict(model)
         check_state(expected, tensors, f"checkpoint {ckpt}", tied_aliases(expected))
-    set_model_state_dict(model, tensors, options=_full_options())
+    _state_dict_api().set_model_state_dict(model, tensors, options=_full_options())
 
 
 def _is_sharded(model: nn.Module) -> bool:
@@ -509,7 +511,7 @@ def load_checkpoint(
         load_model_weights(model, ckpt)
         opt_tensors, _ = read_tensors(ckpt / "optimizer.safetensors")
         osd = unflatten_optimizer(opt_tensors, read_json(ckpt / "optimizer.json"))
-        set_optimizer_state_dict(model, optimizer, osd, options=_full_options())
+        _state_dict_api().set_optimizer_state_dict(model, optimizer, osd, options=_full_options())
     source = source_rank(rank, int(state.get("world_size", 1)))
     rng_tensors, _ = read_tensors(ckpt / f"rank-{source}.safetensors")
     rank_state = read_json(ckpt / f"rank-{source}.json")

@@ -113,6 +113,9 @@ class TrainConfig:
     progress: bool = True  # tqdm progress bar on rank 0
     tensorboard: bool = True  # write TensorBoard event files under the output folder
     threads: int = 0  # torch intra-op threads; 0 leaves torch's default
+    # buffers above this many MiB are unmapped when freed, not kept on the heap (train/memory.py); 0: glibc's
+    # default, which keeps the largest step's memory resident for the rest of the run
+    mmap_threshold_mb: float = 1.0
     out_dir: str = ""  # output folder; default: --out on the command line
     # parameter-efficient and partial training (modaloom/lora.py, modaloom/freeze.py)
     lora: LoraSettings | None = None  # LoRA adapters; the exported model has them merged
@@ -149,6 +152,9 @@ class TrainConfig:
                               "train.adam_bias_correction=true")
         if self.clip_norm < 0:
             raise ConfigError(f"train.clip_norm must be >= 0 (0 disables), got {self.clip_norm}")
+        if not 0 <= self.mmap_threshold_mb <= 32:
+            raise ConfigError(f"train.mmap_threshold_mb must be in [0, 32] (0: glibc's default), got "
+                              f"{self.mmap_threshold_mb}")
         if self.keep_last < 1:
             raise ConfigError(f"train.keep_last must be >= 1, got {self.keep_last}")
         if any(not entry for entry in self.freeze):
