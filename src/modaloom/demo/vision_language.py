@@ -80,7 +80,7 @@ class Sizes:
     vocab: int
 
 
-FULL = Sizes(train=12000, dev=500, test=2000, pairs=200, pool=1000, steps=600, batch=128, lr=2e-3, width=64,
+FULL = Sizes(train=12000, dev=500, test=2000, pairs=100, pool=1000, steps=600, batch=128, lr=2e-3, width=64,
              layers=2, patch=7, vocab=400)
 QUICK = Sizes(train=240, dev=40, test=60, pairs=40, pool=40, steps=12, batch=32, lr=3e-3, width=32, layers=1,
               patch=14, vocab=200)
@@ -287,7 +287,7 @@ def run(ctx: StageContext) -> StageReport:
                 "--train", str(data / "train_pairs.tsv"), "--dev", str(data / "dev_pairs.tsv"), "--out", str(run_dir),
                 "--steps", str(sizes.steps), "--batch-size", str(sizes.batch), "--lr", str(sizes.lr),
                 f"train.eval_every={sizes.steps // 2}", "train.adam_bias_correction=true", "train.progress=false",
-                "train.tensorboard=false", "task.crop=random_resized"]
+                "train.tensorboard=false"]
         if ctx.threads:
             argv.append(f"train.threads={ctx.threads}")
         if (run_dir / "checkpoints").is_dir():
