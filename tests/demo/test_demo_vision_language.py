@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 import struct
 
 import numpy as np
@@ -100,6 +101,30 @@ def test_write_data_lists_every_step_and_is_reused(tmp_path, monkeypatch):
     # a complete folder is not written again
     monkeypatch.setattr(vl, "fashion_mnist_splits", lambda sizes: pytest.fail("data written twice"))
     assert vl.write_data(tmp_path, vl.QUICK)["counts"] == manifest["counts"]
+
+
+class PrintingContext:
+    """A stand-in for StageContext whose command prints a title and a JSON line on fd 1, as a child would."""
+
+    def __init__(self):
+        self.commands = []
+
+    def command(self, title, argv):
+        self.commands.append("modaloom " + " ".join(argv))
+        os.write(1, f"== {title}\n".encode() + json.dumps({"accuracy": 0.5}).encode() + b"\n")
+
+
+def test_command_to_json_keeps_the_last_line_and_is_reused(tmp_path):
+    ctx = PrintingContext()
+    out = tmp_path / "metrics.json"
+    assert vl.command_to_json(ctx, "evaluate", ["evaluate", "--model", "m"], out) == {"accuracy": 0.5}
+    assert json.loads(out.read_text()) == {"accuracy": 0.5} and ctx.commands == ["modaloom evaluate --model m "
+                                                                                "> metrics.json"]
+    assert vl.command_to_json(ctx, "evaluate", ["evaluate"], out) == {"accuracy": 0.5} and len(ctx.commands) == 1
+    out.unlink()
+    ctx.command = lambda title, argv: ctx.commands.append("x")  # prints nothing
+    with pytest.raises(DataError, match="printed no JSON line"):
+        vl.command_to_json(ctx, "evaluate", ["evaluate"], out)
 
 
 # ---------------------------------------------------------------- end to end

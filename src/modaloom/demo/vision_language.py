@@ -209,8 +209,14 @@ def command_to_json(ctx: StageContext, title: str, argv: list[str], out: Path) -
         os.dup2(saved, 1)
         os.close(saved)
     ctx.commands[-1] += f" > {out.name}"
-    result = json.loads(tmp.read_text(encoding="utf-8"))
-    os.replace(tmp, out)
+    # the JSON is the command's last line (anything the stage itself printed to stdout meanwhile is above it)
+    lines = [line for line in tmp.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        result = json.loads(lines[-1])
+    except (IndexError, ValueError) as exc:
+        raise DataError(f"{' '.join(argv[:1])} printed no JSON line to {tmp}") from exc
+    atomic_write_json(out, result)
+    tmp.unlink()
     return result
 
 
