@@ -251,7 +251,8 @@ def draw_grid(data: Path, top: list[list[int]], labels: list[int], out: Path) ->
     for row, ((text, wanted), indices) in enumerate(zip(GRID_CAPTIONS, top, strict=True)):
         for col, index in enumerate(indices):
             ax = axes[row][col]
-            ax.imshow(np.asarray(Image.open(data / "test" / f"{index}.png").convert("L")), cmap="gray_r")
+            with Image.open(data / "test" / f"{index}.png") as image:
+                ax.imshow(np.asarray(image.convert("L")), cmap="gray_r")  # dark on white, as a product shot
             name = CLASSES[labels[index]]
             ax.set_title(name, fontsize=7, color="green" if name == wanted else "red")
             ax.set_xticks([])
