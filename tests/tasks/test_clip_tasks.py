@@ -158,3 +158,14 @@ def test_zero_shot_does_not_train_and_clip_needs_a_dual_model(tuned, capsys, tmp
                  "--vocab", str(root / "vocab.txt"), "--train", str(files["train"]), "--dev", str(files["dev"]),
                  "--out", str(tmp_path / "c")]) == 2
     assert "CLIP tasks need a dual model" in capsys.readouterr().err
+
+
+def test_features_refuses_a_dual_model_with_a_way_out(tuned, capsys):
+    root, files, out = tuned
+    captions = root / "captions.txt"
+    captions.write_text("a photo of the red square\n")
+    assert main(["features", "--model", str(out / "model"), "--input", str(captions),
+                 "--out", str(root / "f.npy")]) == 2
+    err = capsys.readouterr().err
+    assert "is a dual (two-tower, CLIP-style) model" in err and "modaloom predict" in err
+    assert not (root / "f.npy").exists()

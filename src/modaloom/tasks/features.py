@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from modaloom.atomic import atomic_file
+from modaloom.errors import ConfigError
 from modaloom.outputs import check_not_input
 from modaloom.tasks.finetune import resolve_tokenizer
 from modaloom.tasks.text_io import MemoryLoader, Row, encode_pairs, read_sentences
@@ -27,6 +28,10 @@ def sentence_features(model_dir: Path, input_path: Path, pooling: str, normalize
 
     tokenizer, _ = resolve_tokenizer(model_dir, vocab)
     model = load(model_dir).eval()
+    if list(model.config.embedding.parts) == ["dual"]:
+        raise ConfigError(f"features pools one text encoder; {model_dir} is a dual (two-tower, CLIP-style) model. "
+                          f"For its caption-image similarities run `modaloom predict --model {model_dir} --input "
+                          f"PAIRS.tsv` on a clip_retrieval model (score and ranks per pair)")
     return row_features(model, tokenizer, read_sentences(input_path), pooling, normalize, seq_length, batch_size)
 
 
