@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from modaloom.demo import speech
+from modaloom.demo import install, speech
 from modaloom.demo.stage import StageContext, StageReport
 from modaloom.errors import DataError
 
@@ -60,10 +60,11 @@ def test_voices_held_out_and_plan_fixed_by_seed() -> None:
     assert len({u.wav for u in plan}) == len(plan)
 
 
-def test_require_debian_names_the_package(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_espeak_names_the_debian_package(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(shutil, "which", lambda name: None)
-    with pytest.raises(DataError, match="apt-get install -y espeak-ng"):
-        speech.require_debian("espeak-ng", "espeak-ng")
+    monkeypatch.setattr(install, "is_root", lambda: False)  # never really run apt-get
+    with pytest.raises(DataError, match="Debian package espeak-ng"):
+        speech.espeak_binary()
 
 
 def check_report(report: StageReport, work: Path) -> None:

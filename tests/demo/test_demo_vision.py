@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from modaloom.data import fashion_mnist
-from modaloom.demo import vision
+from modaloom.demo import install, vision
 from modaloom.demo.stage import StageContext, StageReport
 from modaloom.errors import DataError
 from modaloom.targets.mae import patchify
@@ -80,9 +80,11 @@ def test_quick_stage_on_the_real_fashion_mnist(tmp_path):
     assert first.split("\t")[0] in fashion_mnist.CLASSES
 
 
-def test_missing_dataset_names_the_debian_package(tmp_path):
+def test_missing_dataset_names_the_debian_package(tmp_path, monkeypatch):
+    monkeypatch.setattr(fashion_mnist, "SOURCE", tmp_path / "absent")
+    monkeypatch.setattr(install, "is_root", lambda: False)  # never really run apt-get
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
-        vision.require_debian("dataset-fashion-mnist", tmp_path / "absent")
+        vision.source_folder()
     with pytest.raises(DataError, match="dataset-fashion-mnist"):
         fashion_mnist.load_split(tmp_path, "train")
 

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from modaloom.data import fashion_mnist
+from modaloom.demo import install
 from modaloom.demo import vision_language as vl
 from modaloom.demo.stage import StageContext, StageReport
 from modaloom.errors import DataError
@@ -57,18 +59,9 @@ def test_captions_are_varied_name_their_class_and_follow_the_seed():
     assert all(any(cls in name for name in vl.NAMES[cls]) for cls in vl.CLASSES)
 
 
-def test_read_idx_images_and_refuse_other_files(tmp_path):
-    images = np.arange(2 * 3 * 4).reshape(2, 3, 4)
-    write_idx(tmp_path / "x.gz", images)
-    assert (vl.read_idx_images(tmp_path / "x.gz") == images).all()
-    with gzip.open(tmp_path / "bad.gz", "wb") as fh:
-        fh.write(b"\x00\x00\x0d\x01" + b"\x00" * 8)
-    with pytest.raises(DataError, match="not an idx file"):
-        vl.read_idx_images(tmp_path / "bad.gz")
-
-
 def test_missing_data_names_the_debian_package(tmp_path, monkeypatch):
     monkeypatch.setattr(vl, "SOURCE", tmp_path / "absent")
+    monkeypatch.setattr(install, "is_root", lambda: False)  # never really run apt-get
     with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
         vl.fashion_mnist_splits(vl.QUICK)
 
@@ -163,7 +156,7 @@ def test_stage_quick_end_to_end_on_synthetic_images_then_reuses_every_step(tmp_p
 
 
 @pytest.mark.timeout(240)
-@pytest.mark.skipif(not (vl.SOURCE / vl.IDX_FILES["train"][0]).is_file(),
+@pytest.mark.skipif(not (vl.SOURCE / fashion_mnist.FILES["train"][0]).is_file(),
                     reason="Fashion-MNIST not installed (Debian dataset-fashion-mnist)")
 def test_stage_quick_on_fashion_mnist(tmp_path):
     work = tmp_path / "vision-language"

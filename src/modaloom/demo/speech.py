@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from modaloom.atomic import atomic_write_json
+from modaloom.demo.install import ensure_debian_package
 from modaloom.demo.stage import Figure, StageContext, StageReport, Table, run_summary, timed
 from modaloom.errors import DataError
 
@@ -125,20 +126,16 @@ def plan(sizes: Sizes, seed: int = SEED) -> list[Utterance]:
     return out
 
 
-def require_debian(package: str, binary: str) -> str:
-    """The path of ``binary``, or a DataError naming the Debian package that provides it."""
-    found = shutil.which(binary)
-    if found is None:
-        raise DataError(f"the speech demo needs `{binary}`, which is not installed: run "
-                        f"`sudo apt-get install -y {package}` (Debian/Ubuntu package {package}) "
-                        "and run the demo again")
-    return found
+def espeak_binary() -> str:
+    """The path of espeak-ng, installing the Debian package when missing (as root), else a DataError naming it."""
+    ensure_debian_package("espeak-ng", "espeak-ng")
+    return shutil.which("espeak-ng") or "espeak-ng"
 
 
 def synthesise(root: Path, utterances: list[Utterance], processes: int = 2) -> None:
     """Writes each utterance's WAV with espeak-ng (22,050 Hz mono), ``processes`` at a time; existing WAVs are
     kept (a WAV is written under a temporary name and renamed, so an existing one is complete)."""
-    espeak = require_debian("espeak-ng", "espeak-ng")
+    espeak = espeak_binary()
     todo = [u for u in utterances if not (root / u.wav).is_file()]
     for folder in {(root / u.wav).parent for u in todo}:
         folder.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ import yaml
 
 from modaloom.atomic import atomic_write_json
 from modaloom.data import fashion_mnist
+from modaloom.demo.install import ensure_debian_package
 from modaloom.demo.stage import Figure, StageContext, StageReport, Table, run_summary, timed
 from modaloom.errors import DataError
 
@@ -56,17 +57,10 @@ QUICK = Sizes(unlabelled=200, labelled=100, dev=40, test=60, width=32, layers=2,
               pretrain_steps=20, pretrain_batch=32, finetune_steps=20, finetune_batch=32, eval_every=20)
 
 
-def require_debian(package: str, probe: Path) -> Path:
-    """``probe`` when it exists; otherwise a DataError naming the Debian package that installs it."""
-    if not probe.exists():
-        raise DataError(f"{probe} not found: the vision demo reads Fashion-MNIST from the Debian package "
-                        f"{package}; install it with `sudo apt-get install {package}`")
-    return probe
-
-
 def source_folder() -> Path:
     """The folder of Fashion-MNIST's idx.gz files (tests replace this by a tiny synthetic dataset)."""
-    return require_debian(fashion_mnist.DEBIAN_PACKAGE, fashion_mnist.SOURCE)
+    ensure_debian_package(fashion_mnist.DEBIAN_PACKAGE, fashion_mnist.SOURCE / fashion_mnist.FILES["train"][0])
+    return fashion_mnist.SOURCE
 
 
 def export_data(out: Path, sizes: Sizes) -> Path:

@@ -9,16 +9,12 @@ commands a user would type: ``build-vocab`` on the training captions, ``finetune
 both ways) on held-out test pairs, and ``predict`` on a few captions paired with every image of a test pool,
 whose ``image_rank`` gives the top retrievals drawn as a grid. Each step skips when its output is complete.
 
-The idx reading lives here (``read_idx_images``) rather than in a shared module so that this stage does not
-depend on the vision stage's branch; the two are meant to be unified into ``modaloom.data.fashion_mnist``.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
-import struct
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -28,13 +24,12 @@ from typing import Any
 import numpy as np
 
 from modaloom.atomic import atomic_file, atomic_write_json
+from modaloom.data import fashion_mnist
+from modaloom.demo.install import ensure_debian_package
 from modaloom.demo.stage import Figure, StageContext, StageReport, Table, run_summary, timed
 from modaloom.errors import DataError
 
-SOURCE = Path("/usr/share/datasets/fashion-mnist")
-DEBIAN_PACKAGE = "dataset-fashion-mnist"
-IDX_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-             "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+SOURCE = fashion_mnist.SOURCE  # the tests point this elsewhere
 SEED = 11
 
 # Zero-shot class names, in label order: each reads well in the prompt "a photo of a {}."
@@ -86,31 +81,11 @@ QUICK = Sizes(train=240, dev=40, test=60, pairs=40, pool=40, steps=12, batch=32,
               patch=14, vocab=200)
 
 
-def require_debian(package: str, probe: Path) -> None:
-    """A DataError naming the Debian package to install when ``probe`` (a file or folder it ships) is missing."""
-    if not probe.exists():
-        raise DataError(f"{probe} not found: install the Debian package {package} "
-                        f"(`sudo apt-get install {package}`), then run the stage again")
-
-
-def read_idx_images(path: Path) -> np.ndarray:
-    """The stage's own reader of a gzip-compressed idx file of unsigned bytes: images (N, H, W) or labels (N,)."""
-    with gzip.open(path, "rb") as fh:
-        data = fh.read()
-    if len(data) < 4:
-        raise DataError(f"{path}: too short for an idx file ({len(data)} bytes)")
-    zero, kind, dims = struct.unpack(">HBB", data[:4])
-    if zero != 0 or kind != 0x08:
-        raise DataError(f"{path}: not an idx file of unsigned bytes (magic {data[:4].hex()})")
-    shape = struct.unpack(f">{dims}I", data[4:4 + 4 * dims])
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
-
-
 def fashion_mnist_splits(sizes: Sizes) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """(uint8 images (N, 28, 28), class indices (N,)) per split: train and dev from the official training set
     (dev from its end), test from the official test set. The tests replace this by synthetic images."""
-    require_debian(DEBIAN_PACKAGE, SOURCE / IDX_FILES["train"][0])
-    arrays = {name: (read_idx_images(SOURCE / x), read_idx_images(SOURCE / y)) for name, (x, y) in IDX_FILES.items()}
+    ensure_debian_package(fashion_mnist.DEBIAN_PACKAGE, SOURCE / fashion_mnist.FILES["train"][0])
+    arrays = {name: fashion_mnist.load_split(SOURCE, name) for name in ("train", "test")}
     (train_x, train_y), (test_x, test_y) = arrays["train"], arrays["test"]
     if sizes.train + sizes.dev > len(train_x) or sizes.test > len(test_x):
         raise DataError(f"Fashion-MNIST has {len(train_x)} training and {len(test_x)} test images; the stage asks "
