@@ -31,6 +31,9 @@ class ForwardContext:
     position_ids: torch.Tensor | None = None
     segment_ids: torch.Tensor | None = None  # (B, L) written by word_patch for the seg part
     modality_ids: torch.Tensor | None = None  # (B, L) per-token modality, for modality-expert layers
+    # the view a multi-mode encoder computes (modality_experts: dual / fusion); Model.forward sets each target's
+    # ``encoder_mode`` before calling it; None: the encoder's default
+    encoder_mode: str | None = None
     kept_patch_index: torch.Tensor | None = None  # (B, V) written by drop_masked for the mae target
     # key/value caches, one per layer: encoder self-attention, decoder self- and cross-attention
     encoder_caches: list[KVCache] | None = None

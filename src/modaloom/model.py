@@ -55,6 +55,10 @@ class Model(nn.Module):
         for i, tcfg in enumerate(cfg.targets):
             cls = registry.get("target", tcfg.type, where=f"targets.{i}.type")
             self.targets[tcfg.label] = cls(tcfg, cfg, self._target_input_size(tcfg))
+            mode = getattr(cls, "encoder_mode", None)
+            if self.encoder.modes and mode is not None and mode not in self.encoder.modes:
+                raise ConfigError(f"target {tcfg.label!r} reads the encoder in mode {mode!r}, encoder type "
+                                  f"{cfg.encoder.type!r} has modes {list(self.encoder.modes)}")
         self.apply(self._init_weights)
         self.tie_weights()
         # the optimizer step the loss weights are read at (``TargetConfig.weight_at``), set by the Trainer through
@@ -125,11 +129,19 @@ class Model(nn.Module):
             output.weight = table.weight
 
     # ----------------------------------------------------------------------------------------- forward
-    def encode(self, batch: Batch, ctx: ForwardContext | None = None) -> tuple[Any, Any]:
-        """Embedding + encoder: (hidden, real-token mask)."""
+    def encode(self, batch: Batch, ctx: ForwardContext | None = None, mode: str | None = None) -> tuple[Any, Any]:
+        """Embedding + encoder: (hidden, real-token mask). ``mode`` picks the view of a multi-mode encoder
+        (``modality_experts``: dual / fusion); None: ``ctx.encoder_mode``, else the encoder's default."""
         ctx = ForwardContext() if ctx is None else ctx
         x, mask = self.embedding(batch, ctx)
-        return self.encoder(x, mask, batch, ctx), mask
+        return self._encoder_view(x, mask, batch, ctx, mode or ctx.encoder_mode)
+
+    def _encoder_view(self, x: Any, mask: Any, batch: Batch, ctx: ForwardContext,
+                      mode: str | None) -> tuple[Any, Any]:
+        """The encoder over embedded ``x`` in ``mode`` (left in ``ctx.encoder_mode``), with its output's mask."""
+        ctx.encoder_mode = self.encoder.resolve_mode(mode)
+        hidden = self.encoder(x, mask, batch, ctx)
+        return hidden, self.encoder.output_mask(mask, hidden, ctx)
 
     def decode(self, batch: Batch, memory: torch.Tensor, memory_mask: torch.Tensor | None,
                ctx: ForwardContext) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -141,9 +153,14 @@ class Model(nn.Module):
 
     def forward(self, batch: Batch, ctx: ForwardContext | None = None) -> ModelOutput:
         ctx = ForwardContext() if ctx is None else ctx
-        if ctx.encode is None:
-            ctx.encode = self.encode
-        hidden, mask = self.encode(batch, ctx)
+        if ctx.encode is None:  # re-encodes other inputs in the view of the target calling it
+            ctx.encode = lambda inputs: self.encode(inputs, mode=ctx.encoder_mode)
+        x, emb_mask = self.embedding(batch, ctx)
+        # ``hidden`` is the encoder's output in the caller's view, else in the first target's (no view computed twice)
+        caller_mode, first = ctx.encoder_mode, next(iter(self.targets.values()), None)
+        default_mode = self.encoder.resolve_mode(caller_mode or getattr(first, "encoder_mode", None))
+        views = {default_mode: self._encoder_view(x, emb_mask, batch, ctx, default_mode)}
+        hidden, mask = views[default_mode]
         enc_hidden, enc_mask = hidden, mask
         if self.decoder is not None and "decoder_input_ids" in batch:
             hidden, mask = self.decode(batch, enc_hidden, enc_mask, ctx)
@@ -151,7 +168,13 @@ class Model(nn.Module):
         total = None
         report_weights = len(self.targets) > 1
         for index, (label, target) in enumerate(self.targets.items()):
-            if target.cfg.source == "encoder":
+            mode = self.encoder.resolve_mode(getattr(target, "encoder_mode", None) or caller_mode)
+            if mode not in views:  # a multi-mode encoder: each view once per forward, shared by its targets
+                views[mode] = self._encoder_view(x, emb_mask, batch, ctx, mode)
+            ctx.encoder_mode = mode
+            if mode != default_mode:
+                result = target(*views[mode], batch, ctx)
+            elif target.cfg.source == "encoder":
                 result = target(enc_hidden, enc_mask, batch, ctx)
             else:
                 result = target(hidden, mask, batch, ctx)

@@ -22,6 +22,7 @@ EXPECTED = {
     "t5-v1_1": ["small", "base", "large"], "bart": ["base", "large"], "llama": ["7b", "13b", "tiny"],
     "elmo": ["bilstm"], "gatedcnn": ["9", "13"], "vit": ["b16", "b32", "l16"], "beit": ["base"], "mae": ["base"],
     "clip": ["vit-b32", "vit-b16"], "vilt": ["base"], "s2t": ["small", "medium", "large"],
+    "vlmo": ["tiny", "base"],
 }
 
 # Parameter counts of the same architectures as counted by `transformers` for the published checkpoints
@@ -162,7 +163,7 @@ def shrink_embedding(emb: EmbeddingConfig, hidden_size: int) -> None:
 
 def shrink_encoder(enc: EncoderConfig) -> None:
     enc.hidden_size, enc.layers_num = 64, 2
-    if enc.type == "transformer":
+    if enc.type in ("transformer", "modality_experts"):
         enc.heads_num, enc.feedforward_size = 4, 96
         enc.head_size = 16 if enc.head_size else 0
         enc.kv_heads_num = 2 if enc.kv_heads_num else 0
@@ -170,7 +171,12 @@ def shrink_encoder(enc: EncoderConfig) -> None:
 
 def shrink(cfg: ModelConfig) -> ModelConfig:
     """The same architecture (norms, positions, masks, tying, heads, streams) at toy sizes."""
-    if streams_of(cfg.embedding):  # dual: stream i of the embedding feeds stream i of the encoder
+    if streams_of(cfg.embedding) and not streams_of(cfg.encoder):  # two streams into one encoder (VLMo)
+        for emb in streams_of(cfg.embedding):
+            shrink_embedding(emb, cfg.encoder.hidden_size)
+        shrink_encoder(cfg.encoder)
+        cfg.embedding.emb_size = streams_of(cfg.embedding)[0].emb_size  # the width a tied mlm head reads
+    elif streams_of(cfg.embedding):  # dual: stream i of the embedding feeds stream i of the encoder
         for emb, enc in zip(streams_of(cfg.embedding), streams_of(cfg.encoder), strict=True):
             shrink_embedding(emb, enc.hidden_size)
             shrink_encoder(enc)
@@ -184,6 +190,8 @@ def shrink(cfg: ModelConfig) -> ModelConfig:
     for t in cfg.targets:
         if t.type == "clr":
             t.feature_size = min(t.feature_size, 32)
+        if t.type in ("mlm", "lm") and getattr(t, "vocab_size", 0):  # a word table of its own size (VLMo's mlm)
+            t.vocab_size = min(t.vocab_size, 300)
         if t.type == "mae":
             t.patch_size = image.patch_size
             t.image_vocab_size = min(t.image_vocab_size, 300)

@@ -20,9 +20,23 @@ class Encoder(nn.Module):
         self.cfg = cfg
         self.input_size = input_size
 
+    # the views a multi-mode encoder computes, chosen per call by ``ctx.encoder_mode`` (``modality_experts``:
+    # dual, fusion); empty: one view, and targets' ``encoder_mode`` is ignored
+    modes: tuple[str, ...] = ()
+    default_mode: str | None = None
+
     @property
     def output_size(self) -> int:
         return self.cfg.hidden_size
+
+    def resolve_mode(self, mode: str | None) -> str | None:
+        """The view a call in ``mode`` computes: None for single-view encoders, else ``mode`` or the default."""
+        return (mode or self.default_mode) if self.modes else None
+
+    def output_mask(self, mask: Any, hidden: Any, ctx: ForwardContext) -> Any:
+        """The real-token mask of ``hidden`` given the embedding's ``mask``: the same, unless the encoder
+        reshapes the sequence (``modality_experts`` in fusion mode concatenates its streams)."""
+        return mask
 
     def forward(self, x: Any, mask: Any, batch: dict[str, torch.Tensor], ctx: ForwardContext) -> Any:
         raise NotImplementedError

@@ -26,7 +26,11 @@ class Target(nn.Module):
 
     A target declares its options as a dataclass ``Options`` beside its class; its config section
     (``cfg``) carries those fields, plus the options of its loss when it has a ``loss`` option.
+    ``encoder_mode`` names the view of a multi-mode encoder the target reads (``modality_experts``: ``dual``
+    for a contrastive head, ``fusion`` for matching); None: the caller's, else the encoder's default.
     """
+
+    encoder_mode: str | None = None
 
     def __init__(self, cfg: TargetConfig, model_cfg: ModelConfig, hidden_size: int) -> None:
         super().__init__()

@@ -85,6 +85,7 @@ class Contrastive(Target):
     ``logit_bias`` () when the loss uses one (siglip)."""
 
     Options = ContrastiveOptions
+    encoder_mode = "dual"  # each stream encoded alone (a VLMo model as a dual encoder)
 
     def __init__(self, cfg: TargetConfig, model_cfg: ModelConfig, hidden_size) -> None:
         super().__init__(cfg, model_cfg, hidden_size)

@@ -46,6 +46,7 @@ class ImageTextMatching(SentencePrediction):
 
     Options = ImageTextMatchingOptions
     label_key = "itm_labels"
+    encoder_mode = "fusion"  # the pair in one sequence (a VLMo model as a fusion encoder)
 
     def head_logits(self, hidden, mask, ctx: ForwardContext) -> torch.Tensor:
         """The head's (B, 2) logits, without a loss."""
