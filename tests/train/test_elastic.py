@@ -46,7 +46,7 @@ def kill_after_first_checkpoint(agent_pid: int, out: Path, rank: int) -> int:
 
 
 @pytest.mark.skipif(os.environ.get("MODALOOM_ELASTIC_TEST") != "1",
-                    reason="opt-in (MODALOOM_ELASTIC_TEST=1) for its length: three torchrun jobs, 130-165 s on a "
+                    reason="opt-in (MODALOOM_ELASTIC_TEST=1) for its length: three torchrun jobs, 108-165 s on a "
                            "loaded 2-core machine (see docs/training.md)")
 def test_killed_worker_is_restarted_and_resumes_to_the_uninterrupted_weights(tmp_path):
     data = write_dataset(tmp_path / "data", documents=40)
