@@ -157,12 +157,125 @@ def test_resume_right_after_an_epochs_last_batch(dataset: StoredDataset, drop_la
     assert_same_batches(seen + collect(resumed), collect(reference) + collect(reference))
 
 
-def test_resume_refuses_a_different_seed_or_world_size(dataset: StoredDataset) -> None:
+def test_resume_refuses_a_different_seed(dataset: StoredDataset) -> None:
     state = make_loader(dataset).state_dict()
     with pytest.raises(ConfigError, match="seed"):
         make_loader(dataset, seed=9).load_state_dict(state)
-    with pytest.raises(ConfigError, match="world_size"):
-        make_loader(dataset, world_size=2).load_state_dict(state)
+
+
+def run_ranks(dataset: StoredDataset, world_size: int, states: list[dict] | None = None,
+              batches: int | None = None, **kwargs) -> tuple[list[int], list[dict]]:
+    """Every rank of a ``world_size`` job (resumed from ``states``, rank r from ``states[r]`` or, when the
+    job had fewer ranks, ``states[0]`` as checkpoint.source_rank does) draws ``batches`` batches or the rest
+    of the epoch; the labels read by all ranks, and each rank's state afterwards."""
+    labels, after = [], []
+    for rank in range(world_size):
+        loader = make_loader(dataset, rank=rank, world_size=world_size, **kwargs)
+        if states is not None:
+            loader.load_state_dict(states[rank] if rank < len(states) else states[0])
+        labels += [int(x) for b in collect(loader, count=batches) for x in b["labels"]]
+        after.append(loader.state_dict())
+    return labels, after
+
+
+@pytest.mark.parametrize("batch_size", [1, 8])
+@pytest.mark.parametrize(("before", "after", "records"), [(2, 1, 24), (1, 2, 40), (2, 3, 16), (3, 2, 8), (2, 1, 40)])
+def test_resume_on_another_world_size_reads_each_record_of_the_epoch_once(
+        dataset: StoredDataset, before: int, after: int, records: int, batch_size: int) -> None:
+    """Stop mid-epoch on ``before`` processes after ``records`` records per rank, go on with ``after``: each
+    record of the epoch is read at most once; left out are only the fewer-than-``after`` records at the end
+    of the epoch's global order and, with ``drop_last``, each new rank's final incomplete batch."""
+    first, states = run_ranks(dataset, before, batches=records // batch_size, batch_size=batch_size)
+    assert {s["position"] for s in states} == {records} and states[0]["epoch"] == 0
+    second, resumed = run_ranks(dataset, after, states, batch_size=batch_size)
+    seen = first + second
+    assert len(seen) == len(set(seen))  # no duplicates
+    order = np.random.default_rng([5, 0]).permutation(len(dataset))
+    consumed = before * records
+    assert set(first) == {int(i) for i in order[:consumed]}  # the global order's prefix, exactly
+    per_rank = (len(dataset) - consumed) // after
+    kept = per_rank // batch_size * batch_size
+    assert set(second) == {int(i) for r in range(after) for i in order[consumed + r :: after][:kept]}
+    missing = set(range(len(dataset))) - set(seen)
+    if batch_size == 1:
+        assert missing == {int(i) for i in order[consumed + after * per_rank:]}
+        assert len(missing) < after
+    # the next epoch is an ordinary epoch of the new world size
+    assert {(s["epoch"], s["start"], s["position"]) for s in resumed} == {(1, 0, 0)}
+    fresh = [{**s, "epoch": 1} for s in run_ranks(dataset, after, batch_size=batch_size)[1]]
+    assert run_ranks(dataset, after, resumed, batch_size=batch_size)[0] == \
+        run_ranks(dataset, after, fresh, batch_size=batch_size)[0]
+
+
+def test_global_batches_do_not_depend_on_the_world_size(dataset: StoredDataset) -> None:
+    """Rank r of W holds rows r::W of global batch k: W=2 at batch 4 and W=1 at batch 8 train on the same
+    records per step, which is what makes a 2 -> 1 resume with a doubled batch continue the same run."""
+    ranks = [collect(make_loader(dataset, rank=r, world_size=2, batch_size=4)) for r in range(2)]
+    single = collect(make_loader(dataset, batch_size=8))
+    assert len(single) == len(ranks[0])
+    for k, batch in enumerate(single):
+        assert sorted(batch["labels"].tolist()) == sorted(ranks[0][k]["labels"].tolist() +
+                                                          ranks[1][k]["labels"].tolist())
+
+
+def test_same_world_size_resume_keeps_its_position(dataset: StoredDataset) -> None:
+    """Resumed on as many processes, each rank goes on from its own position (not resharded): batches
+    are those of the uninterrupted run."""
+    _, states = run_ranks(dataset, 2, batches=2)
+    assert [(s["start"], s["position"]) for s in states] == [(0, 16), (0, 16)]
+    resumed, _ = run_ranks(dataset, 2, states)
+    reference = [int(x) for r in range(2)
+                 for b in collect(make_loader(dataset, rank=r, world_size=2))[2:] for x in b["labels"]]
+    assert resumed == reference
+
+
+def test_a_resharded_state_resumes_again_on_a_third_world_size(dataset: StoredDataset) -> None:
+    first, states = run_ranks(dataset, 2, batches=1)
+    second, states = run_ranks(dataset, 3, states, batches=1)
+    assert {(s["start"], s["position"]) for s in states} == {(16, 8)}
+    third, _ = run_ranks(dataset, 1, states)
+    seen = first + second + third
+    assert len(seen) == len(set(seen)) == 16 + 24 + (len(dataset) - 40) // 8 * 8
+
+
+def test_resume_on_more_ranks_than_records_left_goes_to_the_next_epoch(dataset: StoredDataset) -> None:
+    loader = make_loader(dataset, batch_size=1)
+    collect(loader, count=len(dataset) - 2)  # 2 records left: too few for 4 ranks
+    state = loader.state_dict()
+    for rank in range(4):
+        resumed = make_loader(dataset, rank=rank, world_size=4, batch_size=1)
+        resumed.load_state_dict(state)
+        assert (resumed.start, resumed.position) == (len(dataset) - 2, 0)
+        fresh = make_loader(dataset, rank=rank, world_size=4, batch_size=1)
+        fresh.epoch = 1
+        assert_same_batches(collect(resumed), collect(fresh))  # epoch 1 in full, not an empty iteration
+        assert resumed.epoch == 2
+
+
+def test_packed_state_refuses_another_world_size_mid_epoch(dataset: StoredDataset) -> None:
+    def packed(world_size: int = 1) -> Loader:
+        return make_loader(dataset, processor=LmProcessor(), padding="packing", seq_length=16, batch_size=2,
+                           world_size=world_size)
+
+    loader = packed()
+    collect(loader, count=2)
+    with pytest.raises(ConfigError, match="packed batches of 1 process.*epoch boundary"):
+        packed(2).load_state_dict(loader.state_dict())
+    collect(loader)
+    packed(2).load_state_dict(loader.state_dict())  # at the epoch boundary: accepted
+
+
+def test_version_1_states_load_where_their_order_is_unchanged(dataset: StoredDataset) -> None:
+    loader = make_loader(dataset)
+    collect(loader, count=3)
+    old = {k: v for k, v in loader.state_dict().items() if k != "start"} | {"version": 1}
+    resumed = make_loader(dataset)
+    resumed.load_state_dict(old)  # one process: blocks and interleaving are the same order
+    assert_same_batches(collect(resumed), collect(loader))
+    with pytest.raises(ConfigError, match="version 1 of 2 processes.*epoch boundary"):
+        make_loader(dataset, world_size=2).load_state_dict({**old, "world_size": 2})
+    with pytest.raises(ConfigError, match="version 7"):
+        make_loader(dataset).load_state_dict({**old, "version": 7})
 
 
 @pytest.mark.parametrize("world_size", [2, 3])

@@ -162,3 +162,25 @@ def test_fsdp_pretrain_cli_exports_and_converts_a_sharded_checkpoint(tmp_path):
     assert exported.keys() == converted.keys()
     for key in exported:
         assert torch.equal(exported[key], converted[key]), key
+
+
+def test_pretrain_resumes_mid_epoch_on_another_number_of_processes(tmp_path):
+    """The real data loader, not the stand-in: 2 FSDP processes stop mid-epoch (sharded checkpoint), one
+    process goes on with the doubled batch from the global record the two had reached together."""
+    from tests.train.data_helpers import tiny_bert_config, write_dataset
+
+    data = write_dataset(tmp_path / "data", documents=40)
+    config = tiny_bert_config(tmp_path / "c.yaml", train={"steps": 2, "batch_size": 4})
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "modaloom.cli.main", "pretrain", "--config", str(config), "--data", str(data),
+           "--out", str(out), "train.parallel=fsdp", "train.checkpoint_format=sharded"]
+    result = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+    two = [json.loads((step_dir(out, 2) / f"rank-{r}.json").read_text())["data"]["loader"] for r in range(2)]
+    assert [(s["world_size"], s["start"], s["position"]) for s in two] == [(2, 0, 8), (2, 0, 8)]
+    assert cli_main(["pretrain", "--config", str(config), "--data", str(data), "--out", str(out), "--resume",
+                     "--steps", "4", "train.batch_size=8", "train.checkpoint_format=sharded"]) == 0
+    four = json.loads((step_dir(out, 4) / "rank-0.json").read_text())["data"]["loader"]
+    # 16 records of the epoch's global order were read by the two processes; the one process read 16 more
+    assert (four["world_size"], four["epoch"], four["start"], four["position"]) == (1, 0, 16, 16)

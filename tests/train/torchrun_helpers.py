@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -31,12 +34,16 @@ def pretrain(config: Path, data: Path, out: Path, *extra: str) -> list[str]:
 
 
 def start(cmd: list[str]) -> subprocess.Popen:
+    """Start ``cmd`` in a session of its own, so that ``finish`` can end the agent and its workers together."""
     return subprocess.Popen(cmd, cwd=ROOT, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, start_new_session=True)
 
 
 def finish(procs: list[subprocess.Popen]) -> list[tuple[int, str]]:
-    """Wait for every process (killing all of them past TIMEOUT); (exit status, stdout + stderr) of each."""
+    """Wait for every process (killing all of them past TIMEOUT); (exit status, stdout + stderr) of each.
+
+    A killed agent's workers would live on, holding the output pipes open, and the final read would never
+    end: the whole process group of each agent is killed."""
     results = []
     try:
         for proc in procs:
@@ -44,9 +51,9 @@ def finish(procs: list[subprocess.Popen]) -> list[tuple[int, str]]:
             results.append((proc.returncode, stdout + stderr))
     finally:
         for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
     return results
 
 

@@ -5,6 +5,14 @@ the current epoch as ``dict[str, torch.Tensor]`` batches, then moves to the next
 chains epochs. ``state_dict()`` is (seed, epoch, records consumed in the epoch): loading it re-derives the
 epoch's permutation and starts at that record, without replaying seen batches.
 
+Another number of processes may load the state (a 2-process run resumed on 1, or on 4): the epoch's
+global order does not depend on the world size (``data/sampler.py``), every rank of a run with fixed-size
+batches has consumed the same number ``p`` of records, so the first ``start + world_size * p`` records of
+the global order are exactly the consumed ones and the new ranks share out the rest. Each record of the
+epoch is then read once, except the fewer-than-``world_size`` records at the end of the order that
+``drop_last`` leaves out. Packed batches consume different counts per rank: their state resumes only on
+the same number of processes, or from an epoch boundary.
+
 Determinism: each example is made by ``processor.make_example(stored, rng)`` with
 ``rng = default_rng([seed, epoch, global index])``, inside DataLoader workers when ``num_workers`` > 0.
 Masks, crops and SpecAugment therefore depend on the seed, epoch and record only, never on the number
@@ -24,11 +32,17 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from modaloom.data.collate import Collator
-from modaloom.data.sampler import RankOrder, fixed_size_batches, packed_batches, split_records
+from modaloom.data.sampler import (
+    RankOrder,
+    fixed_size_batches,
+    packed_batches,
+    resharded_start,
+    split_records,
+)
 from modaloom.data.storage import StoredDataset, open_dataset
 from modaloom.errors import ConfigError, DataError
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: ranks interleave the global order and the state has 'start'
 
 
 class ExampleSource(Dataset):
@@ -127,21 +141,23 @@ class Loader:
             delta = int(getattr(processor, "packed_length_delta", 0))
             self._lengths = np.maximum(dataset.lengths(length_field) + delta, 1)
         self.epoch = 0
-        self.position = 0  # records of this rank's epoch order already delivered
-        self._epoch_indices: tuple[int, np.ndarray] | None = None
+        self.start = 0  # records of the epoch's global order consumed before this rank's slice begins
+        self.position = 0  # records of this rank's slice already delivered
+        self._epoch_indices: tuple[tuple[int, int], np.ndarray] | None = None
 
     # ---- iteration -------------------------------------------------------------------------------
     def _indices(self, epoch: int) -> np.ndarray:
-        if self._epoch_indices is None or self._epoch_indices[0] != epoch:
-            self._epoch_indices = (epoch, self.order.indices(epoch))
+        key = (epoch, self.start)
+        if self._epoch_indices is None or self._epoch_indices[0] != key:
+            self._epoch_indices = (key, self.order.indices(epoch, self.start))
         return self._epoch_indices[1]
 
-    def _plan(self, epoch: int, start: int) -> Iterator[tuple[np.ndarray, int]]:
+    def _plan(self, epoch: int, position: int) -> Iterator[tuple[np.ndarray, int]]:
         indices = self._indices(epoch)
         if self._lengths is not None:
             capacity = self.batch_size * self.seq_length
-            return packed_batches(indices, self._lengths, start, capacity, self.drop_last)
-        return fixed_size_batches(indices, start, self.batch_size, self.drop_last)
+            return packed_batches(indices, self._lengths, position, capacity, self.drop_last)
+        return fixed_size_batches(indices, position, self.batch_size, self.drop_last)
 
     def __len__(self) -> int:
         """Batches in a full epoch (fixed-size batches; with packing, an upper bound is not known)."""
@@ -152,9 +168,10 @@ class Loader:
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         """The remaining batches of the current epoch; afterwards the loader stands at the next epoch."""
-        if self.position and next(iter(self._plan(self.epoch, self.position)), None) is None:
-            # stopped (and checkpointed) right after the epoch's last batch, before its iterator ended
-            self.epoch, self.position = self.epoch + 1, 0
+        if (self.position or self.start) and next(iter(self._plan(self.epoch, self.position)), None) is None:
+            # stopped (and checkpointed) right after the epoch's last batch, before its iterator ended; or
+            # resumed on more processes than can share the epoch's last records
+            self.epoch, self.start, self.position = self.epoch + 1, 0, 0
         epoch = self.epoch
         ends: deque[int] = deque()
         sampler = _PlannedBatches(self._plan(epoch, self.position), epoch, ends)
@@ -167,7 +184,7 @@ class Loader:
             self.position = ends.popleft()
             yield batch
         if self.epoch == epoch:
-            self.epoch, self.position = epoch + 1, 0
+            self.epoch, self.start, self.position = epoch + 1, 0, 0
 
     def forever(self) -> Iterator[dict[str, torch.Tensor]]:
         """Batches across epochs without end (for step-based training)."""
@@ -176,7 +193,7 @@ class Loader:
             for batch in self:
                 produced = True
                 yield batch
-            if not produced and self.position == 0 and self._epoch_is_empty():
+            if not produced and self.position == 0 and self.start == 0 and self._epoch_is_empty():
                 raise DataError(f"{self.dataset.directory}: an epoch yields no batch of {self.batch_size} "
                                 f"on rank {self.order.rank} ({self.order.records_per_rank()} records)")
 
@@ -190,6 +207,7 @@ class Loader:
             "version": STATE_VERSION,
             "seed": self.seed,
             "epoch": self.epoch,
+            "start": self.start,
             "position": self.position,
             "rank": self.order.rank,
             "world_size": self.order.world_size,
@@ -200,21 +218,45 @@ class Loader:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from ``state`` (O(1): the epoch order is re-derived from seed and epoch)."""
-        if state.get("version") != STATE_VERSION:
-            raise ConfigError(f"loader state version {state.get('version')!r}; this modaloom reads {STATE_VERSION}")
-        expected = {"seed": self.seed, "world_size": self.order.world_size,
-                    "split": [self.split.start, self.split.stop], "shuffle": self.order.shuffle}
+        """Continue from ``state`` (O(1): the epoch order is re-derived from seed and epoch), written by
+        this or by another number of processes (see the module docstring)."""
+        state = upgrade_state(state)
+        expected = {"seed": self.seed, "split": [self.split.start, self.split.stop], "shuffle": self.order.shuffle}
         for key, value in expected.items():
             if state.get(key) != value:
                 raise ConfigError(f"cannot resume the data loader: checkpoint has {key}={state.get(key)!r}, this "
                                   f"run has {value!r} (the record order would differ)")
-        position = int(state["position"])
-        if not 0 <= position <= self.order.records_per_rank():
+        epoch, start, position = int(state["epoch"]), int(state["start"]), int(state["position"])
+        saved_world = int(state["world_size"])
+        if saved_world != self.order.world_size and (start or position):
+            if state.get("padding") == "packing":
+                raise ConfigError(f"cannot resume packed batches of {saved_world} process(es) on "
+                                  f"{self.order.world_size} in the middle of epoch {epoch}: packed ranks stop at "
+                                  f"different records; resume on {saved_world} process(es), or from a checkpoint "
+                                  f"taken at an epoch boundary")
+            start, position = resharded_start(start, saved_world, position), 0
+        if not 0 <= start <= len(self.split):
+            raise ConfigError(f"loader state start {start} is outside the split's {len(self.split)} records")
+        if not 0 <= position <= self.order.records_per_rank(start):
             raise ConfigError(f"loader state position {position} is outside this rank's "
-                              f"{self.order.records_per_rank()} records")
-        self.epoch = int(state["epoch"])
-        self.position = position
+                              f"{self.order.records_per_rank(start)} records")
+        self.epoch, self.start, self.position = epoch, start, position
+
+
+def upgrade_state(state: dict[str, Any]) -> dict[str, Any]:
+    """A version-2 loader state from ``state``. Version 1 (ranks read contiguous blocks, no 'start') is the
+    same order on one process and at an epoch's beginning; elsewhere it cannot be continued exactly."""
+    version = state.get("version")
+    if version == STATE_VERSION:
+        return state
+    if version != 1:
+        raise ConfigError(f"loader state version {version!r}; this modaloom reads {STATE_VERSION} (and 1)")
+    if int(state.get("world_size", 1)) > 1 and int(state.get("position", 0)):
+        raise ConfigError(f"loader state version 1 of {state['world_size']} processes stopped in the middle of "
+                          f"epoch {state.get('epoch')}: its ranks read contiguous blocks, this modaloom interleaves "
+                          f"them; resume it with the modaloom that wrote it, or from a checkpoint taken at an "
+                          f"epoch boundary")
+    return {**state, "version": STATE_VERSION, "start": 0}
 
 
 def build_loader(

@@ -1,17 +1,23 @@
 """Which records each rank reads, in which order, every epoch; and the position to resume from.
 
 Order: every epoch draws a fresh permutation of the split's records (all shards together) from
-``numpy.random.default_rng([seed, epoch])``. Every rank computes the same permutation and keeps only its
-own slice, so ranks never read each other's records and nothing needs to be communicated:
+``numpy.random.default_rng([seed, epoch])``: the epoch's *global order*, the same on every rank and for
+every number of ranks. Ranks take interleaved slices of it, so nothing needs to be communicated: rank r
+reads global positions ``start + r, start + r + world_size, ...``, where ``start`` (0 unless a run was
+resumed on another number of processes) is how many records of the global order were consumed before.
 
-* training (``drop_last``): the permutation is cut to a multiple of ``world_size`` and rank r takes the
-  contiguous block ``[r * m, (r + 1) * m)``: equal counts per rank (so DDP steps stay in lock-step); the
-  fewer-than-``world_size`` records cut off differ from epoch to epoch.
-* evaluation (no ``drop_last``): rank r takes positions ``r, r + world_size, ...``: every record is read
-  exactly once over all ranks; counts differ by at most one.
+* training (``drop_last``): each rank reads ``(len - start) // world_size`` records, equal counts so that
+  DDP steps stay in lock-step; the fewer-than-``world_size`` records at the end of the global order are not
+  read that epoch (they differ from epoch to epoch). With fixed-size batches, global batch k is the
+  contiguous run ``[k * world_size * batch, (k + 1) * world_size * batch)`` of the global order, rank r
+  holding its rows ``r::world_size``.
+* evaluation (no ``drop_last``): the same interleaving, uncut: every record is read exactly once over all
+  ranks; counts differ by at most one.
 
-Resuming needs only (seed, epoch, records consumed in the epoch by this rank): the permutation is
-re-derived, never replayed.
+Resuming needs only (seed, epoch, start, records consumed by this rank since ``start``): the permutation
+is re-derived, never replayed. When every rank has consumed ``p`` records (fixed-size batches), the global
+order is consumed exactly up to ``start + world_size * p``: a run resumed on another number of processes
+continues from there (``resharded_start``), so each record of the epoch is read once in all.
 """
 
 from __future__ import annotations
@@ -82,26 +88,30 @@ class RankOrder:
         if self.drop_last and len(self.split) < self.world_size:
             raise ConfigError(f"{len(self.split)} records cannot feed {self.world_size} ranks")
 
-    def records_per_rank(self) -> int:
-        """How many records this rank reads per epoch."""
-        total = len(self.split)
+    def records_per_rank(self, start: int = 0) -> int:
+        """How many records this rank reads in an epoch whose first ``start`` global records are consumed."""
+        remaining = max(len(self.split) - start, 0)
         if self.drop_last:
-            return total // self.world_size
-        return len(range(self.rank, total, self.world_size))
+            return remaining // self.world_size
+        return len(range(self.rank, remaining, self.world_size))
 
-    def indices(self, epoch: int) -> np.ndarray:
-        """Global record indices this rank reads in ``epoch``, in order (int64)."""
+    def indices(self, epoch: int, start: int = 0) -> np.ndarray:
+        """Global record indices this rank reads in ``epoch`` from global position ``start`` on (int64)."""
         total = len(self.split)
+        if not 0 <= start <= total:
+            raise ConfigError(f"global start {start} is outside the split's {total} records")
         if self.shuffle:
             order = np.random.default_rng([self.seed, epoch]).permutation(total)
         else:
             order = np.arange(total, dtype=np.int64)
-        if self.drop_last:
-            per_rank = total // self.world_size
-            mine = order[self.rank * per_rank : (self.rank + 1) * per_rank]
-        else:
-            mine = order[self.rank :: self.world_size]
+        mine = order[start + self.rank :: self.world_size][: self.records_per_rank(start)]
         return mine.astype(np.int64) + self.split.start
+
+
+def resharded_start(start: int, world_size: int, position: int) -> int:
+    """Global records consumed when each of ``world_size`` ranks has read ``position`` records after
+    global position ``start``: where a run resumed on another number of processes goes on."""
+    return start + world_size * position
 
 
 def fixed_size_batches(

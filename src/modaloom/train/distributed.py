@@ -6,14 +6,23 @@ LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, TORCHELASTIC_RESTART_COUNT), c
 FSDP2 (``fully_shard``). Two checks serve multi-node and elastic jobs: ``restart_count`` (has torchrun
 restarted the workers? then the job resumes its latest checkpoint) and ``check_shared_folder`` (every
 node must see the one output folder, where all ranks assemble each checkpoint).
+
+Under torchrun's agent store (``TORCHELASTIC_USE_AGENT_STORE=True``, the default of its c10d rendezvous)
+the agent keeps one TCPStore for every round of workers, so keys the process group wrote in a round that
+was killed are still there when torchrun restarts the workers: a restarted rank could read its peer's old
+gloo address and fail with "Connection refused" or wait forever (pytorch issue 135712). ``setup`` therefore
+builds the process group on a store of its own, hosted by rank 0 on a fresh port that it announces through
+the agent's store; a peer that reads the announcement of a dead round cannot connect to it, and reads again.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -23,6 +32,9 @@ from torch import nn
 from modaloom.errors import ConfigError
 
 RESTART_ENV = "TORCHELASTIC_RESTART_COUNT"
+AGENT_STORE_ENV = "TORCHELASTIC_USE_AGENT_STORE"
+STORE_KEY = "modaloom/process-group-store"
+STORE_TIMEOUT = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -66,9 +78,33 @@ def setup(device: torch.device | None = None) -> DistInfo:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
+        store = round_store(rank, world_size) if os.environ.get(AGENT_STORE_ENV) == "True" else None
+        dist.init_process_group(backend=backend, rank=rank, world_size=world_size, store=store,
                                 device_id=device if device.type == "cuda" else None)
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world_size, device=device)
+
+
+def round_store(rank: int, world_size: int, timeout: timedelta = STORE_TIMEOUT,
+                attempt: timedelta = timedelta(seconds=5)) -> dist.Store:
+    """A store that only this round of workers uses (see the module docstring): rank 0 hosts it on a free
+    port of MASTER_ADDR and writes the port into the agent's store; the other ranks connect to the port
+    they read there, and read again while it is a previous round's (nothing listens there any more)."""
+    host, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    agent = dist.TCPStore(host, port, world_size, is_master=False, timeout=timeout)
+    if rank == 0:
+        own = dist.TCPStore(host, 0, world_size, is_master=True, timeout=timeout, wait_for_workers=False)
+        agent.set(STORE_KEY, str(own.port))
+        return own
+    deadline = time.monotonic() + timeout.total_seconds()
+    while True:
+        announced = int(agent.get(STORE_KEY))
+        try:
+            return dist.TCPStore(host, announced, world_size, is_master=False, timeout=attempt)
+        except RuntimeError as exc:  # DistNetworkError / DistStoreError: a dead round's port
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"rank {rank} found no live process-group store at {host} (last announced "
+                                   f"port {announced}) within {timeout}") from exc
+            time.sleep(0.2)
 
 
 def current() -> DistInfo:
