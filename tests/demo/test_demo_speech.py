@@ -112,27 +112,3 @@ def test_quick_stage_with_espeak(tmp_path: Path) -> None:
     assert info.samplerate == 22050 and info.duration > 0.3
 
 
-class PrintingContext:
-    """A stand-in StageContext whose command is a child process printing ``line`` on stdout."""
-
-    def __init__(self, line: str) -> None:
-        self.line, self.commands = line, []
-
-    def command(self, title: str, argv: list[str]) -> None:
-        import subprocess
-        import sys
-
-        self.commands.append(title)
-        subprocess.run([sys.executable, "-c", f"print('progress'); print({self.line!r})"], check=True)
-
-
-def test_run_json_keeps_the_child_stdout_and_reuses_it(tmp_path: Path) -> None:
-    out = tmp_path / "eval.json"
-    ctx = PrintingContext('{"wer": 0.25, "cer": 0.1}')
-    assert speech.run_json(ctx, "evaluate", [], out) == {"wer": 0.25, "cer": 0.1}
-    assert json.loads(out.read_text()) == {"wer": 0.25, "cer": 0.1}
-    assert speech.run_json(ctx, "evaluate", [], out) == {"wer": 0.25, "cer": 0.1}
-    assert ctx.commands == ["evaluate"]  # the second call reused the file
-    with pytest.raises(DataError, match="printed no JSON"):
-        speech.run_json(PrintingContext("not json"), "evaluate", [], tmp_path / "bad.json")
-    assert not (tmp_path / "bad.json").exists()

@@ -16,7 +16,7 @@ from PIL import Image
 from modaloom.data import fashion_mnist
 from modaloom.demo import install
 from modaloom.demo import vision_language as vl
-from modaloom.demo.stage import StageContext, StageReport
+from modaloom.demo.stage import StageContext, StageReport, command_json
 from modaloom.errors import DataError
 
 
@@ -107,17 +107,17 @@ class PrintingContext:
         os.write(1, f"== {title}\n".encode() + json.dumps({"accuracy": 0.5}).encode() + b"\n")
 
 
-def test_command_to_json_keeps_the_last_line_and_is_reused(tmp_path):
+def test_command_json_keeps_the_last_line_and_is_reused(tmp_path):
     ctx = PrintingContext()
     out = tmp_path / "metrics.json"
-    assert vl.command_to_json(ctx, "evaluate", ["evaluate", "--model", "m"], out) == {"accuracy": 0.5}
+    assert command_json(ctx, "evaluate", ["evaluate", "--model", "m"], out) == {"accuracy": 0.5}
     assert json.loads(out.read_text()) == {"accuracy": 0.5} and ctx.commands == ["modaloom evaluate --model m "
                                                                                 "> metrics.json"]
-    assert vl.command_to_json(ctx, "evaluate", ["evaluate"], out) == {"accuracy": 0.5} and len(ctx.commands) == 1
+    assert command_json(ctx, "evaluate", ["evaluate"], out) == {"accuracy": 0.5} and len(ctx.commands) == 1
     out.unlink()
     ctx.command = lambda title, argv: ctx.commands.append("x")  # prints nothing
     with pytest.raises(DataError, match="printed no JSON line"):
-        vl.command_to_json(ctx, "evaluate", ["evaluate"], out)
+        command_json(ctx, "evaluate", ["evaluate"], out)
 
 
 # ---------------------------------------------------------------- end to end

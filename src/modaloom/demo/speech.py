@@ -29,7 +29,7 @@ from typing import Any
 
 from modaloom.atomic import atomic_write_json
 from modaloom.demo.install import ensure_debian_package
-from modaloom.demo.stage import Figure, StageContext, StageReport, Table, run_summary, timed
+from modaloom.demo.stage import Figure, StageContext, StageReport, Table, command_json, run_summary, timed
 from modaloom.errors import DataError
 
 SEED = 11
@@ -211,33 +211,6 @@ def write_config(path: Path, sizes: Sizes) -> Path:
     return path
 
 
-def run_json(ctx: StageContext, title: str, argv: list[str], out: Path) -> dict[str, Any]:
-    """Runs a command that prints its result as JSON on stdout (``modaloom evaluate``) and keeps that JSON in
-    ``out``; an existing ``out`` is reused without running the command."""
-    if out.is_file():
-        return json.loads(out.read_text(encoding="utf-8"))
-    partial = out.with_name(out.name + ".part")
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        with open(partial, "wb") as sink:
-            os.dup2(sink.fileno(), 1)
-            try:
-                ctx.command(title, argv)
-            finally:
-                os.dup2(saved, 1)
-    finally:
-        os.close(saved)
-    lines = partial.read_text(encoding="utf-8").strip().splitlines()
-    try:
-        value = json.loads(lines[-1])
-    except (IndexError, ValueError):
-        raise DataError(f"demo step '{title}' printed no JSON result (see {partial})") from None
-    atomic_write_json(out, value)
-    partial.unlink()
-    return value
-
-
 def finished(run_dir: Path) -> bool:
     """Whether a fine-tuning run finished: its summary and its exported model are there."""
     return (run_dir / "summary.json").is_file() and (run_dir / "model" / "model.safetensors").is_file()
@@ -313,7 +286,7 @@ def run(ctx: StageContext) -> StageReport:
                         encoding="utf-8")
     scores = {}
     for split, path in (("train", seen), ("dev", data / "dev.tsv"), ("test", data / "test.tsv")):
-        scores[split] = run_json(ctx, f"word error rate on the {split} voices (beam search, 4 beams)",
+        scores[split] = command_json(ctx, f"word error rate on the {split} voices (beam search, 4 beams)",
                                  ["evaluate", "--model", str(model), "--input", str(path)],
                                  work / f"eval_{split}.json")
 

@@ -100,6 +100,35 @@ class StageContext:
             raise DataError(f"demo step '{title}' failed (exit {done.returncode}): {shown}")
 
 
+def command_json(ctx: StageContext, title: str, argv: list[str], out: Path) -> dict[str, Any]:
+    """Runs a command that prints its result as one JSON line on stdout (``modaloom evaluate``), as ``> out``
+    in a shell, and keeps that JSON in ``out``; an existing ``out`` is reused without running the command."""
+    if out.is_file():
+        return json.loads(out.read_text(encoding="utf-8"))
+    partial = out.with_name(out.name + ".part")
+    sys.stdout.flush()
+    saved = os.dup(1)  # the child inherits fd 1: point it at the file for the command's lifetime
+    try:
+        with open(partial, "wb") as sink:
+            os.dup2(sink.fileno(), 1)
+            try:
+                ctx.command(title, argv)
+            finally:
+                os.dup2(saved, 1)
+    finally:
+        os.close(saved)
+    ctx.commands[-1] += f" > {out.name}"
+    # the JSON is the last line (anything printed to stdout before it, e.g. progress, is above it)
+    lines = [line for line in partial.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        value = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        raise DataError(f"demo step '{title}' printed no JSON line (its output: {partial})") from None
+    atomic_write_json(out, value)
+    partial.unlink()
+    return value
+
+
 def run_summary(name: str, run_dir: Path) -> dict[str, Any]:
     """The figures the report shows for one training run, from the run's ``summary.json``."""
     summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))

@@ -14,8 +14,6 @@ whose ``image_rank`` gives the top retrievals drawn as a grid. Each step skips w
 from __future__ import annotations
 
 import json
-import os
-import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,7 @@ import numpy as np
 from modaloom.atomic import atomic_file, atomic_write_json
 from modaloom.data import fashion_mnist
 from modaloom.demo.install import ensure_debian_package
-from modaloom.demo.stage import Figure, StageContext, StageReport, Table, run_summary, timed
+from modaloom.demo.stage import Figure, StageContext, StageReport, Table, command_json, run_summary, timed
 from modaloom.errors import DataError
 
 SOURCE = fashion_mnist.SOURCE  # the tests point this elsewhere
@@ -168,33 +166,6 @@ def complete_model(folder: Path) -> bool:
     return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
 
 
-def command_to_json(ctx: StageContext, title: str, argv: list[str], out: Path) -> dict[str, Any]:
-    """Runs a command that prints JSON on stdout (``evaluate``) with stdout sent to ``out`` (as ``> out`` in a
-    shell), unless ``out`` already holds its JSON; returns that JSON."""
-    if out.is_file():
-        return json.loads(out.read_text(encoding="utf-8"))
-    tmp = out.with_name(out.name + ".tmp")
-    sys.stdout.flush()
-    saved = os.dup(1)
-    try:
-        with open(tmp, "wb") as fh:
-            os.dup2(fh.fileno(), 1)
-            ctx.command(title, argv)
-    finally:
-        os.dup2(saved, 1)
-        os.close(saved)
-    ctx.commands[-1] += f" > {out.name}"
-    # the JSON is the command's last line (anything the stage itself printed to stdout meanwhile is above it)
-    lines = [line for line in tmp.read_text(encoding="utf-8").splitlines() if line.strip()]
-    try:
-        result = json.loads(lines[-1])
-    except (IndexError, ValueError) as exc:
-        raise DataError(f"{' '.join(argv[:1])} printed no JSON line to {tmp}") from exc
-    atomic_write_json(out, result)
-    tmp.unlink()
-    return result
-
-
 def class_ceiling(labels: list[int], k: int) -> float:
     """Recall@K of a model that knows only the class: the right item is then a random one of its class's."""
     counts = Counter(labels)
@@ -276,11 +247,11 @@ def run(ctx: StageContext) -> StageReport:
             argv.append("--resume")
         ctx.command("train a small CLIP from random init on the caption pairs", argv)
 
-    zero_shot = command_to_json(ctx, "zero-shot classification of the test images",
+    zero_shot = command_json(ctx, "zero-shot classification of the test images",
                                 ["evaluate", "--task", "zero_shot", "--model", str(model), "--input",
                                  str(data / "test.tsv"), f"task.classes={','.join(CLASSES)}",
                                  f"task.template={PROMPT}"], work / "zero_shot.json")
-    retrieval = command_to_json(ctx, "retrieval recall@K on held-out test pairs",
+    retrieval = command_json(ctx, "retrieval recall@K on held-out test pairs",
                                 ["evaluate", "--model", str(model), "--input", str(data / "test_pairs.tsv")],
                                 work / "retrieval.json")
     predictions = work / "grid_predictions.jsonl"
