@@ -49,10 +49,11 @@ def test_the_table_keeps_a_failed_rows_reason_and_lists_commands():
                {"row": "vlmo-itm-hard", "objective": "itm", "path": "pretrain",
                 "failed": "demo step 'x: recall@K' failed (exit 2): modaloom evaluate --model m",
                 "commands": ["modaloom evaluate --model m"]}]
-    table = ot.markdown(results, vl.QUICK, {"zero_shot": 0.1, "r@1": 0.025})
+    table = ot.markdown(results, vl.QUICK, {"zero_shot": 0.1, "r@1": 0.025, "r@1_class_ceiling": 0.25})
     assert "| infonce | clr | finetune | 0.500 | 0.250 | 0.125 | 3.000 |" in table
     assert "| vlmo-itm-hard | itm | pretrain | demo step 'x: recall@K' failed (exit 2) | | | |" in table
     assert "  - `modaloom evaluate --model m`" in table
+    assert "| best possible knowing only the class | | | 1.000 | 0.250 | 0.250 | |" in table
 
 
 def test_unknown_rows_are_refused(tmp_path, capsys):
@@ -76,6 +77,8 @@ def test_two_rows_quick_on_synthetic_images(tmp_path, monkeypatch, capsys):
         assert [c.split()[1:3] for c in row["commands"]] == [["finetune", "--task"], ["evaluate", "--task"],
                                                              ["evaluate", "--task"]]
         assert f"task.templates={tmp_path / 'w' / 'templates.txt'}" in row["commands"][1]
+        # finetune's own defaults (10% warm-up, length-grouped batches) are set explicitly, as pretrain gets them
+        assert "train.warmup_ratio=0.1 train.group_by_length=false" in row["commands"][0]
     assert saved["setup_commands"][0].startswith("modaloom build-vocab")
     assert (tmp_path / "w" / "configs" / "siglip.yaml").is_file()
     table = capsys.readouterr().out
