@@ -103,37 +103,51 @@ def train_options(sizes: vl.Sizes, threads: int | None) -> list[str]:
     return out
 
 
+def step(ctx: StageContext, done: bool, title: str, argv: list[str]) -> None:
+    """Runs ``modaloom ARGV`` unless its output is already complete; either way the table lists the command."""
+    if done:
+        ctx.commands.append("modaloom " + " ".join(argv))
+    else:
+        ctx.command(title, argv)
+
+
+def to_json(ctx: StageContext, title: str, argv: list[str], out: Path) -> dict[str, Any]:
+    """``vision_language.command_to_json``, listing the command also when its output was already there."""
+    if out.is_file():
+        ctx.commands.append("modaloom " + " ".join(argv) + f" > {out.name}")
+    return vl.command_to_json(ctx, title, argv, out)
+
+
 def train(ctx: StageContext, row: Row, sizes: vl.Sizes, data: Path, vocab: Path, config: Path,
           run_dir: Path) -> None:
     """Trains the row's model into ``run_dir/model`` with the CLI (skipped when that folder is complete)."""
-    if vl.complete_model(run_dir / "model") and (run_dir / "summary.json").is_file():
-        return
+    done = vl.complete_model(run_dir / "model") and (run_dir / "summary.json").is_file()
     budget = ["--steps", str(sizes.steps), "--batch-size", str(sizes.batch), "--lr", str(sizes.lr)]
     common = train_options(sizes, ctx.threads)
     if row.path == "finetune":
-        ctx.command(f"{row.name}: train from random init",
+        step(ctx, done, f"{row.name}: train from random init",
                     ["finetune", "--task", "clip_retrieval", "--config", str(config), "--vocab", str(vocab),
                      "--train", str(data / "train_pairs.tsv"), "--dev", str(data / "dev_pairs.tsv"), "--out",
                      str(run_dir), *budget, f"train.eval_every={sizes.steps}", *common])
         return
     processed = ctx.work / "vilt_data"
-    if not (processed / "manifest.json").is_file():
-        ctx.command("matching image-text pairs for pretrain (vilt processor)",
+    step(ctx, (processed / "manifest.json").is_file(), "matching image-text pairs for pretrain (vilt processor)",
                     ["preprocess", "--processor", "vilt", "--corpus", str(data / "train_pairs.tsv"), "--vocab",
                      str(vocab), "--out", str(processed), "--seq-length", "24", "--option", "image_height=28",
                      "--option", "image_width=28", "--option", "mismatch_prob=0", "--option", "norm=clip"])
-    ctx.command(f"{row.name}: pretrain from random init",
+    step(ctx, done, f"{row.name}: pretrain from random init",
                 ["pretrain", "--config", str(config), "--data", str(processed), "--out", str(run_dir), *budget,
                  *common])
 
 
-def evaluate(ctx: StageContext, row: Row, data: Path, vocab: Path, templates: Path, run_dir: Path) -> dict:
+def evaluate(ctx: StageContext, row: Row, data: Path, templates: Path, run_dir: Path) -> dict:
     """Zero-shot accuracy (the prompt ensemble) and recall@K on the held-out pairs of the row's model."""
     model = run_dir / "model"
-    zero = vl.command_to_json(ctx, f"{row.name}: zero-shot", [
+    classes = ctx.work / "classes.txt"  # a file: some class names hold spaces, the commands are shown unquoted
+    zero = to_json(ctx, f"{row.name}: zero-shot", [
         "evaluate", "--task", "zero_shot", "--model", str(model), "--input", str(data / "test.tsv"),
-        f"task.classes={','.join(vl.CLASSES)}", f"task.templates={templates}"], run_dir / "zero_shot.json")
-    recall = vl.command_to_json(ctx, f"{row.name}: recall@K", [
+        f"task.classes={classes}", f"task.templates={templates}"], run_dir / "zero_shot.json")
+    recall = to_json(ctx, f"{row.name}: recall@K", [
         "evaluate", "--task", "clip_retrieval", "--model", str(model), "--input", str(data / "test_pairs.tsv")],
         run_dir / "retrieval.json")
     return {"zero_shot_accuracy": zero["accuracy"], "t2i_r@1": recall["t2i_r@1"], "i2t_r@1": recall["i2t_r@1"],
@@ -156,7 +170,7 @@ def run_row(ctx: StageContext, row: Row, sizes: vl.Sizes, data: Path, vocab: Pat
         summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
         out["steps"] = summary.get("steps")
         out["train_run_s"] = summary.get("wall_seconds")
-        out.update(evaluate(ctx, row, data, vocab, templates, run_dir))
+        out.update(evaluate(ctx, row, data, templates, run_dir))
     except (DataError, OSError, KeyError, ValueError) as exc:
         out["failed"] = str(exc)
     out["commands"] = ctx.commands[first:]
@@ -209,10 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     data = args.work / "data"
     manifest = vl.write_data(data, sizes)
     vocab = args.work / "vocab.txt"
-    if not vocab.is_file():
-        ctx.command("WordPiece vocabulary of the training captions",
+    step(ctx, vocab.is_file(), "WordPiece vocabulary of the training captions",
                     ["build-vocab", "--type", "wordpiece", "--corpus", str(data / "captions.txt"), "--vocab-size",
                      str(sizes.vocab), "--out", str(vocab), "--lowercase"])
+    with atomic_file(args.work / "classes.txt") as tmp:
+        tmp.write_text("\n".join(vl.CLASSES) + "\n", encoding="utf-8")
     templates = args.work / "templates.txt"
     with atomic_file(templates) as tmp:
         tmp.write_text("\n".join(TEMPLATES) + "\n", encoding="utf-8")
