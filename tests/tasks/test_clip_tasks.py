@@ -127,6 +127,26 @@ def test_predict_and_evaluate_retrieval(tuned, capsys):
     assert metrics["examples"] == 8 and metrics["images"] == 8
 
 
+def test_evaluate_retrieval_with_a_model_no_task_saved(tuned, capsys, tmp_path):
+    # a folder without a task section, as pretrain or convert leaves it: plain `evaluate` refuses it, `evaluate
+    # --task clip_retrieval` ranks with it (captions cut to the text positions) and agrees with the tuned folder
+    import shutil
+
+    root, files, out = tuned
+    bare = tmp_path / "pretrained"
+    shutil.copytree(out / "model", bare)
+    config = json.loads((bare / "config.json").read_text())
+    del config["task"]
+    (bare / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(bare), "--input", str(files["test"])]) == 2
+    assert "is not a fine-tuned model" in capsys.readouterr().err
+    assert main(["evaluate", "--task", "clip_retrieval", "--model", str(bare), "--input", str(files["test"])]) == 0
+    bare_metrics = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", "--model", str(out / "model"), "--input", str(files["test"])]) == 0
+    assert bare_metrics == json.loads(capsys.readouterr().out)
+
+
 def test_zero_shot_evaluate(tuned, capsys):
     root, files, out = tuned
     labelled = root / "colours.tsv"

@@ -7,7 +7,8 @@ model folder's tokenizer as the ``clip`` processor does (``[CLS] text [SEP]`` or
 ``data.seq_length`` (at most the text stream's positions; counted). Evaluation ranks every caption of the file
 against every distinct image of it (rows naming the same image file share it) and reports recall@1/5/10 both
 ways (``i2t_r@K``: an image finds one of its captions in the top K; ``t2i_r@K``) and their mean
-(``mean_recall``, which selects the best dev model). ``predict`` writes per row the cosine ``score`` of the
+(``mean_recall``, which selects the best dev model). ``evaluate --task clip_retrieval --model DIR`` also ranks with
+a model no fine-tuning saved (pre-trained, e.g. a VLMo trained with ``itm`` beside ``clr``, or converted). ``predict`` writes per row the cosine ``score`` of the
 pair and the rank of its image among the file's images for its caption (``image_rank``) and of its caption
 among the file's captions for its image (``text_rank``), 1 = first.
 
@@ -209,6 +210,7 @@ class ClipRetrievalTask(ClipBase):
     name = "clip_retrieval"
     Options = ClipTaskOptions  # its task.<key> options (docs/config-reference.md)
     selection_metric = "mean_recall"
+    runs_any_model = True  # `evaluate --task clip_retrieval` also ranks with a pre-trained or converted model
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -305,8 +307,14 @@ class ClipRetrievalTask(ClipBase):
                 "skipped": dict(self.skipped)}
 
     def load_section(self, model_dir: Path, section: dict[str, Any]) -> None:
-        """Restore the options and the tokenizer of a fine-tuned model folder."""
-        self.options = build(ClipTaskOptions, dict(section.get("options") or {}), path="task.options")
+        """Restore the options and the tokenizer of a fine-tuned model folder; a model this task did not save
+        (pre-trained, converted: no ``seq_length`` in its section) gets the default options and captions cut to
+        its text positions."""
+        if "seq_length" not in section:
+            self.cfg.data.seq_length = self.text_section.max_seq_length
+            self.options = build(ClipTaskOptions, {}, path="task.options")
+        else:
+            self.options = build(ClipTaskOptions, dict(section.get("options") or {}), path="task.options")
         self.set_tokenizer(model_dir, "")
 
 

@@ -1,0 +1,249 @@
+"""Contrastive and matching objectives side by side on the vision-language demo data: one table, one budget.
+
+The data are the demo's captioned Fashion-MNIST (``demo/vision_language.write_data``, written once). Every row
+is the demo's small model (``vision_language.clip_config``: same widths, depths, patches, text positions) with
+only the objective or the encoder changed, trained from random init with the same steps, batch, lr and seed:
+
+- ``infonce``, ``siglip``, ``filip``: the ``clr`` target's ``loss``; ``moco``: the ``moco`` target (momentum
+  towers, queues of past keys); ``vlmo-dual``: the ``modality_experts`` encoder (VLMo) with ``clr`` alone, so
+  only its dual view trains. These train with ``modaloom finetune --task clip_retrieval --config``.
+- ``vlmo-itm-hard``: the same VLMo encoder with ``clr`` (dual view) and ``itm`` with hard negatives (fusion
+  view) trained together. ``clip_retrieval`` keeps the contrastive head only, so this row goes through
+  ``modaloom preprocess --processor vilt`` (matching pairs only) and ``modaloom pretrain``.
+
+Each model is then read the same way, through its contrastive (dual) features: ``evaluate --task zero_shot``
+on the test images with one prompt ensemble (``task.templates``) for all rows, and ``evaluate --task
+clip_retrieval`` (recall@K both ways) on the held-out test pairs. Rows whose CLI path fails keep the reason
+in the table instead of numbers. Usage::
+
+    python benchmarks/objectives_table.py --size small --work /tmp/objectives [--rows infonce,siglip] \
+        [--threads 2] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from modaloom.atomic import atomic_file, atomic_write_json
+from modaloom.demo import vision_language as vl
+from modaloom.demo.stage import StageContext
+from modaloom.errors import DataError
+
+# between the demo's QUICK (tests) and FULL (minutes per row on a free machine): a table in minutes when loaded
+SMALL = vl.Sizes(train=2000, dev=40, test=500, pairs=100, pool=40, steps=150, batch=32, lr=2e-3, width=48,
+                 layers=2, patch=7, vocab=300)
+SIZES = {"quick": vl.QUICK, "small": SMALL, "full": vl.FULL}
+# the prompt ensemble of every row's zero-shot evaluation (each reads well with every class name)
+TEMPLATES = ["a photo of a {}.", "a product shot of a {}.", "a black and white photo of a {}.",
+             "a low resolution photo of a {}.", "this is a {}."]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One table row: a name, the objective in words, and how it trains (``finetune`` or ``pretrain``)."""
+
+    name: str
+    objective: str
+    path: str  # finetune: clip_retrieval from --config; pretrain: vilt-preprocessed pairs + pretrain
+
+
+ROWS = [
+    Row("infonce", "clr, loss infonce (CLIP)", "finetune"),
+    Row("siglip", "clr, loss siglip (pairwise sigmoid)", "finetune"),
+    Row("moco", "moco (momentum towers, key queues)", "finetune"),
+    Row("filip", "clr, loss filip (token-wise late interaction)", "finetune"),
+    Row("vlmo-dual", "modality_experts encoder, clr (dual view)", "finetune"),
+    Row("vlmo-itm-hard", "modality_experts, clr (dual) + itm hard negatives (fusion)", "pretrain"),
+]
+
+
+def vlmo_encoder(sizes: vl.Sizes) -> dict[str, Any]:
+    """VLMo's encoder at the demo towers' size: shared attention, one expert per modality, the top layer fused."""
+    width = sizes.width
+    return {"type": "modality_experts", "modalities": ["text", "vision"], "fusion_layers": 1,
+            "hidden_size": width, "layers_num": sizes.layers, "heads_num": 4, "feedforward_size": 2 * width,
+            "act": "gelu", "norm": "layernorm", "norm_position": "pre", "final_norm": True, "dropout": 0.0}
+
+
+def row_config(row: Row, sizes: vl.Sizes) -> dict[str, Any]:
+    """The demo's CLIP config with only this row's objective or encoder changed."""
+    config = vl.clip_config(sizes)
+    model = config["model"]
+    clr = model["targets"][0]
+    if row.name in ("siglip", "filip"):
+        clr["loss"] = row.name
+    elif row.name == "moco":
+        model["targets"][0] = {**clr, "type": "moco", "momentum": 0.995, "queue_size": 4 * sizes.batch}
+    elif row.name.startswith("vlmo"):
+        model["encoder"] = vlmo_encoder(sizes)
+        if row.name == "vlmo-itm-hard":
+            model["targets"].append({"type": "itm", "negatives": "hard"})
+            config["data"] = {"processor": "vilt"}
+    elif row.name != "infonce":
+        raise ValueError(f"unknown row {row.name!r}; rows: {[r.name for r in ROWS]}")
+    return config
+
+
+def train_options(sizes: vl.Sizes, threads: int | None) -> list[str]:
+    """The training overrides every row shares (beyond steps, batch, lr): finetune and pretrain differ in their
+    defaults of warm-up (10% / none) and batching (length-grouped / shuffled), so both are set here."""
+    out = ["train.seed=7", "train.adam_bias_correction=true", "train.warmup_ratio=0.1", "train.group_by_length=false",
+           "train.progress=false", "train.tensorboard=false"]
+    if threads:
+        out.append(f"train.threads={threads}")
+    return out
+
+
+def step(ctx: StageContext, done: bool, title: str, argv: list[str]) -> None:
+    """Runs ``modaloom ARGV`` unless its output is already complete; either way the table lists the command."""
+    if done:
+        ctx.commands.append("modaloom " + " ".join(argv))
+    else:
+        ctx.command(title, argv)
+
+
+def to_json(ctx: StageContext, title: str, argv: list[str], out: Path) -> dict[str, Any]:
+    """``vision_language.command_to_json``, listing the command also when its output was already there."""
+    if out.is_file():
+        ctx.commands.append("modaloom " + " ".join(argv) + f" > {out.name}")
+    return vl.command_to_json(ctx, title, argv, out)
+
+
+def train(ctx: StageContext, row: Row, sizes: vl.Sizes, data: Path, vocab: Path, config: Path,
+          run_dir: Path) -> None:
+    """Trains the row's model into ``run_dir/model`` with the CLI (skipped when that folder is complete)."""
+    done = vl.complete_model(run_dir / "model") and (run_dir / "summary.json").is_file()
+    budget = ["--steps", str(sizes.steps), "--batch-size", str(sizes.batch), "--lr", str(sizes.lr)]
+    common = train_options(sizes, ctx.threads)
+    if row.path == "finetune":
+        step(ctx, done, f"{row.name}: train from random init",
+                    ["finetune", "--task", "clip_retrieval", "--config", str(config), "--vocab", str(vocab),
+                     "--train", str(data / "train_pairs.tsv"), "--dev", str(data / "dev_pairs.tsv"), "--out",
+                     str(run_dir), *budget, f"train.eval_every={sizes.steps}", *common])
+        return
+    processed = ctx.work / "vilt_data"
+    step(ctx, (processed / "manifest.json").is_file(), "matching image-text pairs for pretrain (vilt processor)",
+                    ["preprocess", "--processor", "vilt", "--corpus", str(data / "train_pairs.tsv"), "--vocab",
+                     str(vocab), "--out", str(processed), "--seq-length", "24", "--option", "image_height=28",
+                     "--option", "image_width=28", "--option", "mismatch_prob=0", "--option", "norm=clip"])
+    step(ctx, done, f"{row.name}: pretrain from random init",
+                ["pretrain", "--config", str(config), "--data", str(processed), "--out", str(run_dir), *budget,
+                 *common])
+
+
+def evaluate(ctx: StageContext, row: Row, data: Path, templates: Path, run_dir: Path) -> dict:
+    """Zero-shot accuracy (the prompt ensemble) and recall@K on the held-out pairs of the row's model."""
+    model = run_dir / "model"
+    classes = ctx.work / "classes.txt"  # a file: some class names hold spaces, the commands are shown unquoted
+    zero = to_json(ctx, f"{row.name}: zero-shot", [
+        "evaluate", "--task", "zero_shot", "--model", str(model), "--input", str(data / "test.tsv"),
+        f"task.classes={classes}", f"task.templates={templates}"], run_dir / "zero_shot.json")
+    recall = to_json(ctx, f"{row.name}: recall@K", [
+        "evaluate", "--task", "clip_retrieval", "--model", str(model), "--input", str(data / "test_pairs.tsv")],
+        run_dir / "retrieval.json")
+    return {"zero_shot_accuracy": zero["accuracy"], "t2i_r@1": recall["t2i_r@1"], "i2t_r@1": recall["i2t_r@1"],
+            "t2i_r@5": recall["t2i_r@5"], "i2t_r@5": recall["i2t_r@5"]}
+
+
+def run_row(ctx: StageContext, row: Row, sizes: vl.Sizes, data: Path, vocab: Path, templates: Path) -> dict:
+    """Config, training and evaluation of one row; a failing command leaves its reason instead of numbers."""
+    run_dir = ctx.work / "runs" / row.name
+    config = ctx.work / "configs" / f"{row.name}.yaml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(config) as tmp:
+        tmp.write_text(yaml.safe_dump(row_config(row, sizes), sort_keys=False), encoding="utf-8")
+    first = len(ctx.commands)
+    out: dict[str, Any] = {"row": row.name, "objective": row.objective, "path": row.path, "config": str(config)}
+    start = time.perf_counter()
+    try:
+        train(ctx, row, sizes, data, vocab, config, run_dir)
+        out["train_wall_s"] = round(time.perf_counter() - start, 1)
+        summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+        out["steps"] = summary.get("steps")
+        out["train_run_s"] = summary.get("wall_seconds")
+        out.update(evaluate(ctx, row, data, templates, run_dir))
+    except (DataError, OSError, KeyError, ValueError) as exc:
+        out["failed"] = str(exc)
+    out["commands"] = ctx.commands[first:]
+    return out
+
+
+def fmt(value: Any) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def markdown(results: list[dict], sizes: vl.Sizes, chance: dict[str, float]) -> str:
+    """One Markdown table: the metrics per row (or why it failed), then the commands of each row."""
+    lines = ["| row | objective | CLI path | zero-shot acc | R@1 t2i | R@1 i2t | train wall s |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results:
+        if "failed" in r:
+            reason = r["failed"].split(": modaloom ")[0]  # the command itself is listed below the table
+            lines.append(f"| {r['row']} | {r['objective']} | {r['path']} | {reason} | | | |")
+            continue
+        lines.append(f"| {r['row']} | {r['objective']} | {r['path']} | {fmt(r['zero_shot_accuracy'])} | "
+                     f"{fmt(r['t2i_r@1'])} | {fmt(r['i2t_r@1'])} | {fmt(r.get('train_run_s'))} |")
+    lines.append(f"| chance | | | {fmt(chance['zero_shot'])} | {fmt(chance['r@1'])} | {fmt(chance['r@1'])} | |")
+    ceiling = fmt(chance["r@1_class_ceiling"])  # captions name only the class: the best R@1 knowing the class
+    lines.append(f"| best possible knowing only the class | | | 1.000 | {ceiling} | {ceiling} | |")
+    lines += ["", f"Budget of every row: {sizes.steps} steps, batch {sizes.batch}, lr {sizes.lr}, width "
+              f"{sizes.width}, {sizes.layers} layers, patch {sizes.patch}, seed 7; {sizes.train} training pairs, "
+              f"{sizes.test} zero-shot test images, {sizes.pairs} held-out test pairs.", "", "Commands per row:", ""]
+    for r in results:
+        lines.append(f"- `{r['row']}`:")
+        lines += [f"  - `{c}`" for c in r["commands"]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="small")
+    parser.add_argument("--work", type=Path, required=True, help="folder for the data, configs, runs")
+    parser.add_argument("--rows", default=",".join(r.name for r in ROWS), help="comma-separated row names")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per command")
+    parser.add_argument("--json", type=Path, default=None, help="where to write the results (default WORK/table.json)")
+    args = parser.parse_args(argv)
+    by_name = {r.name: r for r in ROWS}
+    wanted = [n.strip() for n in args.rows.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in by_name]
+    if unknown:
+        parser.error(f"unknown rows {unknown}; choose from {list(by_name)}")
+    sizes = SIZES[args.size]
+    ctx = StageContext(work=args.work, quick=args.size == "quick", threads=args.threads, log=sys.stderr)
+    args.work.mkdir(parents=True, exist_ok=True)
+    data = args.work / "data"
+    manifest = vl.write_data(data, sizes)
+    vocab = args.work / "vocab.txt"
+    step(ctx, vocab.is_file(), "WordPiece vocabulary of the training captions",
+                    ["build-vocab", "--type", "wordpiece", "--corpus", str(data / "captions.txt"), "--vocab-size",
+                     str(sizes.vocab), "--out", str(vocab), "--lowercase"])
+    with atomic_file(args.work / "classes.txt") as tmp:
+        tmp.write_text("\n".join(vl.CLASSES) + "\n", encoding="utf-8")
+    templates = args.work / "templates.txt"
+    with atomic_file(templates) as tmp:
+        tmp.write_text("\n".join(TEMPLATES) + "\n", encoding="utf-8")
+    setup = list(ctx.commands)
+    results = [run_row(ctx, by_name[n], sizes, data, vocab, templates) for n in wanted]
+    chance = {"zero_shot": 1 / len(vl.CLASSES), "r@1": 1 / manifest["pairs"],
+              "r@1_class_ceiling": vl.class_ceiling(manifest["labels"]["test"][:manifest["pairs"]], 1)}
+    table = markdown(results, sizes, chance)
+    print(table)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (0.0, 0.0, 0.0)
+    atomic_write_json(args.json or args.work / "table.json",
+                      {"size": args.size, "sizes": asdict(replace(sizes)), "templates": TEMPLATES, "chance": chance,
+                       "load_average": [round(x, 2) for x in load], "setup_commands": setup, "rows": results,
+                       "markdown": table})
+    return 0 if all("failed" not in r for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
