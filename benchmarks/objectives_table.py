@@ -35,7 +35,7 @@ import yaml
 
 from modaloom.atomic import atomic_file, atomic_write_json
 from modaloom.demo import vision_language as vl
-from modaloom.demo.stage import StageContext
+from modaloom.demo.stage import StageContext, command_json
 from modaloom.errors import DataError
 
 # between the demo's QUICK (tests) and FULL (minutes per row on a free machine): a table in minutes when loaded
@@ -112,10 +112,10 @@ def step(ctx: StageContext, done: bool, title: str, argv: list[str]) -> None:
 
 
 def to_json(ctx: StageContext, title: str, argv: list[str], out: Path) -> dict[str, Any]:
-    """``vision_language.command_to_json``, listing the command also when its output was already there."""
+    """``demo.stage.command_json``, listing the command also when its output was already there."""
     if out.is_file():
         ctx.commands.append("modaloom " + " ".join(argv) + f" > {out.name}")
-    return vl.command_to_json(ctx, title, argv, out)
+    return command_json(ctx, title, argv, out)
 
 
 def train(ctx: StageContext, row: Row, sizes: vl.Sizes, data: Path, vocab: Path, config: Path,
