@@ -8,6 +8,7 @@ import torch
 
 import modaloom
 from modaloom.cli.main import main
+from tests.tasks.test_classification import write_split
 from tests.train.data_helpers import tiny_bert_config, write_dataset
 
 
@@ -40,6 +41,12 @@ def test_grow_a_trained_model_and_continue_pretraining(tmp_path, capsys):
                  "model.encoder.layers_num=3", "model.encoder.feedforward_size=48"]) == 0
     assert "every key matched" in capsys.readouterr().err
     assert modaloom.load(tmp_path / "b" / "model").config.encoder.layers_num == 3
+    # and fine-tunes: the folder is an ordinary model folder with its tokenizer
+    train, dev = write_split(tmp_path / "train.tsv", 16, 1), write_split(tmp_path / "dev.tsv", 8, 2)
+    assert main(["finetune", "--task", "classification", "--model", str(dst), "--train", str(train), "--dev", str(dev),
+                 "--out", str(tmp_path / "ft"), "--steps", "2", "--batch-size", "8", "train.progress=false",
+                 "train.tensorboard=false"]) == 0
+    assert modaloom.load(tmp_path / "ft" / "model").config.encoder.feedforward_size == 48
 
 
 def test_grow_refusals(tmp_path, capsys):
