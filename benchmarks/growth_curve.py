@@ -1,6 +1,6 @@
 """Growth curve: a deeper model grown from a trained shallow one vs the same deeper model from scratch.
 
-    python benchmarks/growth_curve.py [--lines 3000] [--small-steps 100] [--steps 100] [--batch-size 8] [--threads 2] [--work DIR]
+    python benchmarks/growth_curve.py [--lines 3000] [--small-steps 100] [--steps 100] [--batch-size 8] [--long] [--threads 2] [--work DIR]
 
 Data: the first ``--lines`` lines of the shared book-review corpus (``../shared/data/tencentpretrain``), read by
 ``modaloom preprocess --processor lm`` with the shared Chinese vocabulary, 64 tokens per example. Model: a tiny
@@ -10,6 +10,8 @@ pre-norm causal LM (GPT-2 layout: word + pos embeddings, layernorm, gelu; width 
 2. ``modaloom grow --depth 2 --ffn-size 256`` of it: 4 layers, feed-forward 256, function-preserving.
 3. ``grown``: the grown folder trained ``--steps`` more steps (``pretrain --init-from``).
 4. ``scratch``: the same 4-layer, 256-wide model from a random start, ``--steps`` steps.
+5. with ``--long``: ``scratch-long``, the same for ``--small-steps + --steps`` steps (as many steps as small and
+   grown together, each a 4-layer step: more compute than the grown route).
 
 Both runs of step 3 and 4 use the same data order, learning rate and schedule; the script prints the training
 loss of each at a few steps and the held-out loss at the end (``train.eval_holdout`` records, the same for both).
@@ -81,6 +83,7 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--long", action="store_true", help="also train scratch for small-steps + steps steps")
     parser.add_argument("--work", type=Path, help="folder for data and runs (default: a temporary one)")
     args = parser.parse_args()
     if not CORPUS.is_file():
@@ -105,6 +108,11 @@ def main() -> int:
         cli("pretrain", "--config", str(big), "--data", str(data), "--out", str(work / "grown"),
             "--init-from", str(work / "grown-init"))
         cli("pretrain", "--config", str(big), "--data", str(data), "--out", str(work / "scratch"))
+        long_steps = args.small_steps + args.steps
+        if args.long:
+            longer = write_config(work / "big-long.json", 4, 256, long_steps, args.batch_size)
+            cli("pretrain", "--config", str(longer), "--data", str(data), "--out", str(work / "scratch-long"))
+            long_train, long_eval = losses(work / "scratch-long")
         small_train, small_eval = losses(work / "small")
         grown_train, grown_eval = losses(work / "grown")
         scratch_train, scratch_eval = losses(work / "scratch")
@@ -116,6 +124,9 @@ def main() -> int:
     for step in shown:
         print(f"{step:>6} {grown_train[step]:>8.3f} {scratch_train[step]:>8.3f}")
     print(f"{'eval':>6} {grown_eval:>8.3f} {scratch_eval:>8.3f}  (held-out lm loss after {args.steps} steps)")
+    if args.long:
+        print(f"scratch-long: {long_steps} steps, final train loss {long_train[max(long_train)]:.3f}, "
+              f"held-out {long_eval:.3f}")
     return 0
 
 
