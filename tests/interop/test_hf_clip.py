@@ -149,3 +149,28 @@ def test_clip_old_checkpoints_with_position_ids_load():
 
     model = hf_to_modaloom(Old(), architecture="CLIPModel")
     assert max(compare(hf, model).values()) < TOL
+
+
+def test_clip_with_a_moco_target_exports_as_clr(tmp_path):
+    """A moco model's towers, projections and logit_scale become CLIPModel's; the momentum state is not exported."""
+    from modaloom.train.hooks import part_hooks
+
+    conv = convert_from_hf(make_clip())
+    data = to_dict(conv.model.config)
+    data["targets"][0].update(type="moco", loss="moco_infonce", momentum=0.9, queue_size=4)
+    data["targets"][0].pop("gather", None)
+    model = build_model(data)
+    model.load_state_dict({k.replace("targets.clr.", "targets.moco."): v for k, v in conv.model.state_dict().items()})
+    part_hooks(model)  # a training run's momentum copies and queues: hook state, not model weights
+    export = modaloom_to_hf(model, tmp_path / "hf")
+    assert export.architecture == "CLIPModel" and export.dropped == []
+    reloaded = transformers.CLIPModel.from_pretrained(tmp_path / "hf").eval()
+    batch, ctx = inputs(), ForwardContext()
+    model.eval()
+    with torch.no_grad():
+        ref = reloaded(**batch)
+        model(batch, ctx)
+    text_features, image_features = ctx.features["moco"]
+    assert max_diff(text_features, ref.text_embeds) < TOL
+    assert max_diff(image_features, ref.image_embeds) < TOL
+    assert reloaded.logit_scale.item() == pytest.approx(model.targets["moco"].logit_scale.item())

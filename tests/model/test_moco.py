@@ -117,3 +117,24 @@ def test_config_errors():
         build_model(moco_config(momentum=1.5))
     with pytest.raises(ConfigError, match="queue_size must be"):
         build_model(moco_config(queue_size=-1))
+
+
+def test_momentum_keys_of_a_vlmo_encoder_use_the_dual_view():
+    from tests.model.test_modality_experts import batch as vlmo_batch
+    from tests.model.test_modality_experts import config as vlmo_config
+
+    torch.manual_seed(0)
+    model = build_model(vlmo_config(default_mode="fusion", targets=[dict(type="moco", feature_size=4, queue_size=4)]))
+    (hook,) = part_hooks(model)
+    data = vlmo_batch(3)
+    model.eval()
+    with torch.no_grad():
+        hidden, mask = model.encode(data, mode="dual")
+        expected = model.targets["moco"].key_features(hidden, mask, data, model.targets["moco"].projections)
+        keys = hook.keys(data)
+    # the copy starts as the model: its keys are the dual view's features (the fusion view has one sequence)
+    for k, e in zip(keys, expected, strict=True):
+        torch.testing.assert_close(k, e)
+    model.train()
+    out = model(data)
+    assert torch.isfinite(out.loss) and len(hook.pending) == 1

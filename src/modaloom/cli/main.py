@@ -30,6 +30,7 @@ VERBS: dict[str, str] = {
     "generate": "modaloom.cli.generate",
     "features": "modaloom.cli.features",
     "convert": "modaloom.cli.convert",
+    "grow": "modaloom.cli.grow",
     "build-vocab": "modaloom.cli.build_vocab",
     "inspect": "modaloom.cli.inspect",
     "demo": "modaloom.cli.demo",

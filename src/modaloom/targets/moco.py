@@ -8,6 +8,7 @@ encoder and the projections; each forward computes the keys with it (no gradient
 gathers them over ranks and scores the queries against them plus the queues (loss ``moco_infonce``). After
 each optimizer step the hook moves the copy towards the trained weights by EMA and pushes the step's keys
 into the queues, the same rows on every rank. Copy, queues and pointers are the hook's checkpointed state.
+The copy encodes in the target's view (``dual`` for a ``modality_experts`` encoder, as ``clr`` reads it).
 Without the hook (evaluation, a loaded model) the target scores in-batch pairs only, as ``clr`` does.
 """
 
@@ -129,9 +130,11 @@ class MomentumContrast:
     def keys(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Both streams' momentum keys for ``batch``, gathered over ranks in rank order (no gradient)."""
         self._place()
-        ctx = ForwardContext()
+        encoder = self.towers[1]
+        # the target's view (dual), not the encoder's default: a VLMo encoder would otherwise fuse the streams
+        ctx = ForwardContext(encoder_mode=encoder.resolve_mode(self.target.encoder_mode))
         x, mask = self.towers[0](batch, ctx)
-        hidden = self.towers[1](x, mask, batch, ctx)
+        hidden = encoder(x, mask, batch, ctx)
         projections = self.towers[2] if len(self.towers) > 2 else None
         k0, k1 = self.target.key_features(hidden, mask, batch, projections)
         return gather_features(k0), gather_features(k1)

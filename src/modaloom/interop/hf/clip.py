@@ -15,12 +15,18 @@ its export is refused.
 
 ``CLIPModel``'s ``base_model_prefix`` is ``clip`` but it has no ``clip`` attribute, so the converter treats
 it as a base model and adds ``clip.`` to its keys; the tables below are written with that prefix.
+
+A ``moco`` target (``clr`` plus momentum towers and key queues) exports as the ``clr`` target it extends: its
+towers, projections and ``logit_scale`` are ``clr``'s parameters. The momentum copies and the queues live in the
+training hook's checkpointed state, not in the model's weights, so they are not exported (``CLIPModel`` has no
+place for them); ``momentum`` and ``queue_size`` are training options and are left out of the HF config.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from modaloom.config_schema import to_dict
 from modaloom.errors import ConfigError
 from modaloom.interop.hf.family import (
     HFFamily,
@@ -89,6 +95,24 @@ def _eos_id(t: Any) -> int | None:
     return eos
 
 
+# the options a moco target adds to clr's: training-time only, with no place in a CLIPConfig
+MOCO_ONLY = ("momentum", "queue_size")
+
+
+def clr_view(cfg: ModelConfig) -> ModelConfig:
+    """``cfg`` with its first ``moco`` target read as the ``clr`` target it exports as (same label, so the same
+    weight keys; ``logit_scale_init`` written out, as the two losses may differ in their default); else ``cfg``."""
+    if first_target(cfg, "clr") is not None or first_target(cfg, "moco") is None:
+        return cfg
+    data = to_dict(cfg)
+    index = next(i for i, t in enumerate(cfg.targets) if t.type == "moco")
+    moco = cfg.targets[index]
+    target = {k: v for k, v in data["targets"][index].items() if k not in MOCO_ONLY}
+    target.update(type="clr", name=moco.label, loss="infonce", logit_scale_init=initial_logit_scale(moco))
+    data["targets"][index] = target
+    return build_config(data, "CLIPModel")
+
+
 def _towers(cfg: ModelConfig) -> Any:
     """(text embedding, image embedding, text encoder, image encoder, clr target), or a ConfigError naming
     what is not CLIP's shape (the round trip cannot compare a model it cannot translate)."""
@@ -111,6 +135,10 @@ class CLIPFamily(HFFamily):
         # CLIP's towers have attention dropout only
         "embedding.streams.*.dropout", "encoder.streams.*.dropout",
     )
+
+    def to_hf_config(self, cfg: ModelConfig, architecture: str) -> Any:
+        """As every family's, with a ``moco`` target exported as its ``clr`` (see the module docstring)."""
+        return super().to_hf_config(clr_view(cfg), architecture)
 
     def to_modaloom_config(self, hf_config: Any, architecture: str) -> ModelConfig:
         self.check_architecture(architecture)
@@ -165,7 +193,7 @@ class CLIPFamily(HFFamily):
 
     def mapping(self, cfg: ModelConfig, architecture: str) -> Mapping:
         p = PREFIX
-        clr = first_target(cfg, "clr")
+        clr = first_target(clr_view(cfg), "clr")
         label = clr.label if clr is not None else "clr"
         target = f"targets.{label}."
         rules = [
