@@ -85,3 +85,16 @@ def test_cells_and_durations_read_well():
     assert anchor("vision-language") == "stage-vision-language"
     facts = machine_facts()
     assert facts["CPUs"] and "load average at start" in facts and facts["torch"]
+
+
+def test_a_run_without_tokens_shows_a_dash_not_zero_tokens_per_second():
+    from modaloom.demo.report import runs_table
+    from modaloom.demo.stage import StageReport
+
+    report = StageReport(stage="vision", title="t", summary="s", headline={}, runs=[
+        {"name": "mae", "steps": 4, "wall_seconds": 1.0, "tokens_per_second": 0.0, "samples_per_second": 9.0,
+         "peak_rss_mb": 100.0},
+        {"name": "bert", "steps": 4, "wall_seconds": 1.0, "tokens_per_second": 512.0, "samples_per_second": 8.0,
+         "peak_rss_mb": 100.0}])
+    rows = runs_table(report).rows
+    assert rows[0][3] is None and rows[1][3] == 512.0

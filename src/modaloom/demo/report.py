@@ -105,7 +105,9 @@ def headline_text(report: StageReport) -> str:
 
 
 def runs_table(report: StageReport) -> Table:
-    rows = [[run.get(key) for key, _ in RUN_COLUMNS] for run in report.runs]
+    """One row per training run; a run without tokens (images, speech features) shows '-' for tokens/s."""
+    rows = [[None if key == "tokens_per_second" and not run.get(key) else run.get(key) for key, _ in RUN_COLUMNS]
+            for run in report.runs]
     return Table("Training runs", [title for _, title in RUN_COLUMNS], rows)
 
 
