@@ -185,12 +185,6 @@ class ClassificationTask(FinetuneTask):
                             shuffle=train, seed=self.cfg.train.seed, rank=rank, world_size=world,
                             group_by_length=self.cfg.train.group_by_length)
 
-    def train_loader(self, info: Any, model: Any) -> MemoryLoader:
-        return self.loader(self.train_examples, True, info)
-
-    def eval_loader(self, info: Any) -> MemoryLoader | None:
-        return self.loader(self.dev_examples, False, info) if self.dev_examples else None
-
     def test_loader(self, path: Path) -> MemoryLoader:
         return self.loader(self.examples(path, True, "test"), False)
 

@@ -252,12 +252,6 @@ class ClipRetrievalTask(ClipBase):
         self.dev_examples = self.examples(paths.eval_data, "dev", skip) if paths.eval_data else None
         self.set_steps(len(self.train_examples))
 
-    def train_loader(self, info: Any, model: Any) -> ImageLoader:
-        return self.loader(self.train_examples, True, info)
-
-    def eval_loader(self, info: Any) -> ImageLoader | None:
-        return self.loader(self.dev_examples, False, info) if self.dev_examples else None
-
     def test_loader(self, path: Path) -> ImageLoader:
         return self.loader(self.examples(path, "test", False), False)
 

@@ -164,6 +164,8 @@ class FinetuneTask(Task):
     kept_targets: ClassVar[tuple[str, ...]] = ()  # source targets kept by ``finetune_config`` ("*": all)
     lower_is_better: ClassVar[tuple[str, ...]] = ("loss", "mse")
     runs_any_model: ClassVar[bool] = False  # `evaluate --task NAME` runs models fine-tuned for other tasks too
+    train_examples: list[dict[str, Any]]  # read by ``prepare()``
+    dev_examples: list[dict[str, Any]] | None
 
     def __init__(self, cfg: Config, paths: JobPaths, inputs: FinetuneInputs | None = None) -> None:
         super().__init__(cfg, paths)
@@ -185,12 +187,24 @@ class FinetuneTask(Task):
         """Batches of a labelled file (the test file), for the final evaluation."""
         raise NotImplementedError
 
+    def loader(self, examples: list[dict[str, Any]], train: bool, info: Any = None) -> Any:
+        """Batches of examples read by the task: shuffled and rank-sharded for training, in order otherwise."""
+        raise NotImplementedError
+
     def set_options(self, options: dict[str, Any]) -> None:
         """Task options given to ``evaluate`` (``task.<key>=value``); a task that takes none refuses them."""
         if options:
             raise ConfigError(f"task {self.name!r} takes no options at evaluation, got {sorted(options)}")
 
     # ---- shared
+    def train_loader(self, info: Any, model: Any) -> Any:
+        """This rank's training batches of the examples ``prepare()`` read (``self.train_examples``)."""
+        return self.loader(self.train_examples, True, info)
+
+    def eval_loader(self, info: Any) -> Any:
+        """Dev batches, or None without a dev file (``self.dev_examples``)."""
+        return self.loader(self.dev_examples, False, info) if self.dev_examples else None
+
     def set_steps(self, train_examples: int) -> None:
         """``train.steps`` from the epochs (unless given), evaluation and a checkpoint after every epoch."""
         train, given = self.cfg.train, self.inputs_.overridden

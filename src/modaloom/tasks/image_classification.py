@@ -170,12 +170,6 @@ class ImageClassificationTask(FinetuneTask):
         return ImageLoader(examples, self.cfg.train.batch_size, 0, shuffle=train, seed=self.cfg.train.seed,
                            rank=rank, world_size=world, transform=transform)
 
-    def train_loader(self, info: Any, model: Any) -> ImageLoader:
-        return self.loader(self.train_examples, True, info)
-
-    def eval_loader(self, info: Any) -> ImageLoader | None:
-        return self.loader(self.dev_examples, False, info) if self.dev_examples else None
-
     def test_loader(self, path: Path) -> ImageLoader:
         return self.loader(self.examples(path, True, "test", False), False)
 

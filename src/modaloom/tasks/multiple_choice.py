@@ -264,12 +264,6 @@ class MultipleChoiceTask(FinetuneTask):
                              "pooler": self.options.pooler}]
         self.cfg.model = build(ModelConfig, model, Source(), "model")
 
-    def train_loader(self, info: Any, model: Any) -> ChoiceLoader:
-        return self.loader(self.train_examples, True, info)
-
-    def eval_loader(self, info: Any) -> ChoiceLoader | None:
-        return self.loader(self.dev_examples, False, info) if self.dev_examples else None
-
     def test_loader(self, path: Path) -> ChoiceLoader:
         return self.loader(self.examples(path, True, "test"), False)
 

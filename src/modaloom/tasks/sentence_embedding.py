@@ -185,12 +185,6 @@ class SentenceEmbeddingTask(FinetuneTask):
                                shuffle=train, seed=self.cfg.train.seed, rank=rank, world_size=world,
                                collate_fn=self.collate)
 
-    def train_loader(self, info: Any, model: Any) -> CollatingLoader:
-        return self.loader(self.train_examples, True, info)
-
-    def eval_loader(self, info: Any) -> CollatingLoader | None:
-        return self.loader(self.dev_examples, False, info) if self.dev_examples else None
-
     def test_loader(self, path: Path) -> CollatingLoader:
         return self.loader(self.pair_examples(path, True, "test"), False)
 

@@ -338,12 +338,6 @@ class SpeechToTextTask(FinetuneTask):
         return SpeechLoader(examples, self.cfg.train.batch_size, self.ids["pad"], shuffle=train,
                             seed=self.cfg.train.seed, rank=rank, world_size=world, ids=self.ids, group_by_length=self.cfg.train.group_by_length)
 
-    def train_loader(self, info: Any, model: Any) -> SpeechLoader:
-        return self.loader(self.train_examples, True, info)
-
-    def eval_loader(self, info: Any) -> SpeechLoader | None:
-        return self.loader(self.dev_examples, False, info) if self.dev_examples else None
-
     def test_loader(self, path: Path) -> SpeechLoader:
         return self.loader(self.examples(path, True, "test"), False)
 

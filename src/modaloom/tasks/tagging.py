@@ -341,12 +341,6 @@ class TaggingTask(FinetuneTask):
                              shuffle=train, seed=self.cfg.train.seed, rank=rank, world_size=world,
                              group_by_length=self.cfg.train.group_by_length)
 
-    def train_loader(self, info: Any, model: Any) -> TaggingLoader:
-        return self.loader(self.train_examples, True, info)
-
-    def eval_loader(self, info: Any) -> TaggingLoader | None:
-        return self.loader(self.dev_examples, False, info) if self.dev_examples else None
-
     def test_loader(self, path: Path) -> TaggingLoader:
         return self.loader(self.file_examples(path, True, "test"), False)
 

@@ -317,12 +317,6 @@ class Text2TextTask(FinetuneTask):
                                seed=self.cfg.train.seed, rank=rank, world_size=world, collate_fn=self.collate,
                                group_by_length=self.cfg.train.group_by_length)
 
-    def train_loader(self, info: Any, model: Any) -> CollatingLoader:
-        return self.loader(self.train_examples, True, info)
-
-    def eval_loader(self, info: Any) -> CollatingLoader | None:
-        return self.loader(self.dev_examples, False, info) if self.dev_examples else None
-
     def test_loader(self, path: Path) -> CollatingLoader:
         return self.loader(self.examples(path, True, "test"), False)
 
