@@ -55,13 +55,8 @@ from pathlib import Path
 from typing import Any
 
 import side_by_side
+from side_by_side import BOOK, ROOT, SHARED, TP_CHECKPOINT, TP_CONFIG, ZH_VOCAB
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data" / "tencentpretrain"
-BOOK = SHARED / "datasets" / "book_review"
-ZH_VOCAB = SHARED / "models" / "google_zh_vocab.txt"
-TP_CHECKPOINT = SHARED / "checkpoints" / "bert_tiny_book_review_1k.bin"
-TP_CONFIG = SHARED / "checkpoints" / "bert_tiny_config.json"
 ROWS = ("book-review-pretrained", "book-review-random", "rotten-tomatoes-minilm")
 
 

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from side_by_side import BOOK, ROOT, TP_CHECKPOINT, TP_CONFIG, ZH_VOCAB
 
 from modaloom.generation import GenerationConfig, generate, pad_prompts
 from modaloom.interop.hf import hf_to_modaloom
@@ -59,12 +60,6 @@ def t5_small():
 
 MODELS = {"gpt2": (gpt2_small, False), "t5": (t5_small, True)}
 PARTS = ("generation", "predict", "e2e")
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data" / "tencentpretrain"
-BOOK = SHARED / "datasets" / "book_review"
-ZH_VOCAB = SHARED / "models" / "google_zh_vocab.txt"
-TP_CHECKPOINT = SHARED / "checkpoints" / "bert_tiny_book_review_1k.bin"
-TP_CONFIG = SHARED / "checkpoints" / "bert_tiny_config.json"
 
 
 def prompts(batch: int, vocab: int, seed: int = 0) -> list[list[int]]:

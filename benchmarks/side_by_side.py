@@ -23,6 +23,9 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "tencentpretrain"
 ZH_VOCAB = SHARED / "models" / "google_zh_vocab.txt"
+BOOK = SHARED / "datasets" / "book_review"
+TP_CHECKPOINT = SHARED / "checkpoints" / "bert_tiny_book_review_1k.bin"  # TencentPretrain's 1,000-step tiny BERT
+TP_CONFIG = SHARED / "checkpoints" / "bert_tiny_config.json"
 TP_COMMIT = "ed79843"
 TP_SETUP = f"""TencentPretrain is needed for the side-by-side figures; make the documented checkout (outside this repository):
     git clone https://github.com/Tencent/TencentPretrain /opt/tencentpretrain

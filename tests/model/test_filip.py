@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from modaloom.context import ForwardContext
@@ -19,6 +17,7 @@ from modaloom.losses.filip import Filip, late_interaction
 from modaloom.model import build_model
 from modaloom.model_config import TargetConfig
 from tests.model.test_parts_dual import clip_batch, clip_config
+from tests.model.two_ranks import run_two_ranks
 
 
 def _hand_example():
@@ -130,26 +129,12 @@ def _rank(rank: int, port: int, queue) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_filip_gathers_tokens_of_different_lengths_like_one_big_batch():
     t0, m0, t1 = _tokens()
     t0, t1 = t0.clone().requires_grad_(), t1.clone().requires_grad_()
     full = Filip(TargetConfig(type="clr", loss="filip"))(t0, m0, t1, None, torch.tensor(5.0))
     full.loss.backward()
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=_rank, args=(r, port, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    results = sorted(queue.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
+    results = run_two_ranks(_rank)
     assert abs((results[0][1] + results[1][1]) / 2 - full.loss.item()) < 1e-5
     # each rank's gradient sums both ranks' losses; DDP's mean over ranks halves it: the one-process gradient
     for rank, _, grad0, grad1 in results:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from modaloom.context import ForwardContext
@@ -16,6 +14,7 @@ from modaloom.model_config import ModelConfig, TargetConfig
 from modaloom.targets.bilm import BidirectionalLanguageModel
 from modaloom.targets.contrastive import Contrastive
 from modaloom.targets.itm import ImageTextMatching
+from tests.model.two_ranks import run_two_ranks
 
 
 def test_bilm_forward_half_predicts_next_and_backward_half_previous():
@@ -44,12 +43,6 @@ def test_itm_reads_itm_labels_from_the_first_token():
     assert torch.allclose(out.logits, logits)
     assert torch.allclose(out.loss, F.cross_entropy(logits, labels))
     assert target(hidden, None, {}, ForwardContext()).loss is None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _clr(seed: int = 0) -> Contrastive:
@@ -83,15 +76,7 @@ def test_clr_gathers_across_ranks_like_one_big_batch():
     h0, h1 = _features()
     full = target((h0, h1), None, {}, ForwardContext())
     full.loss.backward()
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=_rank, args=(r, port, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    results = sorted(queue.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
+    results = run_two_ranks(_rank)
     # Every rank's loss covers its own rows against all rows; their mean is the single-process loss.
     assert abs((results[0][1] + results[1][1]) / 2 - full.loss.item()) < 1e-5
     # DDP averages gradients over ranks; gathering with gradients makes that the single-process gradient.
