@@ -149,6 +149,14 @@ def test_unknown_key_and_bad_value_are_refused():
         translate({"encoder": "transformer", "has_residual_attention": True})
 
 
+def test_training_keys_follow_tencentpretrains_trainer():
+    train = translate({"encoder": "transformer", "target": ["mlm"], "optimizer": "adamw", "scheduler": "linear",
+                       "learning_rate": 2e-5, "warmup": 0.1})["train"]
+    assert train["optimizer"] == "adamw" and train["adam_bias_correction"] is False  # its AdamW, correct_bias=False
+    assert train["lr"] == 2e-5 and train["warmup_ratio"] == 0.1
+    assert "adam_bias_correction" not in translate({"encoder": "transformer", "optimizer": "adafactor"})["train"]
+
+
 def test_ignored_keys_are_documented_and_disjoint():
     assert IGNORED_KEYS and all(reason.strip() for reason in IGNORED_KEYS.values())
     assert not set(IGNORED_KEYS) & MAPPED_KEYS

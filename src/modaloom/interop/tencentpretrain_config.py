@@ -337,6 +337,8 @@ def _train(flat: dict[str, Any], source: Source | None) -> dict[str, Any]:
     train: dict[str, Any] = {}
     if "optimizer" in flat:
         train["optimizer"] = _choose(OPTIMIZERS, flat["optimizer"], "optimizer", source)
+        if train["optimizer"] == "adamw":  # TencentPretrain's trainer builds AdamW with correct_bias=False, always
+            train["adam_bias_correction"] = False
     if "scheduler" in flat:
         train["schedule"] = _choose(SCHEDULES, flat["scheduler"], "scheduler", source)
     simple = {"learning_rate": ("lr", float), "batch_size": ("batch_size", int), "seed": ("seed", int),
