@@ -88,6 +88,28 @@ def test_other_model_config_is_refused_naming_the_difference(tmp_path):
         ckpt.load_checkpoint(path, model, opt, {"encoder": {"layers_num": 4, "hidden_size": 128}})
 
 
+@pytest.mark.parametrize("saved_freeze, resumed_freeze, says", [
+    (["blocks.0"], ["blocks.1"], r"frozen now: blocks.1.0.bias, blocks.1.0.weight \(2\); trained now: blocks.0.0.bias"),
+    ([], ["norm"], r"frozen now: norm.bias, norm.weight \(2\)\)"),
+    (["head"], [], r"\(trained now: head.bias, head.weight \(2\)\)"),
+])
+def test_resuming_with_other_frozen_parameters_is_refused(tmp_path, saved_freeze, resumed_freeze, says):
+    from modaloom.freeze import freeze
+
+    def frozen_run(entries):
+        model = TinyRegressor()
+        if entries:
+            freeze(model, entries)
+        return model, build_optimizer(model, TrainConfig(lr=0.01))
+
+    model, opt = frozen_run(saved_freeze)
+    path = save(tmp_path, 1, model, opt)
+    assert json.loads((path / ckpt.STATE_FILE).read_text())["frozen"] == ckpt.frozen_names(model)
+    with pytest.raises(CheckpointError, match=says):
+        ckpt.load_checkpoint(path, *frozen_run(resumed_freeze))
+    ckpt.load_checkpoint(path, *frozen_run(saved_freeze))  # the same freeze resumes
+
+
 def test_shape_mismatch_is_refused(tmp_path):
     model, opt = trained()
     path = save(tmp_path, 1, model, opt)

@@ -245,6 +245,30 @@ def differences(saved: Any, current: Any, path: str = "") -> list[str]:
     return [] if saved == current else [f"{path}: {saved!r} there, {current!r} here"]
 
 
+def frozen_names(model: nn.Module) -> list[str]:
+    """The parameters a run keeps fixed (``train.freeze``, LoRA's base weights), named as in the user's model."""
+    from modaloom.train.distributed import unwrap
+
+    return sorted(name for name, p in unwrap(model).named_parameters() if not p.requires_grad)
+
+
+def check_same_frozen(ckpt: Path, saved: list[str] | None, model: nn.Module) -> None:
+    """Refuse to resume with other parameters frozen than the checkpoint's run (its optimizer state would
+    not fit them), naming a few that differ. Checkpoints written before this check (no list) pass."""
+    if saved is None:
+        return
+    current = frozen_names(model)
+    if saved == current:
+        return
+    now_frozen, now_trained = sorted(set(current) - set(saved)), sorted(set(saved) - set(current))
+    parts = [f"{label} now: {', '.join(names[:4])}{' ...' * (len(names) > 4)} ({len(names)})"
+             for label, names in (("frozen", now_frozen), ("trained", now_trained)) if names]
+    raise CheckpointError(
+        f"checkpoint {ckpt} was trained with other frozen parameters ({'; '.join(parts)}); resume with the "
+        f"train.freeze and train.lora it was trained with, or start a fresh run (another --out, or --init-from "
+        f"its model) to train other parts")
+
+
 def check_same_model(ckpt: Path, model_config: dict[str, Any] | None) -> None:
     """Refuse a checkpoint made for a different model config, naming what differs."""
     if model_config is None or not (ckpt / "config.json").is_file():
@@ -460,7 +484,8 @@ def save_checkpoint(
     dist_utils.barrier()  # every rank's files are written: only now may the folder become step-N
     if rank == 0:
         write_json(tmp / STATE_FILE, {"format_version": FORMAT_VERSION, "step": step, "world_size": world_size,
-                                      "checkpoint_format": FORMATS[sharded], **trainer_state})
+                                      "checkpoint_format": FORMATS[sharded], "frozen": frozen_names(model),
+                                      **trainer_state})
         recover_stale_checkpoint(final)
         swap_directory(tmp, final)
         prune(out_dir, keep_last)
@@ -505,6 +530,7 @@ def load_checkpoint(
     """
     check_same_model(ckpt, model_config)
     state = read_json(ckpt / STATE_FILE)
+    check_same_frozen(ckpt, state.get("frozen"), model)
     if is_sharded_checkpoint(ckpt):
         _load_sharded(ckpt, model, optimizer)
     else:
