@@ -139,6 +139,23 @@ def test_fresh_stage_redoes_a_demo_folder_and_refuses_any_other(tmp_path, monkey
     assert "not among the stages to run" in capsys.readouterr().err
 
 
+def test_a_report_folder_of_the_users_is_refused_before_any_stage_runs(tmp_path, monkeypatch, capsys):
+    fakes = FakeStages(monkeypatch)
+    mine = tmp_path / "report"
+    (mine / "figures" / "alpha").mkdir(parents=True)
+    (mine / "index.html").write_text("my page", encoding="utf-8")
+    (mine / "figures" / "alpha" / "plot.png").write_bytes(b"mine")
+    assert demo(tmp_path) == 2
+    assert "already holds files the demo did not write (figures, index.html); nothing was changed" in \
+        capsys.readouterr().err
+    assert fakes.calls == {"alpha": 0, "beta": 0}
+    assert (mine / "index.html").read_text(encoding="utf-8") == "my page"
+    assert (mine / "figures" / "alpha" / "plot.png").read_bytes() == b"mine"
+    (tmp_path / "file").write_text("x", encoding="utf-8")
+    assert main(["demo", "--work", str(tmp_path / "work"), "--report", str(tmp_path / "file"), "--quick"]) == 2
+    assert "not a folder" in capsys.readouterr().err
+
+
 def test_a_quick_stage_is_not_reused_by_a_full_run(tmp_path, monkeypatch, capsys):
     FakeStages(monkeypatch)
     assert demo(tmp_path) == 0

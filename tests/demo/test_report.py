@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import re
 
+from modaloom.demo import report as report_module
 from modaloom.demo.report import anchor, format_cell, format_seconds, machine_facts, write_report
 from modaloom.demo.stage import Figure
 from tests.demo.fakes import fake_report, tiny_png
@@ -75,7 +76,8 @@ def test_missing_figure_is_reported_and_stale_copies_are_removed(tmp_path):
     report.figures = [Figure("grid.png", "a grid")]
     write_report(tmp_path / "out", [(work, report)], 1.0, {})
     assert sorted(p.name for p in (tmp_path / "out" / "figures" / "text").iterdir()) == ["00-grid.png"]
-    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temp files left
+    hidden = [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]
+    assert hidden == [report_module.REPORT_MARKER]  # no temp files left
 
 
 def test_cells_and_durations_read_well():

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import modaloom.demo as demo_stages
 from modaloom.atomic import atomic_write_json
-from modaloom.demo.report import machine_facts, write_report
+from modaloom.demo.report import claim_report_folder, machine_facts, write_report
 from modaloom.demo.stage import REPORT_NAME, StageContext, StageReport
 from modaloom.errors import ConfigError, DataError, ModaloomError, nearest
 
@@ -132,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
         if name not in names:
             raise ConfigError(f"--fresh-stage {name}: {name} is not among the stages to run ({', '.join(names)})")
     work, out = Path(args.work).resolve(), Path(args.report).resolve()
+    claim_report_folder(out)  # before any stage runs: a folder of the user's is refused at once
     for name in args.fresh_stage:
         remove_stage_folder(work / name, name)
     for name in names:

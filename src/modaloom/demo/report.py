@@ -21,6 +21,7 @@ from typing import Any
 
 from modaloom.atomic import atomic_write_bytes, atomic_write_text, replace_directory
 from modaloom.demo.stage import StageReport, Table
+from modaloom.errors import DataError
 
 RUN_COLUMNS = [  # (summary.json key, column title)
     ("name", "run"),
@@ -298,6 +299,25 @@ def render_markdown(reports: list[tuple[Path, StageReport]], figures: dict[str, 
     return "\n".join(head + sections)
 
 
+REPORT_MARKER = ".modaloom-demo-report"  # in a --report folder: the demo wrote it, so it may rewrite it
+
+
+def claim_report_folder(out: Path) -> None:
+    """Makes ``out`` the demo's report folder, or refuses one that holds files an earlier demo report did not
+    write: rewriting would replace its ``index.html``, ``index.md`` and ``figures/<stage>/``."""
+    out = Path(out)
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise DataError(f"--report {out}: not a folder (a link or a file); choose another --report")
+    if out.is_dir() and not (out / REPORT_MARKER).is_file():
+        present = sorted(p.name for p in out.iterdir())
+        if present:
+            shown = ", ".join(present[:5]) + (f" and {len(present) - 5} more" if len(present) > 5 else "")
+            raise DataError(f"--report {out} already holds files the demo did not write ({shown}); nothing was "
+                            f"changed. Choose an empty or new --report folder (default: demo-report)")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / REPORT_MARKER, "a modaloom demo report folder: `modaloom demo` rewrites it\n")
+
+
 def write_report(out: Path, reports: list[tuple[Path, StageReport]], total_wall_s: float,
                  meta: dict[str, Any]) -> Path:
     """Writes ``out/index.html``, ``out/index.md`` and ``out/figures/``; returns the HTML's path.
@@ -308,7 +328,7 @@ def write_report(out: Path, reports: list[tuple[Path, StageReport]], total_wall_
     run yet"); stages named there without a report are listed in the summary table only.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_report_folder(out)
     facts = {k: v for k, v in meta.items() if k != STATUS_KEY}
     status = dict(meta.get(STATUS_KEY, {}))
     figures = {report.stage: copy_figures(out, work, report) for work, report in reports}
