@@ -57,6 +57,21 @@ def test_initial_model_from_config_folder_or_both(tmp_path):
         initial_model(wider, saved)
 
 
+def test_positions_are_checked_against_text_length_only():
+    from modaloom.config import load_config
+    from modaloom.tasks.pretrain import check_positions
+
+    def config(parts, max_positions):
+        return load_config(base={"model": {"embedding": {"parts": parts, "max_seq_length": max_positions}},
+                            "data": {"seq_length": 128}})
+
+    with pytest.raises(ConfigError, match="data.seq_length 128 exceeds model.embedding.max_seq_length 17"):
+        check_positions(config(["word", "pos"], 17))
+    check_positions(config(["patch", "pos"], 17))  # a ViT's 16 patches + 1: the text length does not apply
+    with pytest.raises(ConfigError, match="max_seq_length 17"):
+        check_positions(config(["word", "patch", "pos"], 17))
+
+
 def test_pretrain_refuses_a_folder_that_does_not_match(tmp_path, data):
     saved = modaloom.build_model(job(tmp_path).model).save(tmp_path / "m")
     task = PretrainTask(job(tmp_path, layers=2), JobPaths(data=data, out=tmp_path / "o", init_from=saved))

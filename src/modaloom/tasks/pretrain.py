@@ -47,9 +47,12 @@ def check_same_kind(data_dir: Path, manifest: dict[str, Any], other_dir: Path, o
 
 
 def check_positions(cfg: Config) -> None:
-    """The sequence length must fit the model's learned positions."""
+    """The text's sequence length must fit the model's learned positions. An image-only embedding (patches, no
+    words: ViT, MAE) spends its positions on patches, fixed by the image size, so data.seq_length is not
+    compared there."""
     embedding = cfg.model.embedding
-    if "pos" in embedding.parts and cfg.data.seq_length > embedding.max_seq_length:
+    image_only = "patch" in embedding.parts and "word" not in embedding.parts
+    if "pos" in embedding.parts and not image_only and cfg.data.seq_length > embedding.max_seq_length:
         raise ConfigError(
             f"data.seq_length {cfg.data.seq_length} exceeds model.embedding.max_seq_length "
             f"{embedding.max_seq_length}; lower data.seq_length or raise max_seq_length")
