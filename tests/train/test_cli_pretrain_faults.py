@@ -115,6 +115,12 @@ def test_resume_on_data_with_another_vocabulary_or_eval_data_is_refused(tmp_path
     assert pretrain(config, shuffled, out, "--steps", "4", "--resume") == 2
     err = capsys.readouterr().err
     assert "was trained on other data (tokenizer:" in err
+    fewer = write_dataset(tmp_path / "fewer", documents=40)  # same vocabulary, another corpus
+    assert pretrain(config, fewer, out, "--steps", "4", "--resume") == 2
+    assert "was trained on other data (records: checkpoint" in capsys.readouterr().err
+    longer = write_dataset(tmp_path / "longer", seq_length=48)
+    assert pretrain(config, longer, out, "--steps", "4", "--resume") == 2
+    assert "processor_options: checkpoint {" in capsys.readouterr().err
     assert pretrain(config, data, tmp_path / "o2", "train.eval_every=1", "--eval-data", str(shuffled)) == 2
     assert "--eval-data" in capsys.readouterr().err
     bigger = write_dataset(tmp_path / "bigger", vocab_extra=5)

@@ -175,7 +175,13 @@ class PretrainTask(Task):
                             open_dataset(self.paths.eval_data).manifest)
 
     def identity(self) -> dict[str, Any]:
-        return dataset_identity(self.dataset.manifest)
+        """The data's kind plus what a resumed data position depends on: the record count and the options the
+        records were made with (packing, dup_factor...; masking is applied at load, so it may change)."""
+        manifest = self.dataset.manifest
+        entry = manifest.get("processor") or {}
+        options = {k: v for k, v in (entry.get("options") or {}).items() if k != "masking"}
+        return {**dataset_identity(manifest), "records": manifest.get("records"),
+                "processor_options": {**options, "seq_length": entry.get("seq_length")}}
 
     def holdout(self) -> float:
         """Records of ``paths.data`` held out for evaluation (none with --eval-data or without evaluation)."""
