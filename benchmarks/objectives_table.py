@@ -10,8 +10,11 @@ only the objective or the encoder changed, trained from random init with the sam
 - ``vlmo-itm-hard``: the same VLMo encoder with ``clr`` (dual view) and ``itm`` with hard negatives (fusion
   view) trained together. ``clip_retrieval`` keeps the contrastive head only, so this row goes through
   ``modaloom preprocess --processor vilt`` (matching pairs only) and ``modaloom pretrain``.
+- ``vlmo-fusion``: vlmo-itm-hard's model itself (its run folder, not retrained) evaluated with
+  ``task.scorer=itm task.rerank=10``: the top 10 classes or candidates by the dual view re-ranked by the ITM
+  head through the fusion view, so the table shows VLMo's dual and fusion modes.
 
-Each model is then read the same way, through its contrastive (dual) features: ``evaluate --task zero_shot``
+Each model is then read the same way, through its contrastive (dual) features (vlmo-fusion: re-ranked by ITM): ``evaluate --task zero_shot``
 on the test images with one prompt ensemble (``task.templates``) for all rows, and ``evaluate --task
 clip_retrieval`` (recall@K both ways) on the held-out test pairs. Rows whose CLI path fails keep the reason
 in the table instead of numbers. Usage::
@@ -47,6 +50,9 @@ TEMPLATES = ["a photo of a {}.", "a product shot of a {}.", "a black and white p
              "a low resolution photo of a {}.", "this is a {}."]
 
 
+RERANK = 10  # the vlmo-fusion row: zero-shot classes and retrieval candidates re-ranked by the itm head
+
+
 @dataclass(frozen=True)
 class Row:
     """One table row: a name, the objective in words, and how it trains (``finetune`` or ``pretrain``)."""
@@ -54,6 +60,8 @@ class Row:
     name: str
     objective: str
     path: str  # finetune: clip_retrieval from --config; pretrain: vilt-preprocessed pairs + pretrain
+    model_of: str = ""  # another row whose trained model this row evaluates (no training of its own)
+    scorer: tuple[str, ...] = ()  # evaluate's scorer options (task.scorer=itm task.rerank=K); empty: contrastive
 
 
 ROWS = [
@@ -63,6 +71,8 @@ ROWS = [
     Row("filip", "clr, loss filip (token-wise late interaction)", "finetune"),
     Row("vlmo-dual", "modality_experts encoder, clr (dual view)", "finetune"),
     Row("vlmo-itm-hard", "modality_experts, clr (dual) + itm hard negatives (fusion)", "pretrain"),
+    Row("vlmo-fusion", f"vlmo-itm-hard's model, top {RERANK} re-ranked by itm (fusion view)", "pretrain",
+        model_of="vlmo-itm-hard", scorer=("task.scorer=itm", f"task.rerank={RERANK}")),
 ]
 
 
@@ -76,6 +86,8 @@ def vlmo_encoder(sizes: vl.Sizes) -> dict[str, Any]:
 
 def row_config(row: Row, sizes: vl.Sizes) -> dict[str, Any]:
     """The demo's CLIP config with only this row's objective or encoder changed."""
+    if row.model_of:
+        return row_config(next(r for r in ROWS if r.name == row.model_of), sizes)
     config = vl.clip_config(sizes)
     model = config["model"]
     clr = model["targets"][0]
@@ -144,19 +156,20 @@ def evaluate(ctx: StageContext, row: Row, data: Path, templates: Path, run_dir: 
     """Zero-shot accuracy (the prompt ensemble) and recall@K on the held-out pairs of the row's model."""
     model = run_dir / "model"
     classes = ctx.work / "classes.txt"  # a file: some class names hold spaces, the commands are shown unquoted
+    suffix = f"_{row.name}" if row.model_of else ""  # beside the other row's own results
     zero = to_json(ctx, f"{row.name}: zero-shot", [
         "evaluate", "--task", "zero_shot", "--model", str(model), "--input", str(data / "test.tsv"),
-        f"task.classes={classes}", f"task.templates={templates}"], run_dir / "zero_shot.json")
+        f"task.classes={classes}", f"task.templates={templates}", *row.scorer], run_dir / f"zero_shot{suffix}.json")
     recall = to_json(ctx, f"{row.name}: recall@K", [
-        "evaluate", "--task", "clip_retrieval", "--model", str(model), "--input", str(data / "test_pairs.tsv")],
-        run_dir / "retrieval.json")
+        "evaluate", "--task", "clip_retrieval", "--model", str(model), "--input", str(data / "test_pairs.tsv"),
+        *row.scorer], run_dir / f"retrieval{suffix}.json")
     return {"zero_shot_accuracy": zero["accuracy"], "t2i_r@1": recall["t2i_r@1"], "i2t_r@1": recall["i2t_r@1"],
             "t2i_r@5": recall["t2i_r@5"], "i2t_r@5": recall["i2t_r@5"]}
 
 
 def run_row(ctx: StageContext, row: Row, sizes: vl.Sizes, data: Path, vocab: Path, templates: Path) -> dict:
     """Config, training and evaluation of one row; a failing command leaves its reason instead of numbers."""
-    run_dir = ctx.work / "runs" / row.name
+    run_dir = ctx.work / "runs" / (row.model_of or row.name)  # vlmo-fusion: vlmo-itm-hard's run, not retrained
     config = ctx.work / "configs" / f"{row.name}.yaml"
     config.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(config) as tmp:

@@ -2,8 +2,8 @@
 
 The batch holds data; the context holds what parts tell each other about this call: which batch keys the
 current stream reads, positions already in a key/value cache, caches per layer, segment ids a part made
-(ViLT's text/image split), the kept-patch index of MAE, per-stream contexts of a dual model, features a
-target computes for other targets or for the caller, and modality ids for mixture-of-experts layers.
+(ViLT's text/image split), the kept-patch index of MAE, per-stream contexts of a dual model, features and
+similarities a target computes for other targets or for the caller, and modality ids for mixture-of-experts layers.
 """
 
 from __future__ import annotations
@@ -43,6 +43,10 @@ class ForwardContext:
     streams: list[ForwardContext] = field(default_factory=list)  # one per stream of a dual model
     # features a target computes for other targets or the caller, by target name (e.g. clr's pair)
     features: dict[str, Any] = field(default_factory=dict)
+    # (B, B) similarity logits a contrastive target computed in this pass, by target name: [i, j] = stream 0 of
+    # row i against stream 1 of row j (``clr``: scale x cosine of its pooled features), detached. The ``itm``
+    # target mines its hard negatives from them (ALBEF) when it runs after that target in the same pass
+    similarities: dict[str, torch.Tensor] = field(default_factory=dict)
     # the model's embedding + encoder, (batch) -> (hidden, mask), set by Model.forward: targets that
     # encode other inputs in the same step call it (hard-negative itm re-encodes mismatched pairs)
     encode: Callable[[dict[str, torch.Tensor]], tuple[Any, Any]] | None = None

@@ -38,7 +38,10 @@ def test_rows_change_only_the_objective_or_the_encoder():
     assert dual["targets"] == base["model"]["targets"]
     assert joint["targets"] == [*base["model"]["targets"], {"type": "itm", "negatives": "hard"}]
     assert by_name["vlmo-itm-hard"]["data"] == {"processor": "vilt"}
-    assert [r.path for r in ot.ROWS].count("pretrain") == 1
+    assert [r.path for r in ot.ROWS].count("pretrain") == 2
+    fusion = next(r for r in ot.ROWS if r.name == "vlmo-fusion")  # the vlmo-itm-hard model, scored by itm
+    assert by_name["vlmo-fusion"] == by_name["vlmo-itm-hard"] and fusion.model_of == "vlmo-itm-hard"
+    assert fusion.scorer == ("task.scorer=itm", f"task.rerank={ot.RERANK}")
     with pytest.raises(ValueError, match="unknown row"):
         ot.row_config(ot.Row("nce", "", "finetune"), vl.QUICK)
 

@@ -151,3 +151,86 @@ def test_hard_itm_learns_on_a_tiny_single_stream_model():
         losses.append(out.loss.item())
     assert sum(losses[-10:]) / 10 < sum(losses[:10]) / 10 - 0.02, losses
     assert abs(start) < 0.05 and margin() > 0.1
+
+
+# ---- mining from the contrastive similarities (ALBEF, VLMo): a tiny VLMo, text stream 0, image stream 1
+def vlmo_hard_config(itm: dict | None = None, clr_first: bool = True) -> dict:
+    from tests.model.test_modality_experts import config
+
+    targets = [dict(type="clr", feature_size=4), dict(type="itm", negatives="hard", **(itm or {}))]
+    return config(targets=targets if clr_first else targets[::-1])
+
+
+def vlmo_pairs(rows: int) -> dict:
+    """Row k: text token 4 + k, image filled with k: a re-encoded pair names its text row and image row."""
+    ids = (4 + torch.arange(rows)).view(rows, 1).expand(rows, 4).contiguous()
+    pixels = torch.arange(rows, dtype=torch.float).view(rows, 1, 1, 1).expand(rows, 3, 8, 8).contiguous()
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixels,
+            "itm_labels": torch.ones(rows, dtype=torch.long)}
+
+
+def test_mining_follows_the_softmax_of_the_contrastive_similarities():
+    """ctx.similarities[clr][t, i] is text t against image i (text is stream 0). With log 3 at [1, 0] image 0's
+    negative is text 1 three times in four (else text 2) and text 1's is image 0 three times in four."""
+    torch.manual_seed(0)
+    model = build_model(vlmo_hard_config())
+    target, data, draws = model.targets["itm"], vlmo_pairs(3), 400
+    assert target.mining_source == "clr" and target.text_stream == 0
+    sims = torch.zeros(3, 3)
+    sims[1, 0] = torch.log(torch.tensor(3.0))
+    encoded = []
+
+    def recording(inputs):
+        encoded.append((inputs["pixel_values"][:, 0, 0, 0].long(), inputs["input_ids"][:, 0] - 4))
+        return model.encode(inputs, mode="fusion")
+
+    hidden, mask = model.encode(data, mode="fusion")
+    for _ in range(draws):
+        out = target(hidden, mask, data, ForwardContext(encode=recording, similarities={"clr": sims}))
+    assert out.metrics["itm_hard_negatives"] == 6
+    counts = torch.zeros(2, 3, 3)  # [0]: text drawn for image i, [1]: image drawn for text t
+    for image, text in encoded:
+        assert torch.equal(image[:3], torch.arange(3)) and torch.equal(text[3:], torch.arange(3))
+        counts[0, torch.arange(3), text[:3]] += 1
+        counts[1, torch.arange(3), image[3:]] += 1
+    expected = torch.tensor([[[0, .75, .25], [.5, 0, .5], [.5, .5, 0]],
+                             [[0, .5, .5], [.75, 0, .25], [.5, .5, 0]]])
+    assert torch.allclose(counts / draws, expected, atol=0.09), counts / draws  # 4 standard errors
+    with pytest.raises(ConfigError, match="did not run before itm"):
+        target(hidden, mask, data, ForwardContext(encode=recording))
+
+
+@pytest.mark.parametrize("mining, extra_passes", [("auto", 0), ("fusion", 25)])
+def test_contrastive_mining_encodes_only_the_2n_negatives(monkeypatch, mining, extra_passes):
+    """One forward of clr + itm on 5 pairs: the fusion view encodes the batch's N rows and the 2N negatives, not
+    the N^2 pairs that mining: fusion scores; the scores drawn from are the clr logits (scale x image-text
+    cosine) of the same pass."""
+    torch.manual_seed(0)
+    rows = 5
+    model = build_model(vlmo_hard_config(dict(mining=mining)))
+    encoded, seen = [], []
+    model.encoder.register_forward_pre_hook(lambda mod, args: encoded.append((args[3].encoder_mode, len(args[0][0]))))
+    monkeypatch.setattr(itm_module, "sample_hard_negatives",
+                        lambda scores, generator=None: seen.append(scores) or sample_hard_negatives(scores))
+    ctx = ForwardContext()
+    out = model(vlmo_pairs(rows), ctx)
+    assert sum(n for mode, n in encoded if mode == "fusion") == rows + 2 * rows + extra_passes, encoded
+    assert sum(n for mode, n in encoded if mode == "dual") == rows
+    assert out.metrics["itm_hard_negatives"] == 2 * rows and torch.isfinite(out.loss)
+    if mining == "auto":
+        text, image = ctx.features["clr"]
+        expected = model.targets["clr"].scale() * image @ text.T
+        assert torch.allclose(seen[0], expected, atol=1e-5) and torch.allclose(seen[1], expected.T, atol=1e-5)
+        assert not seen[0].requires_grad
+
+
+def test_mining_choice_and_its_errors():
+    assert build_model(vilt_hard_config()).targets["itm"].mining_source is None  # auto without clr: fusion
+    assert build_model(vlmo_hard_config(dict(mining="fusion"))).targets["itm"].mining_source is None
+    with pytest.raises(ConfigError, match="needs a clr target"):
+        build_model(vilt_hard_config(mining="contrastive"))
+    with pytest.raises(ConfigError, match="before itm"):
+        build_model(vlmo_hard_config(clr_first=False))
+    assert build_model(vlmo_hard_config(dict(mining="fusion"), clr_first=False)).targets["itm"].mining_source is None
+    plain = build_model(vilt_hard_config(negatives="data"))  # the default, also accepted when written out
+    assert plain.targets["itm"].cfg.negatives == "data" and plain.targets["itm"].mining_source is None

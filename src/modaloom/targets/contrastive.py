@@ -9,7 +9,8 @@ loss declares ``uses_bias``. ``logit_scale_init`` left unset starts the scale wh
 (``logit_scale_init`` on its class). The pair of features is left in ``ctx.features[<target name>]``.
 A token-wise loss (``loss: filip``, its class sets ``token_wise``) receives instead every token projected
 and normalised with the same projections, with the streams' masks; the pooled pair is still left in
-``ctx.features`` (retrieval and zero-shot read it).
+``ctx.features`` (retrieval and zero-shot read it). The pass's similarity logits, scale x f0 @ f1.T of this rank's
+rows without gradient, are left in ``ctx.similarities[<target name>]``: ``itm`` mines hard negatives from them.
 """
 
 from __future__ import annotations
@@ -137,6 +138,8 @@ class Contrastive(Target):
         f0, f1 = self.features(hidden, mask, batch)
         ctx.features[self.cfg.label] = (f0.detach(), f1.detach())
         scale = self.scale()
+        with torch.no_grad():
+            ctx.similarities[self.cfg.label] = scale * f0 @ f1.T
         if getattr(self.loss, "token_wise", False):
             (t0, m0), (t1, m1) = self.token_features(hidden, mask)
             scores = self.loss(t0, m0, t1, m1, scale)

@@ -2,13 +2,20 @@
 first token of a single-stream encoder, labels ``itm_labels`` (1 = matching pair).
 
 ``negatives: data`` (default) reads the batch's pairs and labels as given (the ``vilt`` processor makes
-random mismatches). ``negatives: hard`` adds mined negatives, as ALBEF does: the head scores every
-(image, text) pair among the batch's matching rows (log-odds of "match", without gradient), each image gets
-a text drawn from softmax(scores) over the other rows' texts and each text an image likewise
+random mismatches). ``negatives: hard`` adds mined negatives, as ALBEF does: among the batch's matching rows
+each image gets a text drawn from softmax(scores) over the other rows' texts and each text an image likewise
 (``hard_negatives.sample_hard_negatives``), and the model's encoder (``ctx.encode``) re-encodes those 2N
-pairs, labelled 0, beside the batch's own rows. Scoring every pair costs N^2 extra encoder passes without
-gradient per step on a single-stream model; mining is within each rank's batch (the re-encoded inputs must be
-local), as ALBEF mines within the local batch.
+pairs, labelled 0, beside the batch's own rows. ``mining`` says where the scores come from:
+
+- ``contrastive`` (ALBEF, VLMo): the similarity logits the model's ``clr`` target left in
+  ``ctx.similarities`` in the same pass (scale x cosine, detached; the ``clr`` target must come before
+  ``itm`` in ``targets``). Costs nothing beyond the 2N re-encoded pairs;
+- ``fusion`` (ViLT, a single-stream model without a contrastive target): the itm head's log-odds of "match"
+  for every (image, text) pair, without gradient (``pair_scores``): N^2 extra encoder passes per step,
+  ``mining_chunk`` pairs at a time;
+- ``auto`` (default): ``contrastive`` when the model has a ``clr`` target, else ``fusion``.
+
+Mining is within each rank's batch (the re-encoded inputs must be local), as ALBEF mines within the local batch.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import torch
 from modaloom.config_schema import choice
 from modaloom.context import ForwardContext
 from modaloom.errors import ConfigError
+from modaloom.model_config import ModelConfig, TargetConfig
 from modaloom.registry import register
 from modaloom.targets.base import TargetOutput, classification_metrics
 from modaloom.targets.hard_negatives import all_pairs, pair_batch, sample_hard_negatives
@@ -28,10 +36,13 @@ from modaloom.targets.text import SentencePrediction, SentencePredictionOptions
 
 @dataclass
 class ImageTextMatchingOptions(SentencePredictionOptions):
-    negatives: str = choice("data", "hard")  # data: itm_labels as given; hard: plus negatives mined in the batch
+    negatives: str = choice("data", "data", "hard")  # data: itm_labels as given; hard: plus negatives mined in the batch
     image_keys: list[str] = field(default_factory=lambda: ["pixel_values"])  # the image side of a pair
     text_keys: list[str] = field(default_factory=lambda: ["input_ids", "attention_mask"])  # the text side
-    mining_chunk: int = 256  # pairs encoded at once while scoring every pair for mining
+    # where hard negatives are drawn from: the clr target's similarities (contrastive), every pair scored by the
+    # itm head (fusion), or contrastive when the model has a clr target (auto)
+    mining: str = choice("auto", "auto", "contrastive", "fusion")
+    mining_chunk: int = 256  # pairs encoded at once while scoring every pair for mining: fusion
 
     def check(self) -> None:
         if self.mining_chunk < 1:
@@ -48,6 +59,10 @@ class ImageTextMatching(SentencePrediction):
     label_key = "itm_labels"
     encoder_mode = "fusion"  # the pair in one sequence (a VLMo model as a fusion encoder)
 
+    def __init__(self, cfg: TargetConfig, model_cfg: ModelConfig, hidden_size: int) -> None:
+        super().__init__(cfg, model_cfg, hidden_size)
+        self.mining_source, self.text_stream = mining_source(cfg, model_cfg)
+
     def head_logits(self, hidden, mask, ctx: ForwardContext) -> torch.Tensor:
         """The head's (B, 2) logits, without a loss."""
         return super().forward(hidden, mask, {}, ctx).logits
@@ -62,7 +77,7 @@ class ImageTextMatching(SentencePrediction):
         anchors = torch.nonzero(labels == 1).squeeze(1)
         all_logits, all_labels, mined = logits, labels, 0
         if anchors.numel() >= 2:
-            scores = self.pair_scores(batch, anchors, ctx)  # (A, A): [image a, text b]
+            scores = self.mining_scores(batch, anchors, ctx)  # (A, A): [image a, text b]
             text_for_image = anchors[sample_hard_negatives(scores)]
             image_for_text = anchors[sample_hard_negatives(scores.T)]
             negatives = pair_batch(batch, torch.cat([anchors, image_for_text]),
@@ -75,6 +90,23 @@ class ImageTextMatching(SentencePrediction):
         loss, metrics = classification_metrics(self.cfg.label, all_logits, all_labels, self.loss)
         metrics[f"{self.cfg.label}_hard_negatives"] = torch.tensor(mined, device=logits.device)
         return TargetOutput(loss, metrics, logits)
+
+    def mining_scores(self, batch, rows: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
+        """Scores of every (image of rows[a], text of rows[b]) pair, (A, A), that negatives are drawn from: the
+        contrastive target's similarity logits of this pass, else the itm head's (``pair_scores``)."""
+        if self.mining_source is None:
+            return self.pair_scores(batch, rows, ctx)
+        sims = ctx.similarities.get(self.mining_source)
+        if sims is None:
+            raise ConfigError(f"itm mining: contrastive reads the similarities of target {self.mining_source!r} "
+                              f"from ctx.similarities, but it did not run before itm in this pass; call the model "
+                              f"(Model.forward), not the itm target alone")
+        size = batch[self.label_key].shape[0]
+        if tuple(sims.shape) != (size, size):
+            raise ConfigError(f"itm mining: contrastive needs {self.mining_source!r}'s similarities of this batch "
+                              f"({size} x {size}), got {tuple(sims.shape)}")
+        image_by_text = sims.T if self.text_stream == 0 else sims  # rows: images, columns: texts
+        return image_by_text.detach()[rows][:, rows]
 
     @torch.no_grad()
     def pair_scores(self, batch, rows: torch.Tensor, ctx: ForwardContext) -> torch.Tensor:
@@ -89,3 +121,28 @@ class ImageTextMatching(SentencePrediction):
             logits = self.head_logits(hidden, mask, ctx).float()
             out.append(logits[:, 1] - logits[:, 0])
         return torch.cat(out).view(rows.shape[0], rows.shape[0])
+
+
+def mining_source(cfg: TargetConfig, model_cfg: ModelConfig) -> tuple[str | None, int]:
+    """(name of the ``clr`` target whose similarities itm mines from, None: fusion scoring; index of the text
+    stream of the dual embedding) for an itm section, per its ``mining`` option (see the module docstring)."""
+    if getattr(cfg, "negatives", "data") != "hard" or cfg.mining == "fusion":
+        return None, 0
+    labels = [t.label for t in model_cfg.targets]
+    before = labels[:labels.index(cfg.label)] if cfg.label in labels else labels
+    sources = [t.label for t in model_cfg.targets if t.type == "clr"]
+    if not sources:
+        if cfg.mining == "auto":
+            return None, 0
+        raise ConfigError(f"itm mining: contrastive needs a clr target in the model, the targets are {labels}; "
+                          f"add one or set mining: fusion (every pair scored by the itm head)")
+    source = sources[0]
+    if source not in before:
+        raise ConfigError(f"itm mining: {cfg.mining} reads the similarities of clr target {source!r}, which must come "
+                          f"before itm in targets (order now {labels}); move it up or set mining: fusion")
+    streams = list(getattr(model_cfg.embedding, "streams", None) or [])
+    text = [i for i, s in enumerate(streams) if "word" in s.parts]
+    if len(streams) != 2 or len(text) != 1:
+        raise ConfigError(f"itm mining: {cfg.mining} needs a dual embedding with one text stream (word part), got "
+                          f"streams with parts {[s.parts for s in streams]}; set mining: fusion")
+    return source, text[0]

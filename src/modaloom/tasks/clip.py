@@ -22,12 +22,22 @@ feature is then the mean of its prompts' normalised text features, normalised ag
 (``label path`` TSV, ``{"label", "image"}`` JSONL, or an ImageFolder); without ``task.classes`` the classes are
 its labels, sorted. Metrics: accuracy, macro-F1.
 
+Re-ranking with the matching head (ALBEF's re-ranking, VLMo's fusion mode as a scorer): ``evaluate --task
+zero_shot|clip_retrieval ... task.scorer=itm [task.rerank=K]`` takes each query's top K candidates by the contrastive
+similarity (K classes per image; K images per caption and K captions per image) and orders them by the ``itm``
+head's log-odds of "match", the pair encoded together (``modality_experts``: the fusion view); the other
+candidates keep their contrastive order below them. Zero-shot averages the log-odds over a prompt ensemble's
+templates, and its probabilities are a softmax over the K re-ranked classes. The model needs an ``itm`` target
+(e.g. VLMo pre-trained with ``clr`` and ``itm``; ``finetune --task clip_retrieval`` drops it). Retrieval keeps
+the evaluated pairs' pixels and token ids until the end to re-rank them (memory grows with the file).
+
 Both tasks take the model's ``clr`` target, or a ``moco`` one (the same towers, projections and scale; in
 evaluation it scores in-batch pairs as ``clr`` does, and fine-tuning keeps its momentum queues).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,7 +80,16 @@ class ClipTaskOptions:
 
 
 @dataclass
-class ZeroShotOptions:
+class ScorerOptions:
+    """How ``evaluate`` orders candidates (``task.scorer``, ``task.rerank``; see the module docstring)."""
+
+    # contrastive: cosine of the dual features; itm: the top ``rerank`` re-ordered by the itm head (fusion view)
+    scorer: str = choice("contrastive", "contrastive", "itm")
+    rerank: int = 10  # scorer itm: candidates per query re-ranked, the top ones by contrastive similarity
+
+
+@dataclass
+class ZeroShotOptions(ScorerOptions):
     """Options of ``zero_shot`` (``evaluate ... task.<key>=value``)."""
 
     classes: str = ""  # comma-separated names, or a file with one name per line; empty: the input's labels
@@ -104,6 +123,57 @@ def contrastive_label(model_cfg: Any) -> str:
             return target.label
     raise ConfigError(f"CLIP tasks need a clr or moco target (contrastive head), the model has "
                       f"{[t.type for t in model_cfg.targets] or 'none'}")
+
+
+def itm_scorer(options: ScorerOptions, model_cfg: Any) -> str | None:
+    """The name of the ``itm`` target that ``task.scorer=itm`` re-ranks with (None for the contrastive scorer);
+    a ConfigError when the model has none or ``task.rerank`` is below 1."""
+    if options.rerank < 1:
+        raise ConfigError(f"task.rerank must be at least 1 (candidates re-ranked per query), got {options.rerank}")
+    if options.scorer != "itm":
+        return None
+    for target in model_cfg.targets:
+        if target.type == "itm":
+            return target.label
+    raise ConfigError(f"task.scorer=itm re-ranks with an itm target, the model has targets "
+                      f"{[t.type for t in model_cfg.targets] or 'none'}; evaluate a model pre-trained with itm "
+                      f"(finetune --task clip_retrieval drops it) or use task.scorer=contrastive")
+
+
+@torch.no_grad()
+def match_log_odds(model: Any, pairs: dict[str, torch.Tensor], label: str) -> torch.Tensor:
+    """The itm target ``label``'s log-odds of "match" for each (image, text) row of ``pairs``, (P,), the pair
+    encoded together in the target's view (``modality_experts``: fusion)."""
+    inner = getattr(model, "module", model)
+    target = inner.targets[label]
+    hidden, mask = inner.encode(pairs, mode=target.encoder_mode)
+    logits = target.head_logits(hidden, mask, ForwardContext()).float()
+    return logits[:, 1] - logits[:, 0]
+
+
+def rerank(scores: torch.Tensor, k: int, match: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+           keep_rest: bool = True) -> torch.Tensor:
+    """Ranking scores (Q, C) of Q queries over C candidates: each query's top ``k`` candidates by ``scores`` get
+    ``match(query_index, candidate_index)`` (flat (Q * k,) tensors in, (Q * k,) scores out), placed above every
+    other candidate, which keep their order by ``scores`` below (``keep_rest``) or get -inf."""
+    k = min(k, scores.shape[1])
+    top = scores.topk(k, dim=1).indices
+    queries = torch.arange(scores.shape[0], device=scores.device).repeat_interleave(k)
+    matched = match(queries, top.reshape(-1)).view(-1, k).float().to(scores.device)
+    if keep_rest:
+        floor = matched.min(1, keepdim=True).values - 1
+        rest = scores.float() - scores.float().max(1, keepdim=True).values + floor
+    else:
+        rest = torch.full_like(scores, float("-inf"), dtype=torch.float)
+    return rest.scatter(1, top, matched)
+
+
+def chunked(match: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+            size: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``match`` over index pairs ``size`` at a time (bounds the pairs encoded at once)."""
+    def run(queries: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        return torch.cat([match(queries[i:i + size], candidates[i:i + size]) for i in range(0, len(queries), size)])
+    return run
 
 
 def ensemble_features(per_template: list[torch.Tensor]) -> torch.Tensor:
@@ -142,28 +212,37 @@ def pair_features(model: Any, batch: dict[str, Any], label: str, text_index: int
     return features[text_index], features[1 - text_index], head.scale().detach()
 
 
+def image_columns(image_id: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the first row of each distinct image (M,), the column of each row's image (N,)) for ``image_id`` (N,)."""
+    ids, column = torch.unique(image_id, return_inverse=True)
+    rows = torch.tensor([int((image_id == i).nonzero()[0]) for i in ids])
+    return rows, column
+
+
 def recall_metrics(text: torch.Tensor, image: torch.Tensor, image_id: torch.Tensor) -> dict[str, float]:
     """Recall@K both ways over captions ``text`` (N, F) and images ``image`` (N, F) where rows with the same
     ``image_id`` show the same image (its first row's features stand for it)."""
-    ids, first = torch.unique(image_id, return_inverse=True)
-    rows = torch.tensor([int((image_id == i).nonzero()[0]) for i in ids])
+    rows, gold = image_columns(image_id)
     sim = text.float() @ image[rows].float().T  # (N captions, M images)
-    gold = first  # the column of each caption's image
-    better = (sim > sim.gather(1, gold[:, None])).sum(1)  # images ranked above the right one
-    t2i_rank = better + 1
+    return recall_from_scores(sim, sim.T, gold)
+
+
+def recall_from_scores(t2i: torch.Tensor, i2t: torch.Tensor, gold: torch.Tensor) -> dict[str, float]:
+    """Recall@K both ways from ranking scores of each caption over the images ``t2i`` (N, M) and of each image
+    over the captions ``i2t`` (M, N); ``gold`` (N,) is the column of each caption's image."""
+    t2i_rank = (t2i > t2i.gather(1, gold[:, None])).sum(1) + 1  # images ranked above the right one
     # image -> text: the best-ranked of the image's captions
-    by_image = sim.T  # (M, N)
-    own = gold[None, :] == torch.arange(len(ids))[:, None]
-    best_own = by_image.masked_fill(~own, float("-inf")).max(1).values
-    i2t_rank = (by_image > best_own[:, None]).sum(1) + 1
+    own = gold[None, :] == torch.arange(i2t.shape[0])[:, None]
+    best_own = i2t.masked_fill(~own, float("-inf")).max(1).values
+    i2t_rank = (i2t > best_own[:, None]).sum(1) + 1
     out = {}
     for k in RECALL_KS:
         out[f"i2t_r@{k}"] = float((i2t_rank <= k).float().mean())
     for k in RECALL_KS:
         out[f"t2i_r@{k}"] = float((t2i_rank <= k).float().mean())
     out["mean_recall"] = sum(out.values()) / len(out)
-    out["examples"] = float(len(text))
-    out["images"] = float(len(ids))
+    out["examples"] = float(t2i.shape[0])
+    out["images"] = float(i2t.shape[0])
     return out
 
 
@@ -215,6 +294,14 @@ class ClipRetrievalTask(ClipBase):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.options = build(ClipTaskOptions, dict(self.inputs_.options), path="task")
+        self.scoring = ScorerOptions()
+        self.itm: str | None = None  # the itm target re-ranking at evaluation (task.scorer=itm)
+        self.scoring_model: Any = None
+
+    def set_options(self, options: dict[str, Any]) -> None:
+        """``evaluate``'s options: ``task.scorer`` and ``task.rerank`` (see the module docstring)."""
+        self.scoring = build(ScorerOptions, dict(options), path="task")
+        self.itm = itm_scorer(self.scoring, self.cfg.model)
 
     # ---- data
     def examples(self, path: Path, what: str, skip_bad: bool) -> list[dict[str, Any]]:
@@ -276,11 +363,38 @@ class ClipRetrievalTask(ClipBase):
 
     def eval_step(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
         text, image, _ = pair_features(model, batch, self.label, self.text_index)
-        return {"index": batch["index"], "text": text, "image": image, "image_id": batch["image_id"]}
+        out = {"index": batch["index"], "text": text, "image": image, "image_id": batch["image_id"]}
+        if self.itm is not None:  # the pairs themselves, re-encoded together once every row's features are known
+            self.scoring_model = model
+            width = self.cfg.data.seq_length - batch["input_ids"].shape[1]
+            pad = self.tokenizer.special_id("pad", "padding") if self.tokenizer is not None else 0
+            out["input_ids"] = F.pad(batch["input_ids"], (0, width), value=pad)
+            out["attention_mask"] = F.pad(batch["attention_mask"], (0, width), value=0)
+            out["pixel_values"] = batch["pixel_values"]
+        return out
 
     def metrics(self, outputs: dict[str, Any]) -> dict[str, float]:
         order = torch.argsort(outputs["index"])
-        return recall_metrics(outputs["text"][order], outputs["image"][order], outputs["image_id"][order])
+        if self.itm is None:
+            return recall_metrics(outputs["text"][order], outputs["image"][order], outputs["image_id"][order])
+        return self.reranked_recall({key: value[order] for key, value in outputs.items()})
+
+    @torch.no_grad()
+    def reranked_recall(self, outputs: dict[str, Any]) -> dict[str, float]:
+        """Recall@K with each caption's top ``rerank`` images and each image's top captions re-ranked by itm."""
+        rows, gold = image_columns(outputs["image_id"])
+        sim = outputs["text"].float() @ outputs["image"][rows].float().T  # (N captions, M images)
+        device = next(self.scoring_model.parameters()).device
+
+        def pairs(captions: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+            batch = {"input_ids": outputs["input_ids"][captions], "attention_mask": outputs["attention_mask"][captions],
+                     "pixel_values": outputs["pixel_values"][rows[images]]}
+            return match_log_odds(self.scoring_model, {k: v.to(device) for k, v in batch.items()}, self.itm).cpu()
+
+        size, k = self.cfg.train.batch_size, self.scoring.rerank
+        t2i = rerank(sim, k, chunked(pairs, size))
+        i2t = rerank(sim.T, k, chunked(lambda images, captions: pairs(captions, images), size))
+        return {**recall_from_scores(t2i, i2t, gold), "rerank": float(k)}
 
     def prediction_records(self, outputs: dict[str, Any]) -> Any:
         order = torch.argsort(outputs["index"])
@@ -329,6 +443,7 @@ class ZeroShotTask(ClipBase):
         self.saved_norm = ""
         self.classes: list[str] = []
         self.prompts: tuple[int, torch.Tensor] | None = None  # (id of the model, prompt features)
+        self.itm: str | None = None  # the itm target re-ranking the top classes (task.scorer=itm)
 
     def prepare(self) -> None:
         raise ConfigError("zero_shot does not train: fine-tune with --task clip_retrieval, then run "
@@ -350,6 +465,7 @@ class ZeroShotTask(ClipBase):
         if "template" in options and "templates" in options:
             raise ConfigError("give task.template (one prompt) or task.templates (an ensemble), not both")
         self.options = build(ZeroShotOptions, options, path="task")
+        self.itm = itm_scorer(self.options, self.cfg.model)
         self.options.templates = self.template_list()
         for template in self.options.templates or [self.options.template]:
             if "{}" not in template:
@@ -434,9 +550,30 @@ class ZeroShotTask(ClipBase):
                   "attention_mask": mask.expand(rows, -1).to(device)}
         _, image, scale = pair_features(model, inputs, self.label, self.text_index)
         out = {"index": batch["index"], "logits": scale * image @ prompts.T}
+        if self.itm is not None:
+            out["logits"] = rerank(out["logits"], self.options.rerank,
+                                   chunked(self.prompt_matcher(model, batch["pixel_values"]), self.cfg.train.batch_size),
+                                   keep_rest=False)
         if "task_labels" in batch:
             out["labels"] = batch["task_labels"]
         return out
+
+    def prompt_matcher(self, model: Any, pixels: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """(image rows, class indices) -> the itm log-odds of each image with its class's prompt, averaged over the
+        templates (a prompt ensemble)."""
+        assert self.itm is not None
+        prompts = []
+        for template in list(self.options.templates) or [self.options.template]:
+            ids, _ = caption_ids(self.tokenizer, [template.replace("{}", n) for n in self.classes],
+                                 self.cfg.data.seq_length)
+            prompts.append(pad_ids(ids, self.tokenizer.special_id("pad", "padding")))
+
+        def match(images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+            per_template = [match_log_odds(model, {"pixel_values": pixels[images], "input_ids": ids[classes].to(pixels.device),
+                                                   "attention_mask": mask[classes].to(pixels.device)}, self.itm)
+                            for ids, mask in prompts]
+            return torch.stack(per_template).mean(0)
+        return match
 
     def metrics(self, outputs: dict[str, Any]) -> dict[str, float]:
         from sklearn.metrics import accuracy_score, f1_score
