@@ -21,6 +21,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("options", nargs="*", metavar="task.key=value",
                         help="task options at evaluation, e.g. for --task zero_shot: task.classes=cat,dog "
                              "task.template='a photo of a {}.' or task.templates='[\"a photo of a {}.\", ...]'; "
+                             "for --task zero_shot or clip_retrieval with a model that has an itm head (VLMo, ALBEF): "
+                             "task.scorer=itm task.rerank=10 re-ranks the top 10 by the matching head; "
                              "for --task linear_probe: task.train=FILE task.dev=FILE task.c=1.0 task.pooling=mean")
 
 
