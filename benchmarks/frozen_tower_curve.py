@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +128,7 @@ def draw(train: dict[str, dict[int, float]], dev: dict[str, dict[int, float]], o
 def table(train: dict[str, dict[int, float]], dev: dict[str, dict[int, float]], accuracy: dict[str, float],
           walls: dict[str, float]) -> str:
     """Markdown: at every evaluated step, each run's training loss (at the nearest logged step at or before it)
-    and dev mean recall; then the final zero-shot accuracy and the training wall time."""
+    and dev mean recall; then each run's final zero-shot accuracy and training wall time."""
     names = list(dev)
     head = " | ".join(f"{n} train loss | {n} dev mean recall" for n in names)
     lines = [f"| step | {head} |", "|---" * (2 * len(names) + 1) + "|"]
@@ -139,8 +140,8 @@ def table(train: dict[str, dict[int, float]], dev: dict[str, dict[int, float]], 
     for step in sorted(set.intersection(*(set(c) for c in dev.values()))):
         cells = " | ".join(f"{at(train[n], step)} | {dev[n][step]:.3f}" for n in names)
         lines.append(f"| {step} | {cells} |")
-    lines.append(f"| zero-shot acc | {' | '.join(f'| {accuracy[n]:.3f}' for n in names)} |")
-    lines.append(f"| train wall s | {' | '.join(f'| {walls[n]:.0f}' for n in names)} |")
+    lines += ["", "| run | zero-shot acc | train wall s |", "|---|---|---|"]
+    lines += [f"| {n} | {accuracy[n]:.3f} | {walls[n]:.0f} |" for n in accuracy]
     return "\n".join(lines)
 
 
@@ -148,10 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True, help="folder for the data, configs and runs")
     parser.add_argument("--size", choices=sorted(SIZES), default="small")
+    parser.add_argument("--steps", type=int, default=None, help="steps of the lit and scratch runs (default: the size's)")
     parser.add_argument("--tower-steps", type=int, default=None, help="steps of the tower's run (default: steps)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     sizes = SIZES[args.size]
+    if args.steps:
+        sizes = replace(sizes, steps=args.steps)
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     manifest = vl.write_data(work / "data", sizes)
