@@ -180,3 +180,11 @@ def test_streams_must_agree_and_number_at_least_two():
     cfg["embedding"]["streams"].pop()
     with pytest.raises(ConfigError, match="2 or more streams"):
         build_model(cfg)
+
+
+def test_a_moco_target_refuses_other_streams():
+    cfg = three_stream_config()
+    cfg["targets"][1] = {"type": "moco", "name": "speech", "streams": [0, 2], "feature_size": 16,
+                         "poolings": ["mean", "mean"]}
+    with pytest.raises(ConfigError, match=r"speech.streams \[0, 2\]: a moco target compares streams \[0, 1\] only"):
+        build_model(cfg)

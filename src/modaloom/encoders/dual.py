@@ -30,8 +30,7 @@ class DualEncoderOptions:
 
 @register("encoder", "dual")
 class DualEncoder(Encoder):
-    """Runs ``streams[i]`` on the i-th embedded sequence; returns ``(h0, h1, ...)``. Parameters:
-    ``streams.{0,1,...}``.
+    """Runs ``streams[i]`` on the i-th sequence; returns ``(h0, h1, ...)``. Parameters: ``streams.{0,1,...}``.
 
     ``input_size`` is the tuple of stream widths from the ``dual`` embedding (an int applies to all).
     """
