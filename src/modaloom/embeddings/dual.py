@@ -1,10 +1,16 @@
-"""``dual`` embedding: two independent embeddings (two towers, e.g. CLIP's text and image streams).
+"""``dual`` embedding: two (or more) independent embeddings (towers, e.g. CLIP's text and image streams).
 
-Returns ``((x0, x1), (mask0, mask1))`` so that ``Model.encode``'s ``x, mask = embedding(...)`` hands the
+Returns ``((x0, x1, ...), (mask0, mask1, ...))`` so that ``Model.encode``'s ``x, mask = embedding(...)`` hands the
 pair of sequences and the pair of masks to the ``dual`` encoder, and the targets receive pairs too.
 Each stream reads its own batch keys (``input_ids`` for text, ``pixel_values`` for images); a stream with
 ``input_key`` / ``mask_key`` set reads those instead (``input_ids_b`` for the second sentence of a siamese
 text model). Each stream gets its own ForwardContext; they are kept in ``ctx.streams``.
+
+A stream whose input is absent from the batch is skipped (``None`` for its sequence and mask), so that a model
+with three towers (text, image and speech aligned to one space, docs/objectives.md) trains on text-speech
+batches that hold no image; the targets reading a skipped stream report no loss. The input of a stream is its
+``input_key``, else that of its first part (``STREAM_INPUTS``); a stream whose first part is not listed there
+always runs.
 """
 
 from __future__ import annotations
@@ -12,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
 from torch import nn
 
 from modaloom.batch import Batch
@@ -22,22 +27,36 @@ from modaloom.errors import ConfigError
 from modaloom.model_config import EmbeddingConfig
 from modaloom.registry import register
 
+# the batch key each sequence-creating part reads when its stream names no input_key
+STREAM_INPUTS = {"word": "input_ids", "patch": "pixel_values", "masked_patch": "pixel_values",
+                 "speech": "input_features"}
+
+
+def check_stream_count(count: int, what: str) -> None:
+    """A dual embedding or encoder holds two streams or more (a stream per tower)."""
+    if count < 2:
+        raise ConfigError(f"a dual {what} needs 2 or more streams (one per tower), got {count}")
+
+
+def stream_input(cfg: EmbeddingConfig) -> str | None:
+    """The batch key whose absence skips this stream (None: the stream always runs)."""
+    return (cfg.input_key or STREAM_INPUTS.get(cfg.parts[0])) if cfg.parts else None
+
 
 @dataclass
 class DualOptions:
-    """The two streams, each a whole embedding section of its own."""
+    """The streams, each a whole embedding section of its own."""
 
-    # two embedding sections (parts, sizes ...), one per tower
+    # embedding sections (parts, sizes ...), one per tower: two for CLIP, three for text, image and speech
     streams: list[EmbeddingConfig] = field(default_factory=list)
 
     def check(self) -> None:
-        if len(self.streams) != 2:
-            raise ConfigError(f"a dual embedding needs exactly 2 streams, got {len(self.streams)}")
+        check_stream_count(len(self.streams), "embedding")
 
 
 @register("embedding", "dual")
 class DualEmbedding(nn.Module):
-    """Two ``Embedding``s built from ``embedding.streams``; parameters under ``streams.{0,1}``."""
+    """One ``Embedding`` per ``embedding.streams`` entry; parameters under ``streams.{0,1,...}``."""
 
     Options = DualOptions
     composite = True  # build_embedding returns this module itself for parts == ["dual"]
@@ -47,8 +66,7 @@ class DualEmbedding(nn.Module):
         super().__init__()
         if cfg.parts != ["dual"]:
             raise ConfigError(f"'dual' must be the only embedding part (its streams hold the parts), got {cfg.parts}")
-        if len(cfg.streams) != 2:
-            raise ConfigError(f"a dual embedding needs exactly 2 streams, got {len(cfg.streams)}")
+        check_stream_count(len(cfg.streams), "embedding")
         for i, stream in enumerate(cfg.streams):
             if "dual" in stream.parts:
                 raise ConfigError(f"embedding.streams.{i}.parts cannot contain 'dual' (streams do not nest)")
@@ -56,7 +74,7 @@ class DualEmbedding(nn.Module):
         self.streams = nn.ModuleList(Embedding(stream) for stream in cfg.streams)
 
     @property
-    def output_size(self) -> tuple[int, int]:
+    def output_size(self) -> tuple[int, ...]:
         return tuple(stream.output_size for stream in self.streams)  # type: ignore[return-value]
 
     def word_embedding(self) -> nn.Module | None:
@@ -67,8 +85,11 @@ class DualEmbedding(nn.Module):
                 return table
         return None
 
-    def forward(self, batch: Batch, ctx: ForwardContext) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[Any, Any]]:
+    def forward(self, batch: Batch, ctx: ForwardContext) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
         contexts = [ctx.for_stream(cfg.input_key, cfg.mask_key) for cfg in self.cfg.streams]
-        outputs = [stream(batch, sctx) for stream, sctx in zip(self.streams, contexts, strict=True)]
+        outputs = []
+        for stream, cfg, sctx in zip(self.streams, self.cfg.streams, contexts, strict=True):
+            key = stream_input(cfg)
+            outputs.append((None, None) if key is not None and key not in batch else stream(batch, sctx))
         ctx.streams = contexts
-        return (outputs[0][0], outputs[1][0]), (outputs[0][1], outputs[1][1])
+        return tuple(x for x, _ in outputs), tuple(m for _, m in outputs)

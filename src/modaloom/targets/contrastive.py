@@ -11,6 +11,9 @@ A token-wise loss (``loss: filip``, its class sets ``token_wise``) receives inst
 and normalised with the same projections, with the streams' masks; the pooled pair is still left in
 ``ctx.features`` (retrieval and zero-shot read it). The pass's similarity logits, scale x f0 @ f1.T of this rank's
 rows without gradient, are left in ``ctx.similarities[<target name>]``: ``itm`` mines hard negatives from them.
+``streams`` picks the two streams of a model with more (default ``[0, 1]``): a third tower aligned to a trained
+CLIP has a ``clr`` of its own over ``[0, 2]``. When a stream was skipped (its input not in the batch), the target
+reports no loss and leaves no features.
 """
 
 from __future__ import annotations
@@ -46,10 +49,13 @@ class ContrastiveOptions:
     poolings: list[str] = field(default_factory=lambda: ["first", "first"])  # per stream
     eos_id: int | None = None  # 'eos' pooling: first position of this id; None: the largest id (CLIP legacy)
     loss: str = "infonce"  # registered contrastive loss: infonce, siglip, filip
+    streams: list[int] = field(default_factory=lambda: [0, 1])  # the two compared streams of the dual model
 
     def check(self) -> None:
         if len(self.poolings) != 2:
             raise ConfigError(f"clr needs one pooling per stream (2), got poolings {self.poolings}")
+        if len(self.streams) != 2 or self.streams[0] == self.streams[1] or min(self.streams) < 0:
+            raise ConfigError(f"clr streams must be two different stream indices, got {self.streams}")
 
 
 def initial_logit_scale(cfg: TargetConfig) -> float:
@@ -90,7 +96,11 @@ class Contrastive(Target):
 
     def __init__(self, cfg: TargetConfig, model_cfg: ModelConfig, hidden_size) -> None:
         super().__init__(cfg, model_cfg, hidden_size)
-        sizes = tuple(hidden_size) if isinstance(hidden_size, (tuple, list)) else (hidden_size, hidden_size)
+        self.pair = tuple(cfg.streams)
+        widths = tuple(hidden_size) if isinstance(hidden_size, (tuple, list)) else (hidden_size,) * (max(self.pair) + 1)
+        if max(self.pair) >= len(widths):
+            raise ConfigError(f"targets.{cfg.label}.streams {list(self.pair)}: the model has {len(widths)} streams")
+        sizes = tuple(widths[i] for i in self.pair)
         if cfg.projection:
             self.projections = nn.ModuleList(
                 nn.Linear(size, cfg.feature_size, bias=cfg.projection_bias) for size in sizes
@@ -106,13 +116,18 @@ class Contrastive(Target):
         else:
             self.register_parameter("logit_bias", None)
         streams = getattr(model_cfg.embedding, "streams", None)
-        self.id_keys = [(s.input_key or "input_ids") for s in streams] if streams else ["input_ids", "input_ids"]
+        self.id_keys = [(streams[i].input_key or "input_ids") for i in self.pair] if streams else ["input_ids"] * 2
+
+    def select(self, hidden, mask) -> tuple[tuple, tuple]:
+        """The states and masks of the two compared streams (``streams``), in that order."""
+        if not isinstance(hidden, (tuple, list)) or len(hidden) <= max(self.pair):
+            raise ConfigError("the clr target needs a dual model (two streams: embedding dual, encoder dual)")
+        masks = mask if isinstance(mask, (tuple, list)) else (mask,) * len(hidden)
+        return tuple(hidden[i] for i in self.pair), tuple(masks[i] for i in self.pair)
 
     def features(self, hidden, mask, batch) -> list[torch.Tensor]:
         """The two streams' normalised features (B, feature_size), in fp32."""
-        if not isinstance(hidden, (tuple, list)) or len(hidden) != 2:
-            raise ConfigError("the clr target needs a dual model (two streams: embedding dual, encoder dual)")
-        masks = mask if isinstance(mask, (tuple, list)) else (mask, mask)
+        hidden, masks = self.select(hidden, mask)
         out = []
         for i, how in enumerate(self.cfg.poolings):
             ids = batch.get(self.id_keys[i]) if how == "eos" else None
@@ -124,7 +139,7 @@ class Contrastive(Target):
 
     def token_features(self, hidden, mask) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
         """Each stream's tokens projected and L2-normalised (B, L, feature_size) in fp32, with its mask."""
-        masks = mask if isinstance(mask, (tuple, list)) else (mask, mask)
+        hidden, masks = self.select(hidden, mask)
         out = []
         for i in range(2):
             tokens = hidden[i] if self.projections is None else self.projections[i](hidden[i])
@@ -135,6 +150,8 @@ class Contrastive(Target):
         return self.logit_scale.float().clamp(max=MAX_LOGIT_SCALE).exp()
 
     def forward(self, hidden, mask, batch, ctx: ForwardContext) -> TargetOutput:
+        if any(h is None for h in self.select(hidden, mask)[0]):
+            return TargetOutput()  # a compared stream's input is not in this batch
         f0, f1 = self.features(hidden, mask, batch)
         ctx.features[self.cfg.label] = (f0.detach(), f1.detach())
         scale = self.scale()

@@ -55,6 +55,8 @@ class MomentumContrastTarget(Contrastive):
 
     def __init__(self, cfg: TargetConfig, model_cfg: ModelConfig, hidden_size) -> None:
         super().__init__(cfg, model_cfg, hidden_size)
+        if list(cfg.streams) != [0, 1]:  # the momentum copy encodes and pools streams 0 and 1
+            raise ConfigError(f"targets.{cfg.label}.streams {cfg.streams}: a moco target compares streams [0, 1] only")
         if not getattr(self.loss, "takes_keys", False):
             valid = [n for n in registry.names("loss") if getattr(registry.get("loss", n), "takes_keys", False)]
             raise ConfigError(f"targets.{cfg.label}.loss {cfg.loss!r} cannot score momentum keys and queues; "
