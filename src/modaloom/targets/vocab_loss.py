@@ -4,7 +4,7 @@ A masked or causal LM's head makes a (rows x vocabulary) logits matrix; the usua
 log-probabilities and, at the start of the backward pass, two gradients of that size alive at once: the
 largest part of a small model's training peak (4 x 250 masked rows x 21,128 classes x 4 bytes = 85 MB for a
 tiny BERT at batch 32 x 128). Here each chunk's logits are made, turned into the loss, the accuracy count and
-the gradient with respect to the logits (softmax minus target, in place), and that gradient is multiplied
+the gradient with respect to the logits (softmax minus target, in the logits' buffer), and that gradient is multiplied
 out into the gradients of the rows, the weight and the bias at once; the backward pass only scales them.
 Same arithmetic as ``F.cross_entropy(F.linear(h, weight, bias), labels)`` (mean over the rows whose label is
 not IGNORE, optional label smoothing), the same matmuls in number, no logits kept.
@@ -49,19 +49,24 @@ class _ChunkedVocabCrossEntropy(torch.autograd.Function):
             h_c, y_c, v_c = h[start:start + rows], labels[start:start + rows], valid[start:start + rows]
             logits = (torch.addmm(bias, h_c, weight.t()) if bias is not None else h_c @ weight.t()).to(acc)
             target = y_c.clamp(min=0).unsqueeze(1)
-            lse = torch.logsumexp(logits, dim=1)
-            nll = lse - logits.gather(1, target).squeeze(1)
-            if smoothing:
-                nll = (1.0 - smoothing) * nll + smoothing * (lse - logits.mean(dim=1))
+            picked = logits.gather(1, target).squeeze(1)
+            mean = logits.mean(dim=1) if smoothing else None
+            top, best = logits.max(dim=1)
+            correct += ((best == y_c) & v_c).sum()
+            grad = logits.sub_(top.unsqueeze(1)).exp_()  # from here the buffer holds exp(logits - max)
+            sums = grad.sum(dim=1)
+            lse = top + sums.log()
+            nll = lse - picked
+            if mean is not None:
+                nll = (1.0 - smoothing) * nll + smoothing * (lse - mean)
             total += (nll * v_c).sum()
-            correct += ((logits.argmax(dim=1) == y_c) & v_c).sum()
             if grad_h is None and grad_w is None and grad_b is None:
                 continue
-            grad = logits.sub_(lse.unsqueeze(1)).exp_()  # softmax, in the logits' buffer
+            row_weight = v_c * scale  # d(mean loss) / d(row loss)
+            grad.mul_((row_weight / sums).unsqueeze(1))  # softmax, weighted
             if smoothing:
-                grad.sub_(smoothing / vocab)
-            grad.scatter_add_(1, target, torch.full_like(target, smoothing - 1.0, dtype=grad.dtype))
-            grad.mul_((v_c * scale).unsqueeze(1))
+                grad.sub_((row_weight * (smoothing / vocab)).unsqueeze(1))
+            grad.scatter_add_(1, target, ((smoothing - 1.0) * row_weight).unsqueeze(1).to(grad.dtype))
             grad = grad.to(h.dtype)
             if grad_h is not None:
                 torch.mm(grad, weight, out=grad_h[start:start + rows])
