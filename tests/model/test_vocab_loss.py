@@ -107,3 +107,11 @@ def test_without_gradients_the_masked_lm_still_returns_its_logits():
     with torch.no_grad():
         out = model(batch)
     assert out.logits["mlm"].shape == (9, 97) and torch.isfinite(out.metrics["mlm_loss"])
+
+
+def test_a_second_backward_pass_through_the_chunked_loss_is_an_error_that_says_what_to_do():
+    h, w, b, labels = _leaves()
+    loss, _, _ = vocab_cross_entropy(h, w, b, labels)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="chunked_loss = False"):
+        loss.backward()

@@ -74,16 +74,19 @@ class _ChunkedVocabCrossEntropy(torch.autograd.Function):
                 grad_w.addmm_(grad.t(), h_c)
             if grad_b is not None:
                 grad_b += grad.sum(dim=0)
-        ctx.save_for_backward(*(t for t in (grad_h, grad_w, grad_b) if t is not None))
-        ctx.present = (grad_h is not None, grad_w is not None, grad_b is not None)
+        ctx.grads = [grad_h, grad_w, grad_b]  # buffers of this call only: scaled in place, handed over once
         ctx.mark_non_differentiable(correct, count)
         return total * scale, correct, count
 
     @staticmethod
     def backward(ctx: Any, grad_loss: torch.Tensor, *_: Any) -> tuple[torch.Tensor | None, ...]:
-        saved = iter(ctx.saved_tensors)
-        grads = [next(saved) * grad_loss if present else None for present in ctx.present]
-        return grads[0], grads[1], grads[2], None, None, None
+        grads, ctx.grads = ctx.grads, None
+        if grads is None:
+            raise RuntimeError("the chunked vocabulary loss hands its gradients over once: a second backward pass "
+                               "through it (retain_graph) needs the full logits (set chunked_loss = False on the "
+                               "target)")
+        grad_h, grad_w, grad_b = (None if g is None else g.mul_(grad_loss) for g in grads)
+        return grad_h, grad_w, grad_b, None, None, None
 
 
 def vocab_cross_entropy(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, labels: torch.Tensor,
