@@ -115,3 +115,9 @@ def test_a_second_backward_pass_through_the_chunked_loss_is_an_error_that_says_w
     loss.backward(retain_graph=True)
     with pytest.raises(RuntimeError, match="chunked_loss = False"):
         loss.backward()
+
+
+def test_in_eval_mode_with_gradients_the_masked_lm_keeps_its_logits():
+    model, batch = _tiny_bert()
+    out = model.eval()(batch)
+    assert out.logits["mlm"].shape == (9, 97) and out.loss.requires_grad

@@ -57,7 +57,7 @@ def _vocab_size(cfg: TargetConfig, model_cfg: ModelConfig) -> int:
 class VocabularyTarget(Target):
     """A target that predicts tokens through ``self.head`` (a ``VocabularyHead``) with ``self.loss``.
 
-    While training (gradients on, no autocast) with the plain ``cross_entropy`` loss, the loss is computed a
+    While training (training mode, gradients on, no autocast) with the plain ``cross_entropy`` loss, the loss is computed a
     chunk of rows at a time (``targets/vocab_loss.py``): the (rows x vocabulary) logits are never kept, so
     the output has no logits; the loss, the gradients and the metrics are those of the full logits.
     ``chunked_loss = False`` on an instance (or the class) keeps the full logits.
@@ -66,7 +66,7 @@ class VocabularyTarget(Target):
     chunked_loss = True
 
     def _uses_chunked_loss(self, rows: torch.Tensor) -> bool:
-        return (self.chunked_loss and torch.is_grad_enabled() and type(self.loss) is CrossEntropy
+        return (self.chunked_loss and self.training and torch.is_grad_enabled() and type(self.loss) is CrossEntropy
                 and not torch.is_autocast_enabled(rows.device.type)
                 and (rows.requires_grad or any(p.requires_grad for p in self.head.output.parameters())))
 
