@@ -6,10 +6,12 @@ Trainer builds them, in one fresh process (so that nothing else is counted).
 DATA_DIR is a ``modaloom preprocess --processor bert`` output (``benchmarks/pretrain_throughput.py`` prepares
 one). Rows: the interpreter, ``import torch``, modaloom's imports (and which heavy optional modules they pulled
 in), the tiny BERT model, the data loader with its first batch, the logging sinks (TensorBoard writer,
-progress bar), the matmul-peak probe, optimizer state with one training step, the loss-curve plot. Each row
-gives the RSS after the part, its change, and the process's peak so far (a part that allocates and frees,
-like the probe, shows in the peak only). This module imports nothing heavy at the top: the import rows are
-its own measurement.
+progress bar), the matmul-peak probe, the optimizer (``torch.optim`` imports ``torch._dynamo`` and sympy on
+first use) with its first step, two more training steps, the loss-curve plot; then, for comparison and outside
+the run's peak, the same steps over the full masked LM logits (``chunked_loss = False``). Each row gives the
+RSS after the part, its change, the peak within the part (what it allocates and frees, like the probe or a
+step; Linux resets the peak between parts) and the run's peak so far. This module imports nothing heavy at
+the top: the import rows are its own measurement.
 """
 
 from __future__ import annotations
@@ -33,23 +35,58 @@ def _rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
+def _reset_peak() -> bool:
+    """Start a new peak (Linux: VmHWM back to the current RSS); False where the kernel does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def _peak_mb() -> float:
+    """Peak RSS since the last reset (Linux VmHWM), else since the process started."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class Ledger:
-    """Rows of (part, RSS after, change, peak so far) in MiB."""
+    """Rows of (part, RSS after, change, peak within the part, run peak so far) in MiB.
+
+    Each part's own peak shows what it allocates and frees (the probe, a training step); rows marked
+    ``comparison`` are measured after the run's parts and left out of the run's peak.
+    """
 
     def __init__(self) -> None:
         self.rows: list[dict[str, Any]] = []
         self.last = _rss_mb()
+        self.run_peak = _peak_mb()
+        self.part_peaks = _reset_peak()
         self.rows.append({"part": "interpreter (+ psutil)", "rss_mb": self.last, "delta_mb": self.last,
-                          "peak_mb": _peak_mb()})
+                          "peak_mb": self.run_peak, "run_peak_mb": self.run_peak})
 
-    def mark(self, part: str, **extra: Any) -> None:
-        now = _rss_mb()
-        self.rows.append({"part": part, "rss_mb": now, "delta_mb": now - self.last, "peak_mb": _peak_mb(), **extra})
+    def mark(self, part: str, comparison: bool = False, **extra: Any) -> None:
+        now, peak = _rss_mb(), max(_peak_mb(), _rss_mb())
+        if not comparison:
+            self.run_peak = max(self.run_peak, peak)
+        self.rows.append({"part": part, "rss_mb": now, "delta_mb": now - self.last, "peak_mb": peak,
+                          "run_peak_mb": self.run_peak, "comparison": comparison, **extra})
         self.last = now
+        _reset_peak()
+
+
+def _steps(model: Any, optimizer: Any, batch: Any, count: int) -> None:
+    for _ in range(count):
+        model(batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
 
 def breakdown(data: Path, batch: int, seq: int, threads: int, overrides: list[str] | None = None) -> dict[str, Any]:
@@ -62,6 +99,7 @@ def breakdown(data: Path, batch: int, seq: int, threads: int, overrides: list[st
     import modaloom.cli.main  # noqa: F401  (the command line's own imports)
     from modaloom.data.loader import build_loader
     from modaloom.model import build_model
+    from modaloom.targets.text import VocabularyTarget
     from modaloom.tasks import load_job_config
     from modaloom.train import trainer as trainer_module
     from modaloom.train.flops import measure_matmul_peak
@@ -89,31 +127,40 @@ def breakdown(data: Path, batch: int, seq: int, threads: int, overrides: list[st
         ledger.mark("logging (TensorBoard writer, progress bar, JSONL)")
         measure_matmul_peak(torch.device("cpu"))
         ledger.mark("matmul-peak probe (MFU)")
+        before = set(sys.modules)
         optimizer = build_optimizer(model, cfg.train)
         model.train()
-        for _ in range(2):
-            loss = model(first).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        ledger.mark("optimizer state + 2 training steps (activations, gradients)")
+        _steps(model, optimizer, first, 1)
+        ledger.mark("optimizer: torch.optim imports torch._dynamo (+ sympy); AdamW state; first step",
+                    heavy=[name for name in ("torch._dynamo", "sympy") if name in set(sys.modules) - before],
+                    adam_state_mb=2 * params * 4 / 2**20)
+        _steps(model, optimizer, first, 2)
+        ledger.mark("2 training steps (activations, gradients; masked LM loss chunked)")
         monitor.plot()
         monitor.close()
         ledger.mark("loss-curve plot (end of run)",
                     heavy=[name for name in HEAVY if name in sys.modules])
+        VocabularyTarget.chunked_loss = False
+        try:
+            _steps(model, optimizer, first, 2)
+        finally:
+            VocabularyTarget.chunked_loss = True
+        ledger.mark("comparison: the same 2 steps over the full masked LM logits", comparison=True)
     del trainer_module
-    return {"rows": ledger.rows, "peak_mb": _peak_mb(), "batch": batch, "seq": seq, "threads": threads,
-            "mmap_threshold_mb": cfg.train.mmap_threshold_mb}
+    return {"rows": ledger.rows, "peak_mb": ledger.run_peak, "batch": batch, "seq": seq, "threads": threads,
+            "mmap_threshold_mb": cfg.train.mmap_threshold_mb, "part_peaks": ledger.part_peaks}
 
 
 def print_rows(result: dict[str, Any]) -> None:
     print(f"modaloom pre-training memory by part (tiny BERT, batch {result['batch']}x{result['seq']}, "
           f"{result['threads']} threads, train.mmap_threshold_mb={result['mmap_threshold_mb']}), MiB")
-    print(f"{'part':<62} {'RSS after':>9} {'change':>8} {'peak':>7}")
+    peak_name = "part peak" if result.get("part_peaks", True) else "peak"
+    print(f"{'part':<84} {'RSS after':>9} {'change':>7} {peak_name:>9} {'run peak':>8}")
     for row in result["rows"]:
         extra = f"  pulled in: {', '.join(row['heavy'])}" if row.get("heavy") else ""
-        print(f"{row['part']:<62} {row['rss_mb']:9.0f} {row['delta_mb']:+8.0f} {row['peak_mb']:7.0f}{extra}")
-    print(f"peak RSS of the breakdown process: {result['peak_mb']:.0f} MiB")
+        print(f"{row['part']:<84} {row['rss_mb']:9.0f} {row['delta_mb']:+7.0f} {row['peak_mb']:9.0f} "
+              f"{row['run_peak_mb']:8.0f}{extra}")
+    print(f"peak RSS of the run's parts: {result['peak_mb']:.0f} MiB")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -71,9 +71,13 @@ class VocabularyHead(nn.Module):
         self.output = nn.Linear(out_size, vocab_size, bias=cfg.output_bias)
         self.scale = hidden_size ** -0.5 if cfg.scale_before_output else 1.0
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
+    def features(self, h: torch.Tensor) -> torch.Tensor:
+        """The rows the output layer reads: transformed and scaled (a chunked loss projects them itself)."""
         if self.dense is not None:
             h = self.norm(self.act(self.dense(h)))
         if self.scale != 1.0:
             h = h * self.scale
-        return self.output(h)
+        return h
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.output(self.features(h))

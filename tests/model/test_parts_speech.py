@@ -73,8 +73,10 @@ def test_tiny_s2t_trains():
     model = build_model(s2t_config())
     assert "embedding.parts.speech.convs.1.weight" in model.state_dict()
     assert model.embedding.parts["speech"].convs[1].weight.shape == (32, 5, 3)  # 2 * emb_size out, 10 / 2 in
+    with torch.no_grad():
+        assert model(batch()).logits["lm"].shape == (10, 30)
     out = model(batch())
-    assert out.logits["lm"].shape == (10, 30)
+    assert int(out.metrics["lm_count"]) == 10 and "lm" not in out.logits  # training: chunked loss, no logits kept
     out.loss.backward()
     assert model.embedding.parts["speech"].convs[0].weight.grad.abs().sum() > 0
 

@@ -15,11 +15,13 @@ from modaloom.train.plan import (
     FP32,
     count_parameters,
     format_plan,
+    head_bytes,
     human_bytes,
     layer_activation_bytes,
     optimizer_bytes,
     plan_run,
     precision_of,
+    uses_chunked_loss,
 )
 from modaloom.zoo import zoo_path
 from tests.train.plan_helpers import measured_peak, synthetic_batch
@@ -133,3 +135,17 @@ def test_llama_7b_on_8_ranks_with_fsdp_and_bf16():
     # the bf16 copies of the matmul weights (the whole model: FSDP2 without a mixed-precision policy)
     assert plan.memory["activations"] > 2 * n
     assert 30 * 1024**3 < plan.peak < 45 * 1024**3
+
+
+def test_a_chunked_vocabulary_loss_is_planned_as_gradient_buffers_and_one_chunk_not_the_logits():
+    model = build_model(job("bert/tiny", []).model)
+    mlm, sp = model.targets["mlm"], model.targets["sp"]
+    assert uses_chunked_loss(mlm, "fp32") and not uses_chunked_loss(mlm, "bf16")
+    assert not uses_chunked_loss(sp, "fp32")
+    fp32, rows, vocab, width = precision_of("fp32", "cpu"), 600, 30522, 128
+    full_saved, full_transient = head_bytes(mlm, rows, fp32)
+    saved, transient = head_bytes(mlm, rows, fp32, chunked=True)
+    logits_and_input = FP32 * rows * vocab + FP32 * rows * width
+    gradient_buffers = FP32 * (rows * width + vocab * width + vocab)
+    assert full_saved - saved == logits_and_input - gradient_buffers
+    assert full_transient == 2 * FP32 * rows * vocab and transient == FP32 * 34 * vocab  # 34 rows: 4 MiB

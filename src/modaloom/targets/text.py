@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from modaloom.config_schema import choice
 from modaloom.context import ForwardContext
 from modaloom.heads import TanhPooler, VocabularyHead, pool
 from modaloom.losses import build_loss
+from modaloom.losses.cross_entropy import CrossEntropy
 from modaloom.model_config import ACTIVATIONS, NORMS, POOLINGS, ModelConfig, TargetConfig, vocab_size_of
 from modaloom.registry import register
 from modaloom.targets.base import IGNORE, Target, TargetOutput, classification_metrics
+from modaloom.targets.vocab_loss import vocab_cross_entropy
 
 
 @dataclass
@@ -51,8 +54,39 @@ def _vocab_size(cfg: TargetConfig, model_cfg: ModelConfig) -> int:
     return vocab_size_of(source) or vocab_size_of(model_cfg.embedding)
 
 
+class VocabularyTarget(Target):
+    """A target that predicts tokens through ``self.head`` (a ``VocabularyHead``) with ``self.loss``.
+
+    While training (training mode, gradients on, no autocast) with the plain ``cross_entropy`` loss, the loss is computed a
+    chunk of rows at a time (``targets/vocab_loss.py``): the (rows x vocabulary) logits are never kept, so
+    the output has no logits; the loss, the gradients and the metrics are those of the full logits.
+    ``chunked_loss = False`` on an instance (or the class) keeps the full logits.
+    """
+
+    chunked_loss = True
+
+    def _uses_chunked_loss(self, rows: torch.Tensor) -> bool:
+        return (self.chunked_loss and self.training and torch.is_grad_enabled() and type(self.loss) is CrossEntropy
+                and not torch.is_autocast_enabled(rows.device.type)
+                and (rows.requires_grad or any(p.requires_grad for p in self.head.output.parameters())))
+
+    def vocabulary_loss(self, rows: torch.Tensor, labels: torch.Tensor) -> TargetOutput:
+        """Loss, metrics (and logits unless chunked) of the selected ``rows`` (N, H) against ``labels`` (N,)."""
+        if not self._uses_chunked_loss(rows):
+            logits = self.head(rows)
+            loss, metrics = classification_metrics(self.cfg.label, logits, labels, self.loss)
+            return TargetOutput(loss, metrics, logits)
+        output = self.head.output
+        loss, correct, count = vocab_cross_entropy(self.head.features(rows), output.weight, output.bias, labels,
+                                                   self.loss.label_smoothing)
+        accuracy = correct.float() / count.clamp(min=1)
+        prefix = self.cfg.label
+        return TargetOutput(loss, {f"{prefix}_loss": loss.detach(), f"{prefix}_accuracy": accuracy,
+                                   f"{prefix}_count": count})
+
+
 @register("target", "mlm")
-class MaskedLanguageModel(Target):
+class MaskedLanguageModel(VocabularyTarget):
     """BERT's masked LM: predicts ``mlm_labels`` only at masked positions (the head runs on those rows)."""
 
     Options = VocabularyOptions
@@ -73,9 +107,7 @@ class MaskedLanguageModel(Target):
         if labels.shape[1] < hidden.shape[1]:
             hidden = hidden[:, :labels.shape[1]]  # labels cover the text part of a text+image sequence
         selected = labels != IGNORE
-        logits = self.head(hidden[selected])
-        loss, metrics = classification_metrics(self.cfg.label, logits, labels[selected], self.loss)
-        return TargetOutput(loss, metrics, logits)
+        return self.vocabulary_loss(hidden[selected], labels[selected])
 
 
 class PooledClassifier(Target):
@@ -123,7 +155,7 @@ class SentencePrediction(PooledClassifier):
 
 
 @register("target", "lm")
-class LanguageModel(Target):
+class LanguageModel(VocabularyTarget):
     """Next-token prediction of ``lm_labels`` (already aligned with the positions that predict them)."""
 
     Options = VocabularyOptions
@@ -143,9 +175,7 @@ class LanguageModel(Target):
         if labels is None:
             return TargetOutput(logits=self.head(hidden))
         selected = labels != IGNORE
-        logits = self.head(hidden[selected])
-        loss, metrics = classification_metrics(self.cfg.label, logits, labels[selected], self.loss)
-        return TargetOutput(loss, metrics, logits)
+        return self.vocabulary_loss(hidden[selected], labels[selected])
 
 
 @register("target", "cls")

@@ -175,23 +175,42 @@ def stack_activation_bytes(enc: Any, batch: int, seq: int, bytes_: Precision, de
 TARGET_ROWS = {"lm": 1.0, "mae": 1.0, "bilm": 2.0}  # rows the head runs on, per position; mlm: masked share
 
 
-def head_bytes(target: nn.Module, rows: int, bytes_: Precision) -> tuple[int, int]:
+def head_bytes(target: nn.Module, rows: int, bytes_: Precision, chunked: bool = False,
+               device: str = "cpu") -> tuple[int, int]:
     """(saved, transient) bytes of one target head over ``rows`` rows.
 
     Saved: each linear's input and, for the inner ones (a transform), their output's activation and norm
     inputs; the loss's fp32 log-probabilities. Transient: the gradients of the log-probabilities and of the
-    logits, which exist together at the start of the backward pass.
+    logits, which exist together at the start of the backward pass. With the ``chunked`` vocabulary loss
+    (``targets/vocab_loss.py``) no logits are kept: the output layer's gradients (rows, weight, bias) are
+    saved instead, and one chunk's logits come and go.
     """
     linears = [m for m in target.modules() if isinstance(m, nn.Linear)]
     if not linears:
         return 0, 0
     classes = max(m.out_features for m in linears)
-    saved = FP32 * rows * classes
+    saved = 0 if chunked else FP32 * rows * classes
     for m in linears:
-        saved += bytes_.elem * rows * m.in_features
         if m.out_features != classes:
             saved += (bytes_.elem + bytes_.norm) * rows * m.out_features
+        elif chunked:  # gradients of its input rows, weight and bias, made in the forward pass
+            saved += FP32 * (rows * m.in_features + m.weight.numel() + (classes if m.bias is not None else 0))
+            continue
+        saved += bytes_.elem * rows * m.in_features
+    if chunked:
+        from modaloom.targets.vocab_loss import chunk_rows
+
+        return saved, FP32 * min(rows, chunk_rows(classes, device)) * classes
     return saved, 2 * FP32 * rows * classes
+
+
+def uses_chunked_loss(target: nn.Module, precision: str) -> bool:
+    """Whether training computes this target's loss chunk by chunk (fp32 vocabulary targets, plain loss)."""
+    from modaloom.losses.cross_entropy import CrossEntropy
+    from modaloom.targets.text import VocabularyTarget
+
+    return (isinstance(target, VocabularyTarget) and target.chunked_loss and type(target.loss) is CrossEntropy
+            and precision == "fp32")
 
 
 def matmul_weight_count(model: nn.Module) -> int:
@@ -229,7 +248,8 @@ def activation_bytes(cfg: Any, model: nn.Module, bytes_: Precision, device: str)
     for tcfg in mcfg.targets:
         share = mask_prob if tcfg.type == "mlm" else TARGET_ROWS.get(tcfg.type, 0.0)
         rows = int(round(tokens * share)) if share else batch
-        saved, passing = head_bytes(model.targets[tcfg.label], rows, bytes_)
+        target = model.targets[tcfg.label]
+        saved, passing = head_bytes(target, rows, bytes_, uses_chunked_loss(target, train.precision), device)
         total += saved
         transient = max(transient, passing)
     if train.precision != "fp32":
