@@ -57,7 +57,7 @@ REFERENCE = {"preprocess": 4.40, "pretrain": 170.0, "finetune": 418.0, "mlm_loss
 # The documented small-model pre-training recipe (docs/training.md, "A recipe for small models"): fixed, not
 # tuned per run. bf16 autocast is added where the CPU computes bf16 natively (``cpu_precision``).
 RECIPE = ("--lr", "1e-3", "train.warmup_ratio=0.1")
-PIPELINE_STEPS = 100  # (2)'s pre-training budget, fixed in advance: about twice the ~45 steps (1) needs
+PIPELINE_STEPS = 100  # (2)'s pre-training budget, fixed in advance: about twice the ~40 steps (1) needs
 EVAL_EVERY = 10  # steps between held-out evaluations
 HOLDOUT = 256  # held-out records (8 batches of 32): evaluated whole each time
 FINETUNE_LR = "1e-4"  # docs/tasks.md: the fine-tuning lr for small BERTs
