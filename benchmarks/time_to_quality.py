@@ -53,7 +53,7 @@ TP_STEPS = 1000
 # TencentPretrain on this machine kind, quiet, 2 threads (../shared/data/tencentpretrain/README.md and
 # benchmarks/finetune.py's side by side): preprocess 4.40 s, 1,000 steps 170 s ending at MLM loss 7.13,
 # run_classifier.py 2 epochs 418 s (209 s/epoch) to test accuracy 0.7795
-REFERENCE = {"preprocess": 4.40, "pretrain": 170.0, "finetune": 418.0, "mlm_loss": 7.13, "test_accuracy": 0.7795}
+REFERENCE = {"steps": TP_STEPS, "preprocess": 4.40, "pretrain": 170.0, "finetune": 418.0, "mlm_loss": 7.13, "test_accuracy": 0.7795}
 # The documented small-model pre-training recipe (docs/training.md, "A recipe for small models"): fixed, not
 # tuned per run. bf16 autocast is added where the CPU computes bf16 natively (``cpu_precision``).
 RECIPE = ("--lr", "1e-3", "train.warmup_ratio=0.1")
@@ -126,7 +126,7 @@ def run_tencentpretrain(tp: Path, tp_python: str, work: Path, threads: int, corp
     loss = tp_mlm_loss_at(train.output, steps)
     if loss is None:
         raise SystemExit(f"TencentPretrain's log has no loss_mlm at step {steps}:\n{train.output[-2000:]}")
-    result: dict[str, Any] = {"preprocess": pre.wall, "pretrain": train.wall, "mlm_loss": loss,
+    result: dict[str, Any] = {"steps": steps, "preprocess": pre.wall, "pretrain": train.wall, "mlm_loss": loss,
                               "quality_seconds": pre.wall + train.wall, "quality_load": mean_load(pre, train)}
     if "pipeline" in parts:
         train_tsv, dev, test = book
@@ -177,14 +177,15 @@ def report(theirs: dict[str, Any] | None, ours: dict[str, Any], target: float, p
     ref = theirs is None
     tp = theirs or {**REFERENCE, "quality_seconds": REFERENCE["preprocess"] + REFERENCE["pretrain"],
                     "pipeline_seconds": REFERENCE["preprocess"] + REFERENCE["pretrain"] + REFERENCE["finetune"]}
-    where = "reference figures, quiet 2-core machine" if ref else f"load {tp['quality_load']:.2f}"
+    where = {part: "reference figures, quiet 2-core machine" if ref else f"load {tp[part + '_load']:.2f}"
+             for part in ("quality", "pipeline")}
     result: dict[str, Any] = {"target_mlm_loss": target, "threads": threads, "load_now": os.getloadavg()[0],
                               "cores": os.cpu_count(), "tencentpretrain": tp, "tencentpretrain_measured": not ref,
                               "modaloom": ours}
     print(f"{threads} thread(s), {os.cpu_count()} cores; modaloom pre-training: bert/tiny, {' '.join(RECIPE)}, "
           f"{ours['precision']}, {ours['steps']} steps")
     print(f"(1) MLM loss {target:.3f}: TencentPretrain {tp['quality_seconds']:.1f} s (preprocess "
-          f"{tp['preprocess']:.1f} + {TP_STEPS if ref else 'its'} steps {tp['pretrain']:.1f}; {where})")
+          f"{tp['preprocess']:.1f} + {tp['steps']} steps {tp['pretrain']:.1f}; {where['quality']})")
     reached = ours["reached"]
     if reached:
         print(f"    modaloom: held-out MLM loss {reached['value']:.3f} at step {reached['step']}, "
@@ -197,8 +198,7 @@ def report(theirs: dict[str, Any] | None, ours: dict[str, Any], target: float, p
         print(f"    modaloom: held-out MLM loss did not reach {target:.3f} in {ours['steps']} steps")
     if "pipeline" in parts:
         print(f"(2) preprocess + pre-train + fine-tune: TencentPretrain {tp['pipeline_seconds']:.1f} s "
-              f"(fine-tune {tp['finetune']:.1f}), test accuracy {tp['test_accuracy']:.4f} ({where if ref else ''}"
-              f"{'' if ref else 'load ' + format(tp['pipeline_load'], '.2f')})")
+              f"(fine-tune {tp['finetune']:.1f}), test accuracy {tp['test_accuracy']:.4f} ({where['pipeline']})")
         print(f"    modaloom {ours['pipeline_seconds']:.1f} s (preprocess {ours['preprocess']:.1f} + pre-train "
               f"{ours['pretrain']:.1f} + fine-tune {ours['finetune']:.1f}), test accuracy "
               f"{ours['test_accuracy']:.4f} (load {ours['pipeline_load']:.2f})")

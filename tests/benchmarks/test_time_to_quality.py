@@ -73,13 +73,14 @@ def test_without_a_checkout_the_reference_figures_are_printed_and_no_ratio_claim
     result = time_to_quality.report(None, ours(True), 7.13, ["quality", "pipeline"], 2)
     out = capsys.readouterr().out
     assert "reference figures" in out and "no ratio claimed" in out and "x TencentPretrain" not in out
+    assert "preprocess 4.4 + 1000 steps 170.0" in out
     assert "at step 40, 14.5 s" in out and "test accuracy 0.8100" in out and "test accuracy 0.7795" in out
     assert result["tencentpretrain"]["pipeline_seconds"] == 4.40 + 170.0 + 418.0
     assert not result["tencentpretrain_measured"]
 
 
 def test_with_a_measured_tencentpretrain_both_ratios_are_printed(capsys):
-    theirs = {"preprocess": 4.0, "pretrain": 141.0, "mlm_loss": 7.2, "quality_seconds": 145.0, "quality_load": 0.4,
+    theirs = {"steps": 1000, "preprocess": 4.0, "pretrain": 141.0, "mlm_loss": 7.2, "quality_seconds": 145.0, "quality_load": 0.4,
               "finetune": 444.0, "test_accuracy": 0.78, "pipeline_seconds": 589.0, "pipeline_load": 0.5}
     result = time_to_quality.report(theirs, ours(True), 7.2, ["quality", "pipeline"], 2)
     out = capsys.readouterr().out
