@@ -53,7 +53,8 @@ TP_STEPS = 1000
 # TencentPretrain on this machine kind, quiet, 2 threads (../shared/data/tencentpretrain/README.md and
 # benchmarks/finetune.py's side by side): preprocess 4.40 s, 1,000 steps 170 s ending at MLM loss 7.13,
 # run_classifier.py 2 epochs 418 s (209 s/epoch) to test accuracy 0.7795
-REFERENCE = {"steps": TP_STEPS, "preprocess": 4.40, "pretrain": 170.0, "finetune": 418.0, "mlm_loss": 7.13, "test_accuracy": 0.7795}
+REFERENCE = {"steps": TP_STEPS, "preprocess": 4.40, "pretrain": 170.0, "finetune": 418.0, "mlm_loss": 7.13,
+             "test_accuracy": 0.7795}
 # The documented small-model pre-training recipe (docs/training.md, "A recipe for small models"): fixed, not
 # tuned per run. bf16 autocast is added where the CPU computes bf16 natively (``cpu_precision``).
 RECIPE = ("--lr", "1e-3", "train.warmup_ratio=0.1")
