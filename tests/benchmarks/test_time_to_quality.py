@@ -81,8 +81,8 @@ def test_without_a_checkout_the_reference_figures_are_printed_and_no_ratio_claim
 
 def test_with_a_measured_tencentpretrain_both_ratios_are_printed(capsys):
     theirs = {"steps": 1000, "preprocess": 4.0, "pretrain": 141.0, "mlm_loss": 7.2, "quality_seconds": 145.0,
-              "quality_load": 0.4,
-              "finetune": 444.0, "test_accuracy": 0.78, "pipeline_seconds": 589.0, "pipeline_load": 0.5}
+              "quality_load": 0.4, "finetune": 444.0, "test_accuracy": 0.78, "pipeline_seconds": 589.0,
+              "pipeline_load": 0.5}
     result = time_to_quality.report(theirs, ours(True), 7.2, ["quality", "pipeline"], 2)
     out = capsys.readouterr().out
     assert result["quality_ratio"] == 145.0 / 14.5 and result["pipeline_ratio"] == 589.0 / 147.0
