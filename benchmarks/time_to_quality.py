@@ -178,7 +178,7 @@ def report(theirs: dict[str, Any] | None, ours: dict[str, Any], target: float, p
     ref = theirs is None
     tp = theirs or {**REFERENCE, "quality_seconds": REFERENCE["preprocess"] + REFERENCE["pretrain"],
                     "pipeline_seconds": REFERENCE["preprocess"] + REFERENCE["pretrain"] + REFERENCE["finetune"]}
-    where = {part: "reference figures, quiet 2-core machine" if ref else f"load {tp[part + '_load']:.2f}"
+    where = {part: "reference figures, quiet 2-core machine" if ref else f"load {tp.get(part + '_load', 0):.2f}"
              for part in ("quality", "pipeline")}
     result: dict[str, Any] = {"target_mlm_loss": target, "threads": threads, "load_now": os.getloadavg()[0],
                               "cores": os.cpu_count(), "tencentpretrain": tp, "tencentpretrain_measured": not ref,
