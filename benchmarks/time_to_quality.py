@@ -48,6 +48,8 @@ from finetune import book_slice, tp_accuracies  # noqa: E402
 from side_by_side import SHARED, ZH_VOCAB, Measured, modaloom_command  # noqa: E402
 from vs_tencentpretrain import corpus_slice  # noqa: E402
 
+from modaloom.train.config import resolve_precision  # noqa: E402
+
 CORPUS = SHARED / "corpora" / "book_review_train_bert.txt"
 TP_STEPS = 1000
 # TencentPretrain on this machine kind, quiet, 2 threads (../shared/data/tencentpretrain/README.md and
@@ -56,7 +58,7 @@ TP_STEPS = 1000
 REFERENCE = {"steps": TP_STEPS, "preprocess": 4.40, "pretrain": 170.0, "finetune": 418.0, "mlm_loss": 7.13,
              "test_accuracy": 0.7795}
 # The documented small-model pre-training recipe (docs/training.md, "A recipe for small models"): fixed, not
-# tuned per run. bf16 autocast is added where the CPU computes bf16 natively (``cpu_precision``).
+# tuned per run. bf16 autocast is added where the CPU computes bf16 natively (``--precision auto``).
 RECIPE = ("--lr", "1e-3", "train.warmup_ratio=0.1")
 PIPELINE_STEPS = 100  # (2)'s pre-training budget, fixed in advance: about twice the ~40 steps (1) needs
 EVAL_EVERY = 10  # steps between held-out evaluations
@@ -80,16 +82,6 @@ def first_time_at_or_below(metrics: Path, key: str, target: float, start: float)
         if key in row and row[key] <= target:
             return {"step": row["step"], "value": row[key], "seconds": row["time"] - start}
     return None
-
-
-def cpu_precision() -> str:
-    """``bf16`` where torch reports native bf16 on this CPU (AVX512-BF16 or AMX), else ``fp32``: bf16
-    autocast emulated in fp32 instructions is slower than fp32."""
-    import torch
-
-    cpu = getattr(torch, "cpu", None)
-    checks = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    return "bf16" if any(check is not None and check() for check in checks) else "fp32"
 
 
 def pretrain_args(steps: int, precision: str, eval_every: int, holdout: int) -> list[str]:
@@ -237,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     book = book_slice(args.work, 64 if args.quick else 0)
     epochs, tp_steps = (1, QUICK_STEPS) if args.quick else (2, TP_STEPS)
     steps = args.steps or (QUICK_STEPS if args.quick else PIPELINE_STEPS)
-    precision = cpu_precision() if args.precision == "auto" else args.precision
+    precision = resolve_precision(args.precision, "cpu")  # what `--precision auto` settles to here
     theirs = None
     if args.tp is not None:
         theirs = run_tencentpretrain(args.tp.resolve(), args.tp_python, args.work, args.threads, corpus, tp_steps,

@@ -55,7 +55,7 @@ def test_bf16_only_where_the_cpu_has_it(monkeypatch):
     for avx512_bf16, amx, expected in ((True, False, "bf16"), (False, True, "bf16"), (False, False, "fp32")):
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v, raising=False)
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v, raising=False)
-        assert time_to_quality.cpu_precision() == expected
+        assert time_to_quality.resolve_precision("auto", "cpu") == expected
 
 
 def test_the_load_of_several_commands_is_weighted_by_their_wall_time():

@@ -137,6 +137,14 @@ def test_llama_7b_on_8_ranks_with_fsdp_and_bf16():
     assert 30 * 1024**3 < plan.peak < 45 * 1024**3
 
 
+def test_precision_auto_is_planned_as_the_device_would_settle_it(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert plan_run(job("bert/tiny", ["train.precision=auto"]), 1, device="cuda").precision == "bf16"
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    assert plan_run(job("bert/tiny", ["train.precision=auto"]), 1, device="cpu").precision == "fp32"
+
+
 def test_a_chunked_vocabulary_loss_is_planned_as_gradient_buffers_and_one_chunk_not_the_logits():
     model = build_model(job("bert/tiny", []).model)
     mlm, sp = model.targets["mlm"], model.targets["sp"]

@@ -146,6 +146,21 @@ def test_mixed_precision_trains(tmp_path, precision):
         assert state["scaler"]["scale"] > 0
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_precision_auto_is_bf16_only_where_the_device_has_it(tmp_path, monkeypatch, native):
+    from modaloom.train import config as train_config
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    assert train_config.resolve_precision("auto", "cpu") == ("bf16" if native else "fp32")
+    assert train_config.resolve_precision("fp16", "cpu") == "fp16"  # an explicit choice is kept
+    assert train_config.resolve_precision("auto", "mps") == "fp32"
+    trainer, summary = run(tmp_path, config(steps=2, precision="auto"))
+    expected = "bf16" if native else "fp32"
+    assert trainer.cfg.precision == summary["precision"] == expected
+    assert trainer.autocast_dtype == (torch.bfloat16 if native else torch.float32)
+
+
 def test_eval_runs_and_is_logged(tmp_path):
     torch.manual_seed(0)
     cfg = config(steps=6, eval_every=3, eval_batches=2)

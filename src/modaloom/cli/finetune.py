@@ -35,7 +35,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, help="examples per batch per process (default 32)")
     parser.add_argument("--lr", type=float, help="peak learning rate (default 2e-5, 10%% linear warm-up)")
     parser.add_argument("--seq-length", type=int, help="maximum tokens per example (default 128)")
-    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="train.precision")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"],
+                        help="train.precision (auto: bf16 where the device has it natively, else fp32)")
     parser.add_argument("--seed", type=int, help="train.seed")
     parser.add_argument("--resume", action="store_const", const="latest", default=None,
                         help="continue from the latest complete checkpoint in --out")

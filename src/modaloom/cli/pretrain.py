@@ -38,7 +38,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, help="examples per micro-batch per process (train.batch_size)")
     parser.add_argument("--lr", type=float, help="peak learning rate (train.lr)")
     parser.add_argument("--seq-length", type=int, help="data.seq_length")
-    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="train.precision")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16", "auto"],
+                        help="train.precision (auto: bf16 where the device has it natively, else fp32)")
     parser.add_argument("--seed", type=int, help="train.seed")
     parser.add_argument("--resume", action="store_const", const="latest", default=None,
                         help="continue from the latest complete checkpoint in --out (start fresh if none)")

@@ -91,8 +91,9 @@ class TrainConfig:
     tristage_final_scale: float = 0.01  # tristage: lr at the end as a fraction of lr
     # numerics
     clip_norm: float = 1.0  # largest global gradient norm; 0 disables clipping
-    # autocast dtype; fp16 adds a gradient scaler; weights stay fp32
-    precision: str = choice("fp32", "fp32", "bf16", "fp16")
+    # autocast dtype; fp16 adds a gradient scaler; weights stay fp32; auto: bf16 where the device computes it
+    # natively (CUDA with bf16, a CPU with AMX or AVX512-BF16), fp32 elsewhere (resolve_precision)
+    precision: str = choice("fp32", "fp32", "bf16", "fp16", "auto")
     activation_checkpointing: bool = False  # recompute layer activations in the backward pass to save memory
     compile: bool = False  # torch.compile the model's forward
     seed: int = 7  # seed of initialisation, sampling and masking
@@ -163,3 +164,23 @@ class TrainConfig:
         for key in ("eval_every", "save_every", "log_every", "threads", "eval_batches"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"train.{key} must be >= 0, got {getattr(self, key)}")
+
+
+def native_bf16(device_type: str) -> bool:
+    """Whether ``device_type`` ("cpu", "cuda") runs bf16 matmuls natively: emulated bf16 is slower than fp32."""
+    import torch
+
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device_type == "cpu":
+        cpu = getattr(torch, "cpu", None)
+        checks = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+        return any(bool(getattr(cpu, name, lambda: False)()) for name in checks)
+    return False
+
+
+def resolve_precision(precision: str, device_type: str) -> str:
+    """``train.precision`` as run on ``device_type``: ``auto`` becomes bf16 where it is native, else fp32."""
+    if precision != "auto":
+        return precision
+    return "bf16" if native_bf16(device_type) else "fp32"

@@ -25,6 +25,7 @@ their maximum at once; with gradient accumulation the gradients live through the
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -32,6 +33,7 @@ import torch
 from torch import nn
 
 from modaloom.errors import ConfigError
+from modaloom.train.config import resolve_precision
 
 PARTS = ("embedding", "encoder", "tgt_embedding", "decoder", "targets")
 FP32 = 4
@@ -287,6 +289,14 @@ def fsdp_working_set(model: nn.Module) -> int:
     return FP32 * (root + 3 * largest)
 
 
+def planned_precision(precision: str, device: str) -> str:
+    """``train.precision`` as the planned run would settle it; ``auto`` for a CUDA device that this machine does
+    not have is taken as bf16 (every current data-centre GPU has it)."""
+    if precision == "auto" and device == "cuda" and not torch.cuda.is_available():
+        return "bf16"
+    return resolve_precision(precision, device)
+
+
 def plan_run(cfg: Any, world_size: int = 1, device: str = "cpu") -> Plan:
     """Parameters and per-rank memory of training ``cfg`` (a job Config) on ``world_size`` ranks of
     ``device`` ("cpu" or "cuda"), from a model built on the meta device."""
@@ -296,7 +306,7 @@ def plan_run(cfg: Any, world_size: int = 1, device: str = "cpu") -> Plan:
         raise ConfigError(f"the number of processes must be >= 1, got {world_size}")
     if device not in ("cpu", "cuda"):
         raise ConfigError(f"device {device!r} is not planned for; valid: cpu, cuda")
-    train = cfg.train
+    train = dataclasses.replace(cfg.train, precision=planned_precision(cfg.train.precision, device))
     model = build_on_meta(cfg.model)
     set_trainable_parts(model, train)  # train.lora adds adapters, train.freeze / lora freeze the rest
     params = count_parameters(model)

@@ -16,6 +16,7 @@ is checkpointed. Device placement, activation checkpointing, DDP / FSDP2 and com
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import signal
 import threading
@@ -32,7 +33,7 @@ from modaloom.batch import Batch, count_real_tokens, count_samples, count_tokens
 from modaloom.errors import DataError, ModaloomError
 from modaloom.train import checkpoint as ckpt
 from modaloom.train import distributed as dist_utils
-from modaloom.train.config import TrainConfig
+from modaloom.train.config import TrainConfig, resolve_precision
 from modaloom.train.flops import flops_per_token, measure_matmul_peak
 from modaloom.train.hooks import load_hook_states, save_hook_states
 from modaloom.train.monitor import Monitor, peak_rss_mb
@@ -129,9 +130,11 @@ class Trainer:
         hooks: Sequence[Any] = (),
         job_identity: dict[str, Any] | None = None,
     ) -> None:
+        self.info = info or dist_utils.current()
+        # train.precision=auto is settled once, for this device; everything below reads the settled value
+        cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, self.info.device.type))
         self.cfg = cfg
         self.job_identity = dict(job_identity or {})  # what the data is (processor, tokenizer), checkpointed
-        self.info = info or dist_utils.current()
         self.device = self.info.device
         self.out_dir = Path(out_dir)
         self.model_config = model_config
@@ -432,6 +435,7 @@ class Trainer:
             "real_tokens_per_second": round(real_tps, 1),
             "samples_per_second": round(sps, 2),
             "mfu": float(f"{mfu:.4g}") if mfu is not None else None,  # significant digits: tiny models too
+            "precision": self.cfg.precision,  # as run (train.precision=auto settled for this device)
             "peak_rss_mb": round(peak_rss_mb(), 1),
             "final_loss": final_loss,
             "wall_seconds": round(end - clock, 2),
