@@ -10,11 +10,13 @@ and options, so a killed run resumes after its last complete shard with the same
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import json
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -80,14 +82,49 @@ def make_chunks(sources: Iterable[SourceRecord | Skip | str], max_records: int =
         yield chunk
 
 
-_WORKER_PROCESSOR: Processor | None = None
+_WORKER_PROCESSOR: Processor | None = None  # a forked worker inherits the main process's processor
 
 
 def _init_worker(job: PreprocessJob) -> None:
+    """Ignore Ctrl-C (the main process reports it and stops the pool), then build the processor if needed.
+
+    The pool is started with SIGINT blocked, so a Ctrl-C during start-up waits here and is discarded."""
     global _WORKER_PROCESSOR
-    # Ctrl-C reaches the whole process group: the main process alone reports it and terminates the pool.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _WORKER_PROCESSOR = job.build()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    if _WORKER_PROCESSOR is None:  # spawned, not forked
+        _WORKER_PROCESSOR = job.build()
+
+
+class Interrupts:
+    """Ctrl-C as a flag checked at defined points (after each chunk, while waiting for a worker, before
+    publishing), so that it is never raised inside a finalizer or a pool callback, where Python would
+    print and drop it. A second Ctrl-C raises at once. Only installed over Python's default handler in
+    the main thread: an ignored SIGINT (``nohup``, ``cmd &``) or a caller's own handler is left alone."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> Interrupts:
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if Ctrl-C was pressed since the run started."""
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def _run_chunk(records: list[SourceRecord], index: int) -> ChunkResult:
@@ -104,33 +141,53 @@ def _sources(processor: Processor, corpora: Sequence[Path], fmt: str,
             yield from read_corpus(path, processor.input_kind, fmt, reader)
 
 
-def _results(job: PreprocessJob, processor: Processor, chunks: Iterator[Chunk],
-             workers: int) -> Iterator[tuple[Chunk, ChunkResult]]:
+def _results(job: PreprocessJob, processor: Processor, chunks: Iterator[Chunk], workers: int,
+             interrupts: Interrupts) -> Iterator[tuple[Chunk, ChunkResult]]:
     """Chunk results in input order; in-process for one worker, else a pool with bounded in-flight work."""
     if workers <= 1:
         for chunk in chunks:
+            interrupts.check()
             yield chunk, processor.process_chunk(chunk.records, chunk.index)
         return
-    # fork is cheap and keeps the tokenizer's fast path when this process has not used Rust threads yet
-    # (see _limit_rust_threads); otherwise the tokenizers library makes the children serial, still safe.
+    global _WORKER_PROCESSOR
+    # fork is cheap, hands the workers this process's processor and keeps the tokenizer's fast path when
+    # this process has not used Rust threads yet (see _limit_rust_threads); otherwise the tokenizers
+    # library makes the children serial, still safe.
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    pool = multiprocessing.get_context(method).Pool(workers, initializer=_init_worker, initargs=(job,))
+    _WORKER_PROCESSOR = processor if method == "fork" else None
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # workers start with it blocked
+    try:
+        pool = multiprocessing.get_context(method).Pool(workers, initializer=_init_worker, initargs=(job,))
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        _WORKER_PROCESSOR = None
     pending: collections.deque[tuple[Chunk, Any]] = collections.deque()
     try:
         for chunk in chunks:
+            interrupts.check()
             # records are sent and skips stay here, so the chunk is not pickled whole
             pending.append((chunk, pool.apply_async(_run_chunk, (chunk.records, chunk.index))))
             chunk.records = []
             while len(pending) >= 2 * workers:
                 done, result = pending.popleft()
-                yield done, result.get()
+                yield done, _wait(result, interrupts)
         while pending:
             done, result = pending.popleft()
-            yield done, result.get()
+            yield done, _wait(result, interrupts)
         pool.close()
         pool.join()
     finally:
         pool.terminate()
+
+
+def _wait(result: Any, interrupts: Interrupts) -> ChunkResult:
+    """A worker's result, checking for Ctrl-C before and while it is not ready (the handler alone does not
+    end a wait)."""
+    interrupts.check()
+    while not result.ready():
+        result.wait(0.1)
+        interrupts.check()
+    return result.get()
 
 
 def preprocess(processor_name: str, corpora: Sequence[str | Path], out_dir: str | Path, *,
@@ -166,8 +223,8 @@ def preprocess(processor_name: str, corpora: Sequence[str | Path], out_dir: str 
     inputs = [*corpora, *(Path(f) for f in (tokenizer.vocab, tokenizer.merges) if f)] if tokenizer else corpora
     key = _resume_key(processor, corpora, corpus_format, seq_length, seed, chunk_records, shard_bytes, reader)
     token_field = "input_ids" if "input_ids" in processor.fields else ""
-    with DatasetWriter(out_dir, processor.fields, overwrite=overwrite, inputs=inputs, shard_bytes=shard_bytes,
-                       resume_key=key) as writer:
+    with Interrupts() as interrupts, DatasetWriter(out_dir, processor.fields, overwrite=overwrite, inputs=inputs,
+                                                   shard_bytes=shard_bytes, resume_key=key) as writer:
         state = writer.resumed or {"chunks": 0, "counters": {}, "tokens": 0}
         counters: collections.Counter[str] = collections.Counter(state["counters"])
         tokens = int(state["tokens"])
@@ -175,20 +232,22 @@ def preprocess(processor_name: str, corpora: Sequence[str | Path], out_dir: str 
             processor.tokenizer.save(writer.path / "tokenizer")
         chunks = make_chunks(_sources(processor, corpora, corpus_format, reader), max_records=chunk_records)
         todo = (chunk for chunk in chunks if chunk.index >= state["chunks"])  # earlier ones are in shards
-        for chunk, result in _results(job, processor, todo, workers):
-            for skip in chunk.skips:
-                writer.skip(skip)
-            for skip in result.skips:
-                writer.skip(skip)
-            counters.update(result.counters)
-            counters["input_records"] += result.inputs
-            counters["blank_lines"] += chunk.blank_lines
-            if token_field and result.batch.count:
-                tokens += result.batch.total_length(token_field)
-            if writer.add_batch(result.batch):
-                writer.save_progress({"chunks": chunk.index + 1, "counters": dict(counters), "tokens": tokens})
-            if progress is not None:
-                progress(writer.count, counters["input_records"])
+        results = contextlib.closing(_results(job, processor, todo, workers, interrupts))
+        with results as ordered:  # the pool stops here on any exception, not when the generator is collected
+            for chunk, result in ordered:
+                for skip in chunk.skips:
+                    writer.skip(skip)
+                for skip in result.skips:
+                    writer.skip(skip)
+                counters.update(result.counters)
+                counters["input_records"] += result.inputs
+                counters["blank_lines"] += chunk.blank_lines
+                if token_field and result.batch.count:
+                    tokens += result.batch.total_length(token_field)
+                if writer.add_batch(result.batch):
+                    writer.save_progress({"chunks": chunk.index + 1, "counters": dict(counters), "tokens": tokens})
+                if progress is not None:
+                    progress(writer.count, counters["input_records"])
         if writer.count == 0:
             raise DataError(f"no records were produced from {', '.join(map(str, corpora))} "
                             f"({sum(writer.skip_reasons.values())} skipped: {dict(writer.skip_reasons)})")
@@ -204,6 +263,7 @@ def preprocess(processor_name: str, corpora: Sequence[str | Path], out_dir: str 
         }
         if writer.resumed is not None:
             manifest["resumed"] = {"shards": writer.resumed_shards, "records": writer.resumed_records}
+        interrupts.check()  # the last point where Ctrl-C stops the run: after the rename it is complete
         writer.close(manifest)
     return writer.manifest
 

@@ -7,9 +7,10 @@ lookup is some forty times cheaper. Everything else (letters, digits, marks, con
 *runs* between isolated characters) still goes through the backend, so the ids are the backend's own.
 
 A character is classified once, by asking the backend itself: it is isolated only when ``"a" + c + "a"``
-pre-tokenizes into three words, ``c`` alone normalizes to itself (padded or not) and encodes to one id,
-and Python agrees it has no decomposition and is not a combining mark (so neither Unicode normalization
-nor special-token matching can join it to a neighbour). Anything that fails a check is a run character.
+encodes to three tokens from three words, the middle one the single id of ``c`` alone; and Python agrees
+it has no decomposition, is not a combining mark and is in no special token (so neither Unicode
+normalization nor special-token matching can join it to a neighbour). A separator encodes to nothing
+and splits ``"aa"`` in two. Anything that fails a check is a run character.
 """
 
 from __future__ import annotations
@@ -41,14 +42,14 @@ class IsolatedChars:
         for c in chars.difference(candidates):
             self.table[c] = RUN
         if candidates:
-            normalizer, pre_tokenizer = self.backend.normalizer, self.backend.pre_tokenizer
-            alone = self.backend.encode_batch(candidates, add_special_tokens=False)
-            for c, encoding in zip(candidates, alone):
-                words = [w for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(f"a{c}a"))]
-                normalized = normalizer.normalize_str(c)
-                if words == ["a", c, "a"] and normalized.strip(" ") == c and len(encoding.ids) == 1:
-                    self.table[c] = encoding.ids[0]
-                elif words == ["a", "a"] and normalized.strip(" ") == "" and not encoding.ids:
+            encode = self.backend.encode_batch
+            alone = encode(candidates, add_special_tokens=False)
+            between = encode([f"a{c}a" for c in candidates], add_special_tokens=False)
+            for c, single, probe in zip(candidates, alone, between):
+                ids, words = probe.ids, probe.word_ids
+                if len(single.ids) == 1 and words == [0, 1, 2] and ids[1] == single.ids[0] and ids[0] == ids[2]:
+                    self.table[c] = single.ids[0]
+                elif not single.ids and words == [0, 1] and ids[0] == ids[1]:
                     self.table[c] = SEPARATOR
                 else:
                     self.table[c] = RUN
