@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
@@ -85,15 +86,37 @@ def make_chunks(sources: Iterable[SourceRecord | Skip | str], max_records: int =
 _WORKER_PROCESSOR: Processor | None = None  # a forked worker inherits the main process's processor
 
 
-def _init_worker(job: PreprocessJob) -> None:
-    """Ignore Ctrl-C (the main process reports it and stops the pool), then build the processor if needed.
+def _worker_loop(conn: Connection, job: PreprocessJob, inherited: Sequence[Connection]) -> None:
+    """A worker: chunks in, results (or the exception) out, until ``None`` or the main process is gone.
 
-    The pool is started with SIGINT blocked, so a Ctrl-C during start-up waits here and is discarded."""
-    global _WORKER_PROCESSOR
+    Ctrl-C is ignored here (the main process reports it and stops the workers); the workers are started
+    with SIGINT blocked, so one that arrives during start-up waits until it is ignored, then is dropped.
+    ``inherited``: the main process's ends of the pipes, which a forked worker closes so that it sees
+    the end of its pipe (and exits) when the main process dies."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    if _WORKER_PROCESSOR is None:  # spawned, not forked
-        _WORKER_PROCESSOR = job.build()
+    for other in inherited:
+        other.close()
+    processor = _WORKER_PROCESSOR
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:
+            return
+        if task is None:
+            return
+        try:
+            if processor is None:  # spawned, not forked
+                processor = job.build()
+            reply: tuple[str, Any] = ("ok", processor.process_chunk(*task))
+        except Exception as exc:  # noqa: BLE001 - sent to the main process, which raises it
+            reply = ("error", exc)
+        try:
+            conn.send(reply)
+        except OSError:  # the main process is gone
+            return
+        except Exception as exc:  # noqa: BLE001 - an exception that does not pickle
+            conn.send(("error", RuntimeError(f"{type(reply[1]).__name__}: {reply[1]} ({exc})")))
 
 
 class Interrupts:
@@ -127,11 +150,6 @@ class Interrupts:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def _run_chunk(records: list[SourceRecord], index: int) -> ChunkResult:
-    assert _WORKER_PROCESSOR is not None
-    return _WORKER_PROCESSOR.process_chunk(records, index)
-
-
 def _sources(processor: Processor, corpora: Sequence[Path], fmt: str,
              reader: ReaderOptions) -> Iterator[SourceRecord | Skip | str]:
     for path in corpora:
@@ -143,51 +161,116 @@ def _sources(processor: Processor, corpora: Sequence[Path], fmt: str,
 
 def _results(job: PreprocessJob, processor: Processor, chunks: Iterator[Chunk], workers: int,
              interrupts: Interrupts) -> Iterator[tuple[Chunk, ChunkResult]]:
-    """Chunk results in input order; in-process for one worker, else a pool with bounded in-flight work."""
+    """Chunk results in input order; in-process for one worker, else worker processes with at most
+    ``2 * workers`` chunks sent and not yet yielded (memory does not grow with the corpus)."""
     if workers <= 1:
         for chunk in chunks:
             interrupts.check()
             yield chunk, processor.process_chunk(chunk.records, chunk.index)
         return
-    global _WORKER_PROCESSOR
-    # fork is cheap, hands the workers this process's processor and keeps the tokenizer's fast path when
-    # this process has not used Rust threads yet (see _limit_rust_threads); otherwise the tokenizers
-    # library makes the children serial, still safe.
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    _WORKER_PROCESSOR = processor if method == "fork" else None
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # workers start with it blocked
+    pool = _Workers(job, processor, workers)
     try:
-        pool = multiprocessing.get_context(method).Pool(workers, initializer=_init_worker, initargs=(job,))
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        _WORKER_PROCESSOR = None
-    pending: collections.deque[tuple[Chunk, Any]] = collections.deque()
-    try:
-        for chunk in chunks:
-            interrupts.check()
-            # records are sent and skips stay here, so the chunk is not pickled whole
-            pending.append((chunk, pool.apply_async(_run_chunk, (chunk.records, chunk.index))))
-            chunk.records = []
-            while len(pending) >= 2 * workers:
-                done, result = pending.popleft()
-                yield done, _wait(result, interrupts)
-        while pending:
-            done, result = pending.popleft()
-            yield done, _wait(result, interrupts)
+        yield from pool.ordered(chunks, interrupts)
         pool.close()
-        pool.join()
     finally:
-        pool.terminate()
+        pool.stop()
 
 
-def _wait(result: Any, interrupts: Interrupts) -> ChunkResult:
-    """A worker's result, checking for Ctrl-C before and while it is not ready (the handler alone does not
-    end a wait)."""
-    interrupts.check()
-    while not result.ready():
-        result.wait(0.1)
-        interrupts.check()
-    return result.get()
+class _Workers:
+    """Worker processes, each with its own pipe and at most one chunk at a time.
+
+    No helper threads (unlike ``multiprocessing.Pool``, whose ``terminate`` can hang while its task thread
+    writes a large chunk into a pipe nobody reads): the main process sends a chunk only to an idle worker,
+    which is waiting to read it, and ``stop`` kills the workers outright."""
+
+    def __init__(self, job: PreprocessJob, processor: Processor, count: int):
+        global _WORKER_PROCESSOR
+        # fork is cheap, hands the workers this process's processor and keeps the tokenizer's fast path
+        # when this process has not used Rust threads yet (see _limit_rust_threads); otherwise the
+        # tokenizers library makes the children serial, still safe.
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        context = multiprocessing.get_context(method)
+        self.processes: list[Any] = []
+        self.conns: list[Connection] = []
+        _WORKER_PROCESSOR = processor if method == "fork" else None
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # workers start with it blocked
+        try:
+            for _ in range(count):
+                parent, child = context.Pipe()
+                inherited = [parent, *self.conns] if method == "fork" else []
+                process = context.Process(target=_worker_loop, args=(child, job, inherited), daemon=True)
+                process.start()
+                child.close()
+                self.processes.append(process)
+                self.conns.append(parent)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            _WORKER_PROCESSOR = None
+
+    def ordered(self, chunks: Iterator[Chunk], interrupts: Interrupts) -> Iterator[tuple[Chunk, ChunkResult]]:
+        """Send chunks to idle workers and yield their results in input order."""
+        limit = 2 * len(self.conns)
+        idle = list(range(len(self.conns)))[::-1]
+        busy: dict[int, int] = {}  # worker -> sequence number of its chunk
+        sent: dict[int, Chunk] = {}  # sequence number -> chunk (its records already sent)
+        results: dict[int, ChunkResult] = {}
+        next_send = next_yield = 0
+        remaining = True
+        while True:
+            while remaining and idle and next_send - next_yield < limit:
+                interrupts.check()
+                chunk = next(chunks, None)
+                if chunk is None:
+                    remaining = False
+                    break
+                worker = idle.pop()
+                # records are sent and skips stay here, so the chunk is not pickled whole
+                self.conns[worker].send((chunk.records, chunk.index))
+                chunk.records = []
+                busy[worker], sent[next_send] = next_send, chunk
+                next_send += 1
+            if next_yield in results:
+                yield sent.pop(next_yield), results.pop(next_yield)
+                next_yield += 1
+                continue
+            if not busy:
+                return
+            ready = wait([self.conns[w] for w in busy], timeout=0.1)
+            interrupts.check()
+            for conn in ready:
+                worker = self.conns.index(conn)  # type: ignore[arg-type]
+                results[busy.pop(worker)] = self._receive(worker)
+                idle.append(worker)
+
+    def _receive(self, worker: int) -> ChunkResult:
+        try:
+            status, payload = self.conns[worker].recv()
+        except EOFError:
+            process = self.processes[worker]
+            process.join(1)
+            raise DataError(f"preprocess worker process {process.pid} stopped (exit code {process.exitcode}, "
+                            "e.g. killed when out of memory); rerun with fewer --workers (complete shards "
+                            "are reused)") from None
+        if status == "error":
+            raise payload
+        return payload
+
+    def close(self) -> None:
+        """Ask every worker to finish and wait for it (after the last result)."""
+        for conn in self.conns:
+            conn.send(None)
+        for process in self.processes:
+            process.join()
+
+    def stop(self) -> None:
+        """Kill the workers that are still running (an error or Ctrl-C in the main process) and reap them."""
+        for process in self.processes:
+            if process.exitcode is None:
+                process.terminate()
+        for process in self.processes:
+            process.join()
+        for conn in self.conns:
+            conn.close()
 
 
 def preprocess(processor_name: str, corpora: Sequence[str | Path], out_dir: str | Path, *,

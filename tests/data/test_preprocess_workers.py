@@ -1,8 +1,10 @@
-"""Ctrl-C during preprocess is a flag checked at defined points: never lost in a finalizer, never half-handled."""
+"""Worker processes and Ctrl-C: a flag checked at defined points, never lost in a finalizer; worker failures named."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import re
 import signal
 
 import pytest
@@ -10,6 +12,8 @@ import pytest
 from modaloom.data import preprocess as preprocess_module
 from modaloom.data.config import TokenizerConfig
 from modaloom.data.preprocess import Interrupts, preprocess
+from modaloom.data.processors.bert import BertProcessor
+from modaloom.errors import DataError
 from tests.data.text_fixtures import write_documents, write_vocab
 
 
@@ -63,3 +67,27 @@ def test_sigint_is_unblocked_in_the_main_process_after_the_pool_starts(tmp_path)
     preprocess("bert", [corpus], tmp_path / "ds", workers=2, chunk_records=4, seq_length=32,
                tokenizer=TokenizerConfig(type="wordpiece", vocab=str(write_vocab(tmp_path))))
     assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, set())
+
+
+def _failing_chunk(how: str):
+    original = BertProcessor.process_chunk
+
+    def process_chunk(self, records, index):
+        if index == 2:
+            if how == "die":
+                os._exit(9)  # as when the kernel kills a worker that is out of memory
+            raise DataError(f"bad chunk {index}")
+        return original(self, records, index)
+
+    return process_chunk
+
+
+@pytest.mark.parametrize(("how", "message"), [("raise", "bad chunk 2"), ("die", "stopped (exit code 9")])
+def test_a_worker_error_or_death_is_raised_in_the_main_process(tmp_path, monkeypatch, how, message):
+    monkeypatch.setattr(BertProcessor, "process_chunk", _failing_chunk(how))  # forked workers inherit it
+    corpus = write_documents(tmp_path / "docs.txt", documents=40)
+    with pytest.raises(DataError, match=re.escape(message)):
+        preprocess("bert", [corpus], tmp_path / "ds", workers=2, chunk_records=4, seq_length=32,
+                   tokenizer=TokenizerConfig(type="wordpiece", vocab=str(write_vocab(tmp_path))))
+    assert not (tmp_path / "ds").exists() and not (tmp_path / ".ds.partial").exists()
+    assert not multiprocessing.active_children()  # the other worker was stopped and reaped
