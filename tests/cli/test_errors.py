@@ -135,21 +135,28 @@ def test_closed_pipe_exits_quietly(tmp_path):
     assert err == ""
 
 
+def _default_sigint() -> None:
+    """In the child before exec: Python installs its Ctrl-C handler only over the default disposition, and
+    a test runner started with ``&`` or ``nohup`` passes SIGINT on ignored (the run would then finish)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_with_workers_prints_one_line_and_exits_130(tmp_path):
     big = tmp_path / "big.txt"
     big.write_text("\n".join(sentences(600_000)) + "\n", encoding="utf-8")
     out = tmp_path / "ds"
     proc = _cli("preprocess", "--processor", "lm", "--corpus", str(big), "--vocab",
                 str(write_vocab(tmp_path / "vocab.txt")), "--out", str(out), "--workers", "2",
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    partial = tmp_path / ".ds.partial"
-    deadline = time.monotonic() + 60
-    while not partial.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    time.sleep(0.3)  # the pool is started and busy
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, preexec_fn=_default_sigint)
+    first_shard = tmp_path / ".ds.partial" / "shard-00000"  # made when the first worker result is written
+    deadline = time.monotonic() + 120
+    while not first_shard.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert proc.poll() is None, "preprocess finished before it could be interrupted; use a bigger corpus"
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal does on Ctrl-C: the whole process group
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130
     assert err == "modaloom preprocess: interrupted\n"
-    assert not out.exists()
+    assert not out.exists() and not (tmp_path / ".ds.partial").exists()
+    with pytest.raises(ProcessLookupError):  # the workers were stopped too: nothing is left in the group
+        os.killpg(proc.pid, 0)

@@ -207,3 +207,36 @@ def test_progress_of_another_key_or_a_damaged_shard_starts_clean(tmp_path):
         writer.add({"input_ids": [1], "label": 1})
         raise KeyboardInterrupt  # nothing saved yet: nothing worth keeping
     assert not (tmp_path / ".y.partial").exists()
+
+
+BULK_FIELDS = {"ids": FieldSpec("uint16"), "label": FieldSpec("uint8", "scalar")}
+
+
+def _packed_bytes(batch: RecordBatch) -> dict[str, tuple[bytes, list[int] | None]]:
+    return {name: (flat.tobytes(), None if lengths is None else lengths.tolist())
+            for name, (flat, lengths) in batch.packed().items()}
+
+
+@pytest.mark.parametrize("records", [
+    [{"ids": [1, 2, 3], "label": 1}, {"ids": [], "label": 0}, {"ids": [65535], "label": 255}],  # bulk path
+    [{"ids": np.arange(3), "label": np.int64(2)}, {"ids": [4, 5], "label": 1}],  # arrays: one by one
+    [{"ids": [[1, 2], [3, 4]], "label": 1}, {"ids": [5], "label": 0}],  # nested lists are flattened by add
+    [],
+])
+def test_add_many_equals_add_one_by_one(records):
+    one_by_one, bulk = RecordBatch(BULK_FIELDS), RecordBatch(BULK_FIELDS)
+    for record in records:
+        one_by_one.add(record)
+    bulk.add_many(records)
+    assert bulk.count == one_by_one.count == len(records)
+    assert _packed_bytes(bulk) == _packed_bytes(one_by_one)
+
+
+@pytest.mark.parametrize(("record", "error"), [({"ids": [1]}, KeyError), ({"ids": [1], "label": [1, 2]}, ValueError),
+                                               ({"ids": [70000], "label": 1}, OverflowError)])
+def test_add_many_raises_what_add_raises(record, error):
+    batch = RecordBatch(BULK_FIELDS)
+    with pytest.raises(error):
+        batch.add_many([{"ids": [1], "label": 0}, record])
+    with pytest.raises(error):
+        RecordBatch(BULK_FIELDS).add(record)

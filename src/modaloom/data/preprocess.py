@@ -10,14 +10,17 @@ and options, so a killed run resumes after its last complete shard with the same
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import json
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
@@ -80,19 +83,71 @@ def make_chunks(sources: Iterable[SourceRecord | Skip | str], max_records: int =
         yield chunk
 
 
-_WORKER_PROCESSOR: Processor | None = None
+_WORKER_PROCESSOR: Processor | None = None  # a forked worker inherits the main process's processor
 
 
-def _init_worker(job: PreprocessJob) -> None:
-    global _WORKER_PROCESSOR
-    # Ctrl-C reaches the whole process group: the main process alone reports it and terminates the pool.
+def _worker_loop(conn: Connection, job: PreprocessJob, inherited: Sequence[Connection]) -> None:
+    """A worker: chunks in, results (or the exception) out, until ``None`` or the main process is gone.
+
+    Ctrl-C is ignored here (the main process reports it and stops the workers); the workers are started
+    with SIGINT blocked, so one that arrives during start-up waits until it is ignored, then is dropped.
+    ``inherited``: the main process's ends of the pipes, which a forked worker closes so that it sees
+    the end of its pipe (and exits) when the main process dies."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _WORKER_PROCESSOR = job.build()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    for other in inherited:
+        other.close()
+    processor = _WORKER_PROCESSOR
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:
+            return
+        if task is None:
+            return
+        try:
+            if processor is None:  # spawned, not forked
+                processor = job.build()
+            reply: tuple[str, Any] = ("ok", processor.process_chunk(*task))
+        except Exception as exc:  # noqa: BLE001 - sent to the main process, which raises it
+            reply = ("error", exc)
+        try:
+            conn.send(reply)
+        except OSError:  # the main process is gone
+            return
+        except Exception as exc:  # noqa: BLE001 - an exception that does not pickle
+            conn.send(("error", RuntimeError(f"{type(reply[1]).__name__}: {reply[1]} ({exc})")))
 
 
-def _run_chunk(records: list[SourceRecord], index: int) -> ChunkResult:
-    assert _WORKER_PROCESSOR is not None
-    return _WORKER_PROCESSOR.process_chunk(records, index)
+class Interrupts:
+    """Ctrl-C as a flag checked at defined points (after each chunk, while waiting for a worker, before
+    publishing), so that it is never raised inside a finalizer or a pool callback, where Python would
+    print and drop it. A second Ctrl-C raises at once. Only installed over Python's default handler in
+    the main thread: an ignored SIGINT (``nohup``, ``cmd &``) or a caller's own handler is left alone."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def __enter__(self) -> Interrupts:
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def check(self) -> None:
+        """Raise KeyboardInterrupt if Ctrl-C was pressed since the run started."""
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def _sources(processor: Processor, corpora: Sequence[Path], fmt: str,
@@ -104,33 +159,118 @@ def _sources(processor: Processor, corpora: Sequence[Path], fmt: str,
             yield from read_corpus(path, processor.input_kind, fmt, reader)
 
 
-def _results(job: PreprocessJob, processor: Processor, chunks: Iterator[Chunk],
-             workers: int) -> Iterator[tuple[Chunk, ChunkResult]]:
-    """Chunk results in input order; in-process for one worker, else a pool with bounded in-flight work."""
+def _results(job: PreprocessJob, processor: Processor, chunks: Iterator[Chunk], workers: int,
+             interrupts: Interrupts) -> Iterator[tuple[Chunk, ChunkResult]]:
+    """Chunk results in input order; in-process for one worker, else worker processes with at most
+    ``2 * workers`` chunks sent and not yet yielded (memory does not grow with the corpus)."""
     if workers <= 1:
         for chunk in chunks:
+            interrupts.check()
             yield chunk, processor.process_chunk(chunk.records, chunk.index)
         return
-    # fork is cheap and keeps the tokenizer's fast path when this process has not used Rust threads yet
-    # (see _limit_rust_threads); otherwise the tokenizers library makes the children serial, still safe.
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    pool = multiprocessing.get_context(method).Pool(workers, initializer=_init_worker, initargs=(job,))
-    pending: collections.deque[tuple[Chunk, Any]] = collections.deque()
+    pool = _Workers(job, processor, workers)
     try:
-        for chunk in chunks:
-            # records are sent and skips stay here, so the chunk is not pickled whole
-            pending.append((chunk, pool.apply_async(_run_chunk, (chunk.records, chunk.index))))
-            chunk.records = []
-            while len(pending) >= 2 * workers:
-                done, result = pending.popleft()
-                yield done, result.get()
-        while pending:
-            done, result = pending.popleft()
-            yield done, result.get()
+        yield from pool.ordered(chunks, interrupts)
         pool.close()
-        pool.join()
     finally:
-        pool.terminate()
+        pool.stop()
+
+
+class _Workers:
+    """Worker processes, each with its own pipe and at most one chunk at a time.
+
+    No helper threads (unlike ``multiprocessing.Pool``, whose ``terminate`` can hang while its task thread
+    writes a large chunk into a pipe nobody reads): the main process sends a chunk only to an idle worker,
+    which is waiting to read it, and ``stop`` kills the workers outright."""
+
+    def __init__(self, job: PreprocessJob, processor: Processor, count: int):
+        global _WORKER_PROCESSOR
+        # fork is cheap, hands the workers this process's processor and keeps the tokenizer's fast path
+        # when this process has not used Rust threads yet (see _limit_rust_threads); otherwise the
+        # tokenizers library makes the children serial, still safe.
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        context = multiprocessing.get_context(method)
+        self.processes: list[Any] = []
+        self.conns: list[Connection] = []
+        _WORKER_PROCESSOR = processor if method == "fork" else None
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})  # workers start with it blocked
+        try:
+            for _ in range(count):
+                parent, child = context.Pipe()
+                inherited = [parent, *self.conns] if method == "fork" else []
+                process = context.Process(target=_worker_loop, args=(child, job, inherited), daemon=True)
+                process.start()
+                child.close()
+                self.processes.append(process)
+                self.conns.append(parent)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            _WORKER_PROCESSOR = None
+
+    def ordered(self, chunks: Iterator[Chunk], interrupts: Interrupts) -> Iterator[tuple[Chunk, ChunkResult]]:
+        """Send chunks to idle workers and yield their results in input order."""
+        limit = 2 * len(self.conns)
+        idle = list(range(len(self.conns)))[::-1]
+        busy: dict[int, int] = {}  # worker -> sequence number of its chunk
+        sent: dict[int, Chunk] = {}  # sequence number -> chunk (its records already sent)
+        results: dict[int, ChunkResult] = {}
+        next_send = next_yield = 0
+        remaining = True
+        while True:
+            while remaining and idle and next_send - next_yield < limit:
+                interrupts.check()
+                chunk = next(chunks, None)
+                if chunk is None:
+                    remaining = False
+                    break
+                worker = idle.pop()
+                # records are sent and skips stay here, so the chunk is not pickled whole
+                self.conns[worker].send((chunk.records, chunk.index))
+                chunk.records = []
+                busy[worker], sent[next_send] = next_send, chunk
+                next_send += 1
+            if next_yield in results:
+                yield sent.pop(next_yield), results.pop(next_yield)
+                next_yield += 1
+                continue
+            if not busy:
+                return
+            ready = wait([self.conns[w] for w in busy], timeout=0.1)
+            interrupts.check()
+            for conn in ready:
+                worker = self.conns.index(conn)  # type: ignore[arg-type]
+                results[busy.pop(worker)] = self._receive(worker)
+                idle.append(worker)
+
+    def _receive(self, worker: int) -> ChunkResult:
+        try:
+            status, payload = self.conns[worker].recv()
+        except EOFError:
+            process = self.processes[worker]
+            process.join(1)
+            raise DataError(f"preprocess worker process {process.pid} stopped (exit code {process.exitcode}, "
+                            "e.g. killed when out of memory); rerun with fewer --workers (complete shards "
+                            "are reused)") from None
+        if status == "error":
+            raise payload
+        return payload
+
+    def close(self) -> None:
+        """Ask every worker to finish and wait for it (after the last result)."""
+        for conn in self.conns:
+            conn.send(None)
+        for process in self.processes:
+            process.join()
+
+    def stop(self) -> None:
+        """Kill the workers that are still running (an error or Ctrl-C in the main process) and reap them."""
+        for process in self.processes:
+            if process.exitcode is None:
+                process.terminate()
+        for process in self.processes:
+            process.join()
+        for conn in self.conns:
+            conn.close()
 
 
 def preprocess(processor_name: str, corpora: Sequence[str | Path], out_dir: str | Path, *,
@@ -166,8 +306,8 @@ def preprocess(processor_name: str, corpora: Sequence[str | Path], out_dir: str 
     inputs = [*corpora, *(Path(f) for f in (tokenizer.vocab, tokenizer.merges) if f)] if tokenizer else corpora
     key = _resume_key(processor, corpora, corpus_format, seq_length, seed, chunk_records, shard_bytes, reader)
     token_field = "input_ids" if "input_ids" in processor.fields else ""
-    with DatasetWriter(out_dir, processor.fields, overwrite=overwrite, inputs=inputs, shard_bytes=shard_bytes,
-                       resume_key=key) as writer:
+    with Interrupts() as interrupts, DatasetWriter(out_dir, processor.fields, overwrite=overwrite, inputs=inputs,
+                                                   shard_bytes=shard_bytes, resume_key=key) as writer:
         state = writer.resumed or {"chunks": 0, "counters": {}, "tokens": 0}
         counters: collections.Counter[str] = collections.Counter(state["counters"])
         tokens = int(state["tokens"])
@@ -175,20 +315,22 @@ def preprocess(processor_name: str, corpora: Sequence[str | Path], out_dir: str 
             processor.tokenizer.save(writer.path / "tokenizer")
         chunks = make_chunks(_sources(processor, corpora, corpus_format, reader), max_records=chunk_records)
         todo = (chunk for chunk in chunks if chunk.index >= state["chunks"])  # earlier ones are in shards
-        for chunk, result in _results(job, processor, todo, workers):
-            for skip in chunk.skips:
-                writer.skip(skip)
-            for skip in result.skips:
-                writer.skip(skip)
-            counters.update(result.counters)
-            counters["input_records"] += result.inputs
-            counters["blank_lines"] += chunk.blank_lines
-            if token_field and result.batch.count:
-                tokens += result.batch.total_length(token_field)
-            if writer.add_batch(result.batch):
-                writer.save_progress({"chunks": chunk.index + 1, "counters": dict(counters), "tokens": tokens})
-            if progress is not None:
-                progress(writer.count, counters["input_records"])
+        results = contextlib.closing(_results(job, processor, todo, workers, interrupts))
+        with results as ordered:  # the pool stops here on any exception, not when the generator is collected
+            for chunk, result in ordered:
+                for skip in chunk.skips:
+                    writer.skip(skip)
+                for skip in result.skips:
+                    writer.skip(skip)
+                counters.update(result.counters)
+                counters["input_records"] += result.inputs
+                counters["blank_lines"] += chunk.blank_lines
+                if token_field and result.batch.count:
+                    tokens += result.batch.total_length(token_field)
+                if writer.add_batch(result.batch):
+                    writer.save_progress({"chunks": chunk.index + 1, "counters": dict(counters), "tokens": tokens})
+                if progress is not None:
+                    progress(writer.count, counters["input_records"])
         if writer.count == 0:
             raise DataError(f"no records were produced from {', '.join(map(str, corpora))} "
                             f"({sum(writer.skip_reasons.values())} skipped: {dict(writer.skip_reasons)})")
@@ -204,6 +346,7 @@ def preprocess(processor_name: str, corpora: Sequence[str | Path], out_dir: str 
         }
         if writer.resumed is not None:
             manifest["resumed"] = {"shards": writer.resumed_shards, "records": writer.resumed_records}
+        interrupts.check()  # the last point where Ctrl-C stops the run: after the rename it is complete
         writer.close(manifest)
     return writer.manifest
 

@@ -96,6 +96,36 @@ class RecordBatch:
             self._lengths[name].append(len(value))
         self.count += 1
 
+    def add_many(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Append records in order: the arrays ``add`` would build one by one, converted once per field.
+
+        The bulk path takes the form the text processors produce (a Python list per sequence, an int per
+        scalar); anything else, and any value numpy refuses, goes through ``add`` (same result, same errors)."""
+        columns: dict[str, tuple[np.ndarray, list[int]]] = {}
+        try:
+            for name, spec in self.fields.items():
+                values = [record[name] for record in records]
+                if spec.kind == "scalar":
+                    if not all(type(v) is int for v in values):
+                        raise TypeError(name)
+                    columns[name] = (np.array(values, dtype=spec.dtype), [1] * len(values))
+                else:
+                    if not all(type(v) is list for v in values):
+                        raise TypeError(name)
+                    lengths = [len(v) for v in values]
+                    flat = np.array([item for v in values for item in v], dtype=spec.dtype)
+                    if flat.ndim != 1 or len(flat) != sum(lengths):  # nested lists: add reshapes them
+                        raise TypeError(name)
+                    columns[name] = (flat, lengths)
+        except (KeyError, TypeError, ValueError, OverflowError):
+            for record in records:
+                self.add(record)
+            return
+        for name, (flat, lengths) in columns.items():
+            self._values[name].append(flat)
+            self._lengths[name].extend(lengths)
+        self.count += len(records)
+
     def total_length(self, name: str) -> int:
         """Sum of the lengths of ``name`` over all records (e.g. the token count)."""
         return int(sum(self._lengths[name]))

@@ -22,6 +22,7 @@ import numpy as np
 from modaloom.atomic import atomic_file, atomic_write_json
 from modaloom.config_schema import build
 from modaloom.data.config import TokenizerConfig
+from modaloom.data.wordpiece_fast import IsolatedChars
 from modaloom.errors import DataError
 from modaloom.registry import get, register
 
@@ -272,6 +273,12 @@ class WordPieceTokenizer(HFTokenizer):
         backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         backend.decoder = decoders.WordPiece(prefix="##")
         return backend
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """The backend's ids; characters that always stand alone (CJK, punctuation) are looked up."""
+        if getattr(self, "_isolated", None) is None:
+            self._isolated = IsolatedChars(self.backend)
+        return self._isolated.encode_batch(texts)
 
     def _starts_word(self, token: str) -> bool:
         return not token.startswith("##")

@@ -147,8 +147,7 @@ class Processor:
                     skips.append(Skip(record.file, record.line, "no_records: too short to make an example"))
             except SkipRecord as exc:
                 skips.append(Skip(record.file, record.line, exc.reason))
-        for out in self.finish_chunk(outputs):
-            batch.add(out)
+        batch.add_many(list(self.finish_chunk(outputs)))
         self.current_chunk = ()
         return ChunkResult(batch, skips, dict(self.counters), len(records))
 
