@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--override", action="append", default=[], help="config override, e.g. "
-                        "train.mmap_threshold_mb=0 (glibc's default heap)")
+                        "train.mmap_threshold_mb=1 (the low-memory setting)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON line only")
     args = parser.parse_args(argv)
     if not (args.data / "manifest.json").is_file():

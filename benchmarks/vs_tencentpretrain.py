@@ -32,6 +32,7 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ from side_by_side import SHARED, ZH_VOCAB, Measured, interleaved, median, modalo
 PARTS = ("preprocess", "pretrain", "finetune", "inference")
 CORPUS = SHARED / "corpora" / "book_review_train_bert.txt"
 TP_TINY_CONFIG = "models/bert/tiny_config.json"
+LOW_MEMORY = "train.mmap_threshold_mb=1"  # modaloom's low-memory setting, measured beside its default
 
 
 def corpus_slice(work: Path, lines: int) -> Path:
@@ -85,17 +87,23 @@ class Harness:
         self.rows: list[dict[str, Any]] = []
         self.breakdown: dict[str, Any] | None = None
 
-    def pair(self, tp_cmd: list[str], ours_cmd: list[str], fresh: Path | None = None) -> tuple[Measured, Measured]:
-        """Both commands ``--repeat`` times interleaved (``fresh``, modaloom's output folder, removed before each
-        of its runs: a run does not start over a finished one); the runs of median time."""
-        def ours() -> Measured:
-            if fresh is not None and fresh.exists():
-                shutil.rmtree(fresh)
-            return side_by_side.run_measured(ours_cmd, self.threads)
+    def pair(self, tp_cmd: list[str], ours_cmd: list[str], fresh: Path | None = None,
+             *variants: list[str]) -> tuple[Measured, ...]:
+        """Both commands (and any further modaloom ``variants``) ``--repeat`` times interleaved (``fresh``,
+        modaloom's output folder, removed before each of its runs: a run does not start over a finished one);
+        the runs of median time: TencentPretrain's, modaloom's, then each variant's."""
+        def ours(cmd: list[str]) -> Callable[[], Measured]:
+            def run() -> Measured:
+                if fresh is not None and fresh.exists():
+                    shutil.rmtree(fresh)
+                return side_by_side.run_measured(cmd, self.threads)
+            return run
 
-        runs = interleaved({"TencentPretrain": lambda: side_by_side.run_measured(tp_cmd, self.threads, cwd=self.tp),
-                            "modaloom": ours}, self.args.repeat)
-        return median(runs["TencentPretrain"]), median(runs["modaloom"])
+        commands = {"TencentPretrain": lambda: side_by_side.run_measured(tp_cmd, self.threads, cwd=self.tp),
+                    "modaloom": ours(ours_cmd)}
+        commands.update({f"modaloom variant {i}": ours(cmd) for i, cmd in enumerate(variants)})
+        runs = interleaved(commands, self.args.repeat)
+        return tuple(median(runs[name]) for name in commands)
 
     def tp_preprocess(self, corpus: Path, out: Path, dup_factor: int | None) -> list[str]:
         dup = [] if dup_factor is None else ["--dup_factor", str(dup_factor)]
@@ -142,11 +150,13 @@ class Harness:
 
     def pretrain(self) -> None:
         data, steps = self.ensure_data(), self.args.steps
-        tp, ours = self.pair(self.tp_pretrain("tp_dup1.pt", steps, ["--batch_size", "32"]),
-                             self.ours_pretrain(data, steps, ["--batch-size", "32", "--seq-length", "128"]),
-                             self.work / "ml_pt")
+        equal = self.ours_pretrain(data, steps, ["--batch-size", "32", "--seq-length", "128"])
+        tp, ours, low = self.pair(self.tp_pretrain("tp_dup1.pt", steps, ["--batch_size", "32"]), equal,
+                                  self.work / "ml_pt", [*equal, LOW_MEMORY])
         self.rows.append(row(f"pretrain, equal compute ({steps} steps x 32 x 128)", tp, ours, tp.wall / ours.wall, "s"))
         self.rows.append(rss_row("pretrain, equal compute: memory", tp, ours))
+        self.rows.append(row(f"pretrain, equal compute, {LOW_MEMORY}", tp, low, tp.wall / low.wall, "s"))
+        self.rows.append(rss_row(f"pretrain, equal compute, {LOW_MEMORY}: memory", tp, low))
         measured = side_by_side.run_measured([sys.executable, str(Path(__file__).parent / "memory_breakdown.py"),
                                               str(data), "--threads", str(self.threads), "--json"], self.threads)
         self.breakdown = json.loads(measured.output.strip().splitlines()[-1])
