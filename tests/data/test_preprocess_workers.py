@@ -17,6 +17,15 @@ from modaloom.errors import DataError
 from tests.data.text_fixtures import write_documents, write_vocab
 
 
+@pytest.fixture(autouse=True)
+def python_sigint_handler():
+    """Python's own Ctrl-C handler during each test, as in an interactive shell: a test runner started with
+    `&` or under `nohup` inherits SIGINT ignored, and Interrupts rightly leaves an ignored SIGINT alone."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def test_first_ctrl_c_sets_the_flag_second_raises_and_handler_is_restored():
     before = signal.getsignal(signal.SIGINT)
     with Interrupts() as interrupts:
