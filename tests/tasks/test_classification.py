@@ -181,6 +181,14 @@ def test_predict_evaluate_features(tuned, capsys):
     gold = [line.split("\t")[0] for line in files["test"].read_text().splitlines()[1:]]
     assert metrics["accuracy"] == pytest.approx(np.mean([p["label"] == g for p, g in zip(predictions, gold)]))
     assert "accuracy" in captured.err and "macro_f1" in captured.err
+    assert main(["evaluate", "--model", str(model), "--input", str(files["test"]), "--out", str(root / "m.json")]) == 0
+    assert json.loads((root / "m.json").read_text()) == metrics
+    before = files["test"].read_bytes()
+    assert main(["evaluate", "--model", str(model), "--input", str(files["test"]), "--out", str(files["test"])]) == 2
+    assert "is the input" in capsys.readouterr().err and files["test"].read_bytes() == before
+    assert main(["evaluate", "--model", str(model), "--input", str(files["test"]), "--out",
+                 str(model / "m.json")]) == 2
+    assert "inside the input folder" in capsys.readouterr().err and not (model / "m.json").exists()
     sentences = write(root / "s.txt", "the cat sat\nold books near warm fires\n")
     for pooling in ("first", "mean", "max", "last"):
         assert main(["features", "--model", str(model), "--input", str(sentences), "--pooling", pooling,

@@ -18,6 +18,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "classify the images of a labelled file with a CLIP model and prompts; linear_probe: "
                         "a logistic regression on the frozen model's features (task.train=FILE [task.dev=FILE])")
     parser.add_argument("--batch-size", type=int, default=64, help="examples per forward pass")
+    parser.add_argument("--out", help="also write the metrics to this JSON file (atomically; never over an input)")
     parser.add_argument("options", nargs="*", metavar="task.key=value",
                         help="task options at evaluation, e.g. for --task zero_shot: task.classes=cat,dog "
                              "task.template='a photo of a {}.' or task.templates='[\"a photo of a {}.\", ...]'; "
@@ -47,24 +48,33 @@ def task_options(items: list[str]) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from modaloom.atomic import atomic_write_json
     from modaloom.cli.predict import load_for_inference
     from modaloom.errors import DataError
+    from modaloom.outputs import check_not_input
     from modaloom.train.steps import collect_outputs
 
+    options = task_options(args.options)
+    out = None
+    if args.out:
+        inputs = [Path(args.input), Path(args.model), *(Path(str(options[k])) for k in ("train", "dev", "classes",
+                                                                                        "templates") if k in options)]
+        out = check_not_input(args.out, inputs)
     if args.task == "linear_probe":  # no fine-tuned head: features of the frozen model, fitted here
         from modaloom.tasks.linear_probe import linear_probe
 
-        metrics = linear_probe(Path(args.model), Path(args.input), task_options(args.options),
-                               batch_size=args.batch_size)
-        print(table(metrics), file=sys.stderr)
-        print(json.dumps(metrics))
-        return 0
-    job, model, device = load_for_inference(args.model, args.task, args.batch_size)
-    job.set_options(task_options(args.options))
-    loader = job.input_loader(Path(args.input))
-    if "label" not in loader.examples[0]:
-        raise DataError(f"{args.input} has no labels; evaluate needs a labelled file (use predict for unlabelled)")
-    metrics = job.metrics(collect_outputs(job, model, loader, device))
+        metrics = linear_probe(Path(args.model), Path(args.input), options, batch_size=args.batch_size)
+    else:
+        job, model, device = load_for_inference(args.model, args.task, args.batch_size)
+        job.set_options(options)
+        loader = job.input_loader(Path(args.input))
+        if "label" not in loader.examples[0]:
+            raise DataError(f"{args.input} has no labels; evaluate needs a labelled file (use predict for "
+                            f"unlabelled)")
+        metrics = job.metrics(collect_outputs(job, model, loader, device))
     print(table(metrics), file=sys.stderr)
     print(json.dumps(metrics))
+    if out is not None:
+        atomic_write_json(out, metrics)
+        print(f"metrics written to {out}", file=sys.stderr)
     return 0
