@@ -65,8 +65,13 @@ class VocabularyTarget(Target):
 
     chunked_loss = True
 
+    def chunkable(self) -> bool:
+        """Whether this target's loss can be chunked at all (switched on, the plain cross-entropy); training
+        then chunks it in fp32 (``_uses_chunked_loss``), and the memory planner counts it the same way."""
+        return self.chunked_loss and type(self.loss) is CrossEntropy
+
     def _uses_chunked_loss(self, rows: torch.Tensor) -> bool:
-        return (self.chunked_loss and self.training and torch.is_grad_enabled() and type(self.loss) is CrossEntropy
+        return (self.chunkable() and self.training and torch.is_grad_enabled()
                 and not torch.is_autocast_enabled(rows.device.type)
                 and (rows.requires_grad or any(p.requires_grad for p in self.head.output.parameters())))
 

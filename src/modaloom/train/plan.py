@@ -208,11 +208,9 @@ def head_bytes(target: nn.Module, rows: int, bytes_: Precision, chunked: bool = 
 
 def uses_chunked_loss(target: nn.Module, precision: str) -> bool:
     """Whether training computes this target's loss chunk by chunk (fp32 vocabulary targets, plain loss)."""
-    from modaloom.losses.cross_entropy import CrossEntropy
     from modaloom.targets.text import VocabularyTarget
 
-    return (isinstance(target, VocabularyTarget) and target.chunked_loss and type(target.loss) is CrossEntropy
-            and precision == "fp32")
+    return isinstance(target, VocabularyTarget) and target.chunkable() and precision == "fp32"
 
 
 def matmul_weight_count(model: nn.Module) -> int:
