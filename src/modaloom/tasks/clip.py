@@ -443,6 +443,7 @@ class ZeroShotTask(ClipBase):
         self.saved_norm = ""
         self.classes: list[str] = []
         self.prompts: tuple[int, torch.Tensor] | None = None  # (id of the model, prompt features)
+        self.prompt_tokens: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # per template: ids, mask (C, L)
         self.itm: str | None = None  # the itm target re-ranking the top classes (task.scorer=itm)
 
     def prepare(self) -> None:
@@ -467,6 +468,7 @@ class ZeroShotTask(ClipBase):
         self.options = build(ZeroShotOptions, options, path="task")
         self.itm = itm_scorer(self.options, self.cfg.model)
         self.options.templates = self.template_list()
+        self.prompts = self.prompt_tokens = None  # other templates: other prompts
         for template in self.options.templates or [self.options.template]:
             if "{}" not in template:
                 raise ConfigError(f"task.template {template!r} has no {{}} for the class name")
@@ -516,7 +518,7 @@ class ZeroShotTask(ClipBase):
                     raise DataError(f"{row.where}: label {label!r} is not one of the classes {self.classes}")
                 example["label"] = self.classes.index(label)
             examples.append(example)
-        self.prompts = None
+        self.prompts = self.prompt_tokens = None
         return self.loader(examples, False)
 
     def prompt_features(self, model: Any, device: torch.device) -> torch.Tensor:
@@ -524,19 +526,28 @@ class ZeroShotTask(ClipBase):
         model; several templates are ensembled (``ensemble_features``)."""
         if self.prompts is not None and self.prompts[0] == id(model):
             return self.prompts[1]
-        templates = list(self.options.templates) or [self.options.template]
-        per_template = [self.template_features(model, device, t) for t in templates]
+        per_template = [self.template_features(model, device, ids, mask) for ids, mask in self.prompt_ids()]
         text = per_template[0] if len(per_template) == 1 else ensemble_features(per_template)
         self.prompts = (id(model), text)
         return text
 
-    def template_features(self, model: Any, device: torch.device, template: str) -> torch.Tensor:
-        """Normalised text features (C, F) of ``template`` filled with each class name."""
-        texts = [template.replace("{}", name) for name in self.classes]
-        ids, _ = caption_ids(self.tokenizer, texts, self.cfg.data.seq_length)
+    def prompt_ids(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per template (one, or the ensemble's), the padded token ids and mask (C, L) of the template filled
+        with each class name; tokenized once per input file."""
+        if self.prompt_tokens is None:
+            pad = self.tokenizer.special_id("pad", "padding")
+            self.prompt_tokens = []
+            for template in list(self.options.templates) or [self.options.template]:
+                ids, _ = caption_ids(self.tokenizer, [template.replace("{}", n) for n in self.classes],
+                                     self.cfg.data.seq_length)
+                self.prompt_tokens.append(pad_ids(ids, pad))
+        return self.prompt_tokens
+
+    def template_features(self, model: Any, device: torch.device, input_ids: torch.Tensor,
+                          mask: torch.Tensor) -> torch.Tensor:
+        """Normalised text features (C, F) of one template's prompts (``prompt_ids``)."""
         section = image_embedding(self.cfg.model)
-        input_ids, mask = pad_ids(ids, self.tokenizer.special_id("pad", "padding"))
-        blank = torch.zeros(len(ids), section.channels, section.image_height, section.image_width)
+        blank = torch.zeros(len(input_ids), section.channels, section.image_height, section.image_width)
         batch = {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), "pixel_values": blank.to(device)}
         return pair_features(model, batch, self.label, self.text_index)[0]
 
@@ -562,11 +573,7 @@ class ZeroShotTask(ClipBase):
         """(image rows, class indices) -> the itm log-odds of each image with its class's prompt, averaged over the
         templates (a prompt ensemble)."""
         assert self.itm is not None
-        prompts = []
-        for template in list(self.options.templates) or [self.options.template]:
-            ids, _ = caption_ids(self.tokenizer, [template.replace("{}", n) for n in self.classes],
-                                 self.cfg.data.seq_length)
-            prompts.append(pad_ids(ids, self.tokenizer.special_id("pad", "padding")))
+        prompts = self.prompt_ids()
 
         def match(images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
             per_template = [match_log_odds(model, {"pixel_values": pixels[images], "input_ids": ids[classes].to(pixels.device),
