@@ -68,6 +68,7 @@ def test_positions_are_checked_against_text_length_only():
     with pytest.raises(ConfigError, match="data.seq_length 128 exceeds model.embedding.max_seq_length 17"):
         check_positions(config(["word", "pos"], 17))
     check_positions(config(["patch", "pos"], 17))  # a ViT's 16 patches + 1: the text length does not apply
+    check_positions(config(["masked_patch", "pos"], 17))  # BEiT's masked patches likewise
     with pytest.raises(ConfigError, match="max_seq_length 17"):
         check_positions(config(["word", "patch", "pos"], 17))
 
