@@ -314,8 +314,9 @@ def claim_report_folder(out: Path) -> None:
             shown = ", ".join(present[:5]) + (f" and {len(present) - 5} more" if len(present) > 5 else "")
             raise DataError(f"--report {out} already holds files the demo did not write ({shown}); nothing was "
                             f"changed. Choose an empty or new --report folder (default: demo-report)")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / REPORT_MARKER, "a modaloom demo report folder: `modaloom demo` rewrites it\n")
+    if not (out / REPORT_MARKER).is_file():  # write_report claims the folder again after every stage
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / REPORT_MARKER, "a modaloom demo report folder: `modaloom demo` rewrites it\n")
 
 
 def write_report(out: Path, reports: list[tuple[Path, StageReport]], total_wall_s: float,
