@@ -144,17 +144,22 @@ def test_missing_shard_is_a_checkpoint_error(tmp_path):
         ckpt.consolidated_model_state(path)
 
 
+def fsdp_pretrain(config, data, out) -> None:
+    """`modaloom pretrain` on 2 FSDP processes (torchrun) writing sharded checkpoints into ``out``."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "modaloom.cli.main", "pretrain", "--config", str(config), "--data", str(data),
+           "--out", str(out), "train.parallel=fsdp", "train.checkpoint_format=sharded"]
+    result = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 def test_fsdp_pretrain_cli_exports_and_converts_a_sharded_checkpoint(tmp_path):
     from tests.train.data_helpers import tiny_bert_config, write_dataset
 
     data = write_dataset(tmp_path / "data", documents=40)
     config = tiny_bert_config(tmp_path / "c.yaml", layers=2, train={"steps": 2})
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "modaloom.cli.main", "pretrain", "--config", str(config), "--data", str(data),
-           "--out", str(out), "train.parallel=fsdp", "train.checkpoint_format=sharded"]
-    result = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=180)
-    assert result.returncode == 0, result.stderr[-3000:]
+    fsdp_pretrain(config, data, out)
     two = step_dir(out, 2)
     assert ckpt.is_sharded_checkpoint(two)
     assert cli_main(["convert", "--from", "checkpoint", "--to", "modaloom", str(two), str(tmp_path / "m")]) == 0
@@ -172,11 +177,7 @@ def test_pretrain_resumes_mid_epoch_on_another_number_of_processes(tmp_path):
     data = write_dataset(tmp_path / "data", documents=40)
     config = tiny_bert_config(tmp_path / "c.yaml", train={"steps": 2, "batch_size": 4})
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "modaloom.cli.main", "pretrain", "--config", str(config), "--data", str(data),
-           "--out", str(out), "train.parallel=fsdp", "train.checkpoint_format=sharded"]
-    result = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=180)
-    assert result.returncode == 0, result.stderr[-3000:]
+    fsdp_pretrain(config, data, out)
     two = [json.loads((step_dir(out, 2) / f"rank-{r}.json").read_text())["data"]["loader"] for r in range(2)]
     assert [(s["world_size"], s["start"], s["position"]) for s in two] == [(2, 0, 8), (2, 0, 8)]
     assert cli_main(["pretrain", "--config", str(config), "--data", str(data), "--out", str(out), "--resume",
