@@ -156,10 +156,12 @@ def book_slice(work: Path, limit: int) -> tuple[Path, Path, Path]:
 
 
 def tp_classifier_command(work: Path, train: Path, dev: Path, test: Path, epochs: int,
-                          tp_python: str = sys.executable) -> list[str]:
-    """TencentPretrain's run_classifier.py on the slice from its 1,000-step checkpoint (run in its checkout)."""
-    return [tp_python, "finetune/run_classifier.py", "--pretrained_model_path", str(TP_CHECKPOINT),
-            "--vocab_path", str(ZH_VOCAB), "--config_path", str(TP_CONFIG), "--train_path", str(train),
+                          tp_python: str = sys.executable, checkpoint: str | Path = TP_CHECKPOINT,
+                          config: str | Path = TP_CONFIG) -> list[str]:
+    """TencentPretrain's run_classifier.py on the slice (run in its checkout), by default from its shared
+    1,000-step checkpoint."""
+    return [tp_python, "finetune/run_classifier.py", "--pretrained_model_path", str(checkpoint),
+            "--vocab_path", str(ZH_VOCAB), "--config_path", str(config), "--train_path", str(train),
             "--dev_path", str(dev), "--test_path", str(test), "--epochs_num", str(epochs), "--batch_size", "32",
             "--seq_length", "128", "--output_model_path", str(work / "tp_classifier.bin")]
 

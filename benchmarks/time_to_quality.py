@@ -44,7 +44,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import side_by_side  # noqa: E402
-from finetune import book_slice, tp_accuracies  # noqa: E402
+from finetune import book_slice, tp_accuracies, tp_classifier_command  # noqa: E402
 from side_by_side import SHARED, ZH_VOCAB, Measured, modaloom_command  # noqa: E402
 from vs_tencentpretrain import corpus_slice  # noqa: E402
 
@@ -123,11 +123,9 @@ def run_tencentpretrain(tp: Path, tp_python: str, work: Path, threads: int, corp
                               "quality_seconds": pre.wall + train.wall, "quality_load": mean_load(pre, train)}
     if "pipeline" in parts:
         train_tsv, dev, test = book
-        fine = side_by_side.run_measured([
-            tp_python, "finetune/run_classifier.py", "--pretrained_model_path", f"{model}-{steps}", "--vocab_path",
-            str(ZH_VOCAB), "--config_path", "models/bert/tiny_config.json", "--train_path", str(train_tsv),
-            "--dev_path", str(dev), "--test_path", str(test), "--epochs_num", str(epochs), "--batch_size", "32",
-            "--seq_length", "128", "--output_model_path", str(work / "tp_classifier.bin")], threads, cwd=tp)
+        command = tp_classifier_command(work, train_tsv, dev, test, epochs, tp_python, checkpoint=f"{model}-{steps}",
+                                        config="models/bert/tiny_config.json")
+        fine = side_by_side.run_measured(command, threads, cwd=tp)
         result.update(finetune=fine.wall, test_accuracy=tp_accuracies(fine.output)[1],
                       pipeline_seconds=pre.wall + train.wall + fine.wall, pipeline_load=mean_load(pre, train, fine))
     return result
