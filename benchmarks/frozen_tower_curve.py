@@ -95,11 +95,8 @@ def zero_shot(work: Path, model: Path) -> float:
     """``evaluate --task zero_shot`` accuracy of a model folder on the test images (the demo's prompt)."""
     out = model.parent / "zero_shot.json"
     if not out.is_file():
-        from contextlib import redirect_stdout
-
-        with atomic_file(out) as tmp, tmp.open("w", encoding="utf-8") as f, redirect_stdout(f):
-            cli("evaluate", "--task", "zero_shot", "--model", str(model), "--input", str(work / "data" / "test.tsv"),
-                f"task.classes={','.join(vl.CLASSES)}", f"task.template={vl.PROMPT}")
+        cli("evaluate", "--task", "zero_shot", "--model", str(model), "--input", str(work / "data" / "test.tsv"),
+            "--out", str(out), f"task.classes={','.join(vl.CLASSES)}", f"task.template={vl.PROMPT}")
     return float(json.loads(out.read_text(encoding="utf-8"))["accuracy"])
 
 
