@@ -11,7 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 NEVER = ("matplotlib", "tensorboard", "transformers", "sklearn", "scipy")
-AT_IMPORT = (*NEVER, "sympy", "torch.distributed.checkpoint")  # a built Trainer's optimizer pulls torch._dynamo
+AT_IMPORT = (*NEVER, "sympy", "torch.distributed.checkpoint")  # (test_optim_eager: steps import neither)
 SCRIPT = f"""
 import json, sys
 sys.path.insert(0, {str(ROOT / 'tests' / 'train')!r})

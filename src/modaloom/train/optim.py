@@ -7,10 +7,15 @@ must match those recipes at their learning rates; torch's AdamW has no switch fo
 Biases, norm weights and every other 1-D parameter get no weight decay; so does any parameter whose name
 contains one of ``train.no_decay``. Registered under kind "optimizer"; each builder takes the parameter
 groups and the TrainConfig.
+
+Runs that do not compile (``train.compile=false``) get each optimizer as its ``eager_optimizer_class``: torch's
+class without the wrappers that torch.optim puts around ``step`` and its bookkeeping methods for torch.compile,
+which import torch._dynamo and sympy (~73 MiB resident) the first time they run.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +26,37 @@ from modaloom.registry import get, register
 from modaloom.train.config import TrainConfig
 
 OptimizerBuilder = Callable[[list[dict[str, Any]], TrainConfig, torch.device], torch.optim.Optimizer]
+
+# Optimizer methods that torch wraps in torch._dynamo.disable (``step`` is wrapped in graph breaks instead)
+DYNAMO_WRAPPED = ("add_param_group", "zero_grad", "state_dict", "load_state_dict")
+_EAGER_CLASSES: dict[type, type] = {}
+
+
+def eager_optimizer_class(cls: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
+    """A subclass of ``cls`` whose ``step`` and ``DYNAMO_WRAPPED`` methods are the functions under torch's
+    torch.compile wrappers: same arithmetic, state, hooks and ``isinstance``, without importing torch._dynamo.
+
+    Those wrappers import torch._dynamo (and sympy: ~73 MiB resident, ``benchmarks/memory_breakdown.py``) on
+    first use although an eager step never traces; ``step`` keeps the wrapper's one effect in eager mode, grad
+    mode set to the optimizer's ``differentiable`` flag (off unless asked for).
+    """
+    if cls not in _EAGER_CLASSES:
+        raw_step = inspect.unwrap(cls.step)
+
+        def step(self: torch.optim.Optimizer, closure: Callable[[], Any] | None = None) -> Any:
+            with torch.set_grad_enabled(bool(self.defaults.get("differentiable", False))):
+                return raw_step(self, closure)
+
+        attrs: dict[str, Any] = {name: inspect.unwrap(getattr(cls, name)) for name in DYNAMO_WRAPPED}
+        attrs.update(step=step, __module__=__name__, __doc__=f"{cls.__name__} without torch.compile's wrappers "
+                     "(eager runs).")
+        _EAGER_CLASSES[cls] = type(f"Eager{cls.__name__}", (cls,), attrs)
+    return _EAGER_CLASSES[cls]
+
+
+def optimizer_class(cls: type[torch.optim.Optimizer], cfg: TrainConfig) -> type[torch.optim.Optimizer]:
+    """``cls`` itself for compiled runs (torch.compile needs its wrappers), else its eager subclass."""
+    return cls if cfg.compile else eager_optimizer_class(cls)
 
 
 def is_no_decay(name: str, param: torch.Tensor, patterns: list[str]) -> bool:
@@ -128,9 +164,10 @@ def adamw_kernel(cfg: TrainConfig, device: torch.device, params: list[torch.Tens
 def build_adamw(groups: list[dict[str, Any]], cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     params = [p for g in groups for p in g["params"]]
     if not cfg.adam_bias_correction:
-        return AdamWNoBiasCorrection(groups, lr=cfg.lr, betas=(cfg.betas[0], cfg.betas[1]), eps=cfg.eps,
-                                     weight_decay=cfg.weight_decay, foreach=cfg.optimizer_impl != "loop")
-    return torch.optim.AdamW(
+        return optimizer_class(AdamWNoBiasCorrection, cfg)(
+            groups, lr=cfg.lr, betas=(cfg.betas[0], cfg.betas[1]), eps=cfg.eps, weight_decay=cfg.weight_decay,
+            foreach=cfg.optimizer_impl != "loop")
+    return optimizer_class(torch.optim.AdamW, cfg)(
         groups, lr=cfg.lr, betas=(cfg.betas[0], cfg.betas[1]), eps=cfg.eps, weight_decay=cfg.weight_decay,
         **adamw_kernel(cfg, device, params),
     )
@@ -139,12 +176,14 @@ def build_adamw(groups: list[dict[str, Any]], cfg: TrainConfig, device: torch.de
 @register("optimizer", "adafactor")
 def build_adafactor(groups: list[dict[str, Any]], cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     """torch's Adafactor (factored second moments, no first moment): little optimizer memory."""
-    return torch.optim.Adafactor(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    return optimizer_class(torch.optim.Adafactor, cfg)(groups, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                                       foreach=True)
 
 
 @register("optimizer", "sgd")
 def build_sgd(groups: list[dict[str, Any]], cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, foreach=True)
+    return optimizer_class(torch.optim.SGD, cfg)(groups, lr=cfg.lr, momentum=cfg.momentum,
+                                                 weight_decay=cfg.weight_decay, foreach=True)
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device | None = None) -> torch.optim.Optimizer:
