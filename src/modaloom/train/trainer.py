@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from modaloom import collectives
+from modaloom.allocator import active_allocator
 from modaloom.batch import Batch, count_real_tokens, count_samples, count_tokens, to_device
 from modaloom.errors import DataError, ModaloomError
 from modaloom.train import checkpoint as ckpt
@@ -36,6 +37,7 @@ from modaloom.train import distributed as dist_utils
 from modaloom.train.config import TrainConfig, resolve_precision
 from modaloom.train.flops import flops_per_token, measure_matmul_peak
 from modaloom.train.hooks import load_hook_states, save_hook_states
+from modaloom.train.memory import release_free_memory
 from modaloom.train.monitor import Monitor, peak_rss_mb
 from modaloom.train.optim import build_optimizer
 from modaloom.train.parallelize import parallelize
@@ -139,6 +141,7 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.model_config = model_config
         self.seq_length = seq_length
+        self.matmul_peak: float | None = None  # matmul FLOP/s for the MFU, measured when fit starts
         set_determinism(cfg)
         placed = parallelize(model, cfg, self.info)
         self.raw_model, self.model, self.forward_model = placed.raw, placed.model, placed.forward
@@ -333,6 +336,9 @@ class Trainer:
         """Train to ``cfg.steps`` (continuing the latest checkpoint when ``resume``); returns the summary."""
         if self.info.is_main:
             ckpt.remove_incomplete(self.out_dir)
+        # the MFU's matmul probe runs now, before optimizer state and activations exist: its three 2048^2
+        # matrices (48 MiB in fp32) measured at the end of a run used to set a small model's peak RSS
+        self.matmul_peak = measure_matmul_peak(self.device, self.matmul_dtype()) if self.seq_length else None
         dist_utils.barrier()
         resumed_from = None
         if resume:
@@ -406,6 +412,7 @@ class Trainer:
             for sig, old in previous_handlers.items():
                 signal.signal(sig, old)
             self.monitor.close()
+        release_free_memory()  # the plot and the export after training reuse no step buffers
         return self._summarise(start_step, clock, end, measured_since, tokens - (measured_tokens or 0),
                                samples - (measured_samples or 0), last_eval, last_saved,
                                real_tokens=int((real_tokens - measured_real).item()))
@@ -423,9 +430,8 @@ class Trainer:
         real_tps = real_tokens / timed if timed > 0 else 0.0
         mfu = None
         assert self.monitor is not None
-        if tps and self.seq_length:
-            peak = measure_matmul_peak(self.device, self.matmul_dtype())
-            mfu = flops_per_token(self.raw_model, self.seq_length) * tps / (peak * self.info.world_size)
+        if tps and self.matmul_peak:
+            mfu = flops_per_token(self.raw_model, self.seq_length) * tps / (self.matmul_peak * self.info.world_size)
         history = self.monitor.read_history() if self.info.is_main else []
         final_loss = next((r["loss"] for r in reversed(history) if "loss" in r), None)
         summary = {
@@ -437,6 +443,7 @@ class Trainer:
             "mfu": float(f"{mfu:.4g}") if mfu is not None else None,  # significant digits: tiny models too
             "precision": self.cfg.precision,  # as run (train.precision=auto settled for this device)
             "peak_rss_mb": round(peak_rss_mb(), 1),
+            "allocator": active_allocator(),  # the malloc behind peak_rss_mb (MODALOOM_ALLOCATOR)
             "final_loss": final_loss,
             "wall_seconds": round(end - clock, 2),
             "world_size": self.info.world_size,
