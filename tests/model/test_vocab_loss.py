@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from modaloom.model import build_model
-from modaloom.targets.text import VocabularyTarget
+from modaloom.targets.text import ROW_BUCKET, VocabularyTarget, bucket_rows
 from modaloom.targets.vocab_loss import chunk_rows, vocab_cross_entropy
 from modaloom.tasks import load_job_config
 from modaloom.zoo import zoo_path
@@ -121,3 +121,27 @@ def test_in_eval_mode_with_gradients_the_masked_lm_keeps_its_logits():
     model, batch = _tiny_bert()
     out = model.eval()(batch)
     assert out.logits["mlm"].shape == (9, 97) and out.loss.requires_grad
+
+
+def test_under_cpu_autocast_the_selected_rows_are_padded_to_few_shapes_with_the_same_loss():
+    model, batch = _tiny_bert()
+    model.train()
+    rows = torch.randn(9, 4)
+    labels = torch.arange(9)
+    assert bucket_rows(rows, labels)[0] is rows  # outside autocast: untouched
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        padded, padded_labels = bucket_rows(rows, labels)
+        assert padded.shape == (ROW_BUCKET, 4) and torch.equal(padded[:9], rows)
+        assert torch.equal(padded_labels[:9], labels) and (padded_labels[9:] == -100).all()
+        seen = []
+        handle = model.targets["mlm"].head.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+        out = model(batch)
+        handle.remove()
+    assert seen == [ROW_BUCKET] and out.logits["mlm"].shape == (9, 97)  # 9 masked rows in, 9 logits out
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the padded rows' loss is the unpadded rows' loss
+        selected = batch["mlm_labels"] != -100
+        hidden = torch.randn(int(selected.sum()), model.targets["mlm"].head.output.in_features)
+        target = model.targets["mlm"]
+        direct = target.loss(target.head(hidden), batch["mlm_labels"][selected])
+        padded_loss = target.vocabulary_loss(hidden, batch["mlm_labels"][selected]).loss
+    assert torch.allclose(direct.float(), padded_loss.float(), rtol=1e-3)
