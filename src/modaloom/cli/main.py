@@ -19,6 +19,7 @@ import importlib
 import os
 import sys
 
+from modaloom.allocator import preload_allocator
 from modaloom.errors import ModaloomError
 
 VERBS: dict[str, str] = {
@@ -100,9 +101,32 @@ def _silence_stdout() -> None:
         pass
 
 
+# a verb's list of positionals (key=value overrides, demo stages), which may come before, between or after options
+POSITIONAL_LISTS = ("overrides", "options", "stages")
+
+
+def parse_command_line(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parser.parse_args`` that also takes positionals after options: ``pretrain a=1 --steps 5 b=2``.
+
+    argparse stops filling a ``nargs="*"`` positional at the first option and rejects later positionals as
+    unrecognized; those are appended to the verb's list here, in order. Unknown options still fail as usual.
+    """
+    args, extra = parser.parse_known_args(argv)
+    dest = next((name for name in POSITIONAL_LISTS if isinstance(getattr(args, name, None), list)), None)
+    stray = [token for token in extra if dest is None or token.startswith("-")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if dest is not None:
+        getattr(args, dest).extend(extra)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The ``modaloom`` command; ``argv`` None reads sys.argv and may first re-run with a faster malloc."""
+    if argv is None:
+        preload_allocator()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_command_line(parser, argv)
     if not getattr(args, "_run", None):
         parser.print_help()
         return EXIT_USER_ERROR
