@@ -144,8 +144,10 @@ class SpeechTextOptions(S2tOptions):
 
 @register("processor", "speech_text")
 class SpeechTextProcessor(CaptionIds, Processor):
-    """Audio + caption (or transcript) -> ``input_features`` (T, num_bins) and ``input_ids`` ([CLS] caption [SEP]
-    or bos/eos, cut to seq_length and counted as ``truncated``) for a dual model's speech and text streams.
+    """Audio + caption pairs for the speech and text streams of a dual model (a ``clr`` head over them).
+
+    Each pair gives ``input_features`` (T, num_bins; ``s2t``'s filterbanks) and ``input_ids`` ([CLS] caption
+    [SEP] or bos/eos, cut to seq_length, as ``clip`` makes them).
 
     Rows as the ``clip`` processor reads them, the audio in place of the image: TSV with a header (``text path``)
     or JSONL naming audio files (wav, flac, ogg; relative to the list's folder), or rows holding the bytes (Parquet,
