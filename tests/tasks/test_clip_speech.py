@@ -79,6 +79,8 @@ def aligned(tmp_path_factory):
     assert main(["pretrain", "--config", str(config), "--data", str(root / "tones_data"), "--out",
                  str(root / "three"), "--steps", "120", "--batch-size", "8", "--lr", "3e-3", "train.threads=1",
                  "train.log_every=5"]) == 0
+    write_tones(root, "heldout", 8, 7)  # held-out pairs, and labelled clips for zero-shot
+    write_tones(root, "labelled", 12, 8, labelled=True)
     return root
 
 
@@ -90,12 +92,12 @@ def test_the_speech_head_trains_from_the_cli_and_retrieval_and_zero_shot_read_it
     model = str(root / "three" / "model")
     capsys.readouterr()
     assert main(["evaluate", "--task", "clip_retrieval", "--model", model, "--input",
-                 str(write_tones(root, "heldout", 8, 7)), "task.head=speech"]) == 0
+                 str(root / "heldout.tsv"), "task.head=speech"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     # 8 clips, 2 per colour, captions the same within a colour: chance 1/8 for text -> speech, 2/8 the other way
     assert metrics["examples"] == 8 and metrics["t2i_r@1"] >= 0.25 and metrics["i2t_r@1"] >= 0.5, metrics
     assert main(["evaluate", "--task", "zero_shot", "--model", model, "--input",
-                 str(write_tones(root, "labelled", 12, 8, labelled=True)), "task.head=speech",
+                 str(root / "labelled.tsv"), "task.head=speech",
                  "task.template=a photo of the {} square"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["classes"] == 4 and metrics["accuracy"] >= 0.75, metrics  # chance 0.25
@@ -146,3 +148,17 @@ def test_heads_are_chosen_by_name_or_text_and_image_and_listed_otherwise(tmp_pat
         clip_pair(cfg)
     with pytest.raises(ConfigError, match=r"head 'clr' compares streams \[1, 2\] \(image\+speech\)"):
         clip_pair(cfg, "clr")
+
+
+def test_clip_retrieval_fine_tunes_the_speech_head_alone_and_its_folder_reads_without_options(aligned, tmp_path,
+                                                                                             capsys):
+    root = aligned
+    out = tmp_path / "ft"
+    assert main(["finetune", "--task", "clip_retrieval", "--model", str(root / "three" / "model"), "--train",
+                 str(root / "tones.tsv"), "--dev", str(root / "heldout.tsv"), "--out", str(out), "--epochs", "1",
+                 "--batch-size", "8",
+                 "task.head=speech", "train.threads=1"]) == 0
+    assert [t["name"] for t in json.loads((out / "model" / "config.json").read_text())["model"]["targets"]] == ["speech"]
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(out / "model"), "--input", str(root / "heldout.tsv")]) == 0
+    assert json.loads(capsys.readouterr().out)["i2t_r@1"] >= 0.5
