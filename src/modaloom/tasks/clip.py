@@ -33,6 +33,14 @@ the evaluated pairs' pixels and token ids until the end to re-rank them (memory 
 
 Both tasks take the model's ``clr`` target, or a ``moco`` one (the same towers, projections and scale; in
 evaluation it scores in-batch pairs as ``clr`` does, and fine-tuning keeps its momentum queues).
+
+Models with more streams (a speech tower aligned to a CLIP: text, image and speech streams, a ``clr`` head per
+pair, docs/objectives.md): ``task.head=NAME`` names the head whose two streams the task compares (``clip_pair``;
+default: the only contrastive head, else the one over text and image; an error lists the heads otherwise). A head
+over text and speech reads audio where the image would be: TSV ``text path`` / ``label path`` or JSONL with
+``audio`` naming wav/flac/ogg files, or class folders of them (``tasks/audio_io.py``; filterbanks as the
+``speech_text`` processor makes them by default). Speech zero-shot matches each clip against the class prompts;
+``task.scorer=itm`` reads images only. ``finetune --task clip_retrieval task.head=speech`` keeps that head alone.
 """
 
 from __future__ import annotations
