@@ -162,3 +162,19 @@ def test_clip_retrieval_fine_tunes_the_speech_head_alone_and_its_folder_reads_wi
     capsys.readouterr()
     assert main(["evaluate", "--model", str(out / "model"), "--input", str(root / "heldout.tsv")]) == 0
     assert json.loads(capsys.readouterr().out)["i2t_r@1"] >= 0.5
+
+
+def test_features_reads_either_side_of_a_two_stream_clip(aligned, capsys):
+    root = aligned
+    clip = str(root / "clip" / "model")
+    assert main(["features", "--model", clip, "--input", str(root / "squares.tsv"), "--side", "image",
+                 "--out", str(root / "squares.npy")]) == 0
+    images = np.load(root / "squares.npy")
+    assert images.shape == (32, 16) and np.allclose(np.linalg.norm(images, axis=1), 1.0, atol=1e-5)
+    capsys.readouterr()
+    assert main(["features", "--model", clip, "--input", str(root / "labelled.tsv"), "--side", "speech",
+                 "--out", str(root / "y.npy")]) == 2
+    assert "head 'clr' compares text with image; use --side text or --side image" in capsys.readouterr().err
+    assert main(["features", "--model", clip, "--input", str(root / "squares.tsv"), "--head", "clr",
+                 "--out", str(root / "y.npy")]) == 2
+    assert "--head picks a clr head of a dual model; give --side" in capsys.readouterr().err
