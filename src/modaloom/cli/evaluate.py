@@ -15,7 +15,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, help="labelled examples (TSV with header label text_a [text_b], "
                         "or JSONL)")
     parser.add_argument("--task", help="refuse a model fine-tuned for another task than this one; zero_shot: "
-                        "classify the images of a labelled file with a CLIP model and prompts; linear_probe: "
+                        "classify the images (or, with task.head=speech, the audio clips) of a labelled file with a "
+                        "CLIP model and prompts; linear_probe: "
                         "a logistic regression on the frozen model's features (task.train=FILE [task.dev=FILE])")
     parser.add_argument("--batch-size", type=int, default=64, help="examples per forward pass")
     parser.add_argument("--out", help="also write the metrics to this JSON file (atomically; never over an input)")
@@ -24,6 +25,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "task.template='a photo of a {}.' or task.templates='[\"a photo of a {}.\", ...]'; "
                              "for --task zero_shot or clip_retrieval with a model that has an itm head (VLMo, ALBEF): "
                              "task.scorer=itm task.rerank=10 re-ranks the top 10 by the matching head; "
+                             "for --task zero_shot or clip_retrieval with a model of several clr heads (text, image "
+                             "and speech): task.head=NAME picks one (task.head=speech reads lists of audio files); "
                              "for --task linear_probe: task.train=FILE task.dev=FILE task.c=1.0 task.pooling=mean")
 
 

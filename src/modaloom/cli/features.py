@@ -3,6 +3,10 @@
 Input: plain text (one sentence per line), or a TSV/JSONL example file (``text_a`` [, ``text_b``]).
 Output: a float32 ``.npy`` array (sentences x hidden size), rows in input order, written atomically.
 With ``--pooling mean --normalize`` on all-MiniLM-L6-v2 this is sentence-transformers' ``encode``.
+
+A dual model (CLIP, or text + image + speech aligned by several ``clr`` heads) gives one side of a contrastive
+head with ``--side text|image|speech [--head NAME]``: the head's projected, normalised features
+(``tasks/dual_features.py``); image and speech inputs are TSV/JSONL lists naming the files (or class folders).
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
-HELP = "sentence features from a model's encoder (first/mean/max/last pooling, optional L2 norm) to .npy"
+HELP = ("sentence features from a model's encoder (first/mean/max/last pooling, optional L2 norm) to .npy; "
+        "a dual model's contrastive features of text, images or speech (--side)")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +30,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seq-length", type=int, default=0,
                         help="maximum tokens per sentence (default: the model's max_seq_length)")
     parser.add_argument("--batch-size", type=int, default=64, help="sentences per forward pass")
+    parser.add_argument("--side", choices=["text", "image", "speech"],
+                        help="dual models: the contrastive features of this side of a clr head (--input: sentences "
+                             "for text; a TSV/JSONL list naming image or audio files, or class folders, otherwise)")
+    parser.add_argument("--head", default="",
+                        help="dual models with several clr heads: the head's name (default: the only one, or the "
+                             "one over text and image), e.g. --head speech for a speech tower aligned to a CLIP")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -36,9 +47,19 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix != ".npy":
         raise ConfigError(f"--out {out} must end in .npy")
-    vectors, truncated = sentence_features(Path(args.model), Path(args.input), args.pooling, args.normalize,
-                                           vocab=args.vocab, seq_length=args.seq_length,
-                                           batch_size=args.batch_size)
+    if args.side:
+        from modaloom.tasks.dual_features import dual_features
+
+        if args.vocab:
+            raise ConfigError("--side reads the model folder's own tokenizer; drop --vocab")
+        vectors, truncated = dual_features(Path(args.model), Path(args.input), args.side, args.head,
+                                           batch_size=args.batch_size, seq_length=args.seq_length)
+    elif args.head:
+        raise ConfigError("--head picks a clr head of a dual model; give --side text|image|speech with it")
+    else:
+        vectors, truncated = sentence_features(Path(args.model), Path(args.input), args.pooling, args.normalize,
+                                               vocab=args.vocab, seq_length=args.seq_length,
+                                               batch_size=args.batch_size)
     write_npy(out, vectors, inputs=[Path(args.input), Path(args.model)])
     note = f"; {truncated} truncated to the sequence length" if truncated else ""
     print(f"{vectors.shape[0]} x {vectors.shape[1]} features written to {out}{note}", file=sys.stderr)

@@ -15,6 +15,7 @@ always runs.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,22 @@ def check_stream_count(count: int, what: str) -> None:
 def stream_input(cfg: EmbeddingConfig) -> str | None:
     """The batch key whose absence skips this stream (None: the stream always runs)."""
     return (cfg.input_key or STREAM_INPUTS.get(cfg.parts[0])) if cfg.parts else None
+
+
+def missing_stream_inputs(model_cfg: Any, keys: Iterable[str]) -> list[str]:
+    """For each target comparing two streams (``clr``, ``moco``: a ``streams`` option) whose stream inputs are not
+    all among ``keys``, a line naming the target, its streams and the missing batch keys (why it gave no loss)."""
+    streams = list(getattr(model_cfg.embedding, "streams", None) or [])
+    present, out = set(keys), []
+    for target in model_cfg.targets:
+        pair = getattr(target, "streams", None)
+        if not streams or not pair or max(pair) >= len(streams):
+            continue
+        absent = [key for key in (stream_input(streams[i]) for i in pair) if key is not None and key not in present]
+        if absent:
+            out.append(f"target {target.label!r} compares streams {list(pair)} and the batch has no "
+                       f"{' or '.join(absent)}")
+    return out
 
 
 @dataclass

@@ -33,6 +33,14 @@ the evaluated pairs' pixels and token ids until the end to re-rank them (memory 
 
 Both tasks take the model's ``clr`` target, or a ``moco`` one (the same towers, projections and scale; in
 evaluation it scores in-batch pairs as ``clr`` does, and fine-tuning keeps its momentum queues).
+
+Models with more streams (a speech tower aligned to a CLIP: text, image and speech streams, a ``clr`` head per
+pair, docs/objectives.md): ``task.head=NAME`` names the head whose two streams the task compares (``clip_pair``;
+default: the only contrastive head, else the one over text and image; an error lists the heads otherwise). A head
+over text and speech reads audio where the image would be: TSV ``text path`` / ``label path`` or JSONL with
+``audio`` naming wav/flac/ogg files, or class folders of them (``tasks/audio_io.py``; filterbanks as the
+``speech_text`` processor makes them by default). Speech zero-shot matches each clip against the class prompts;
+``task.scorer=itm`` reads images only. ``finetune --task clip_retrieval task.head=speech`` keeps that head alone.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ from modaloom.context import ForwardContext
 from modaloom.data.images import CROP_MODES, IMAGE_NORMS
 from modaloom.errors import ConfigError, DataError
 from modaloom.registry import register
+from modaloom.tasks.audio_io import AudioLoader, blank_features, model_audio_features, read_audio_bytes
 from modaloom.tasks.classification import sort_labels
 from modaloom.tasks.finetune import FinetuneTask, check_vocabulary, resolve_tokenizer
 from modaloom.tasks.image_io import (
@@ -61,10 +70,11 @@ from modaloom.tasks.image_io import (
     model_transform,
     pad_ids,
     processor_norm,
+    read_image_bytes,
     read_image_rows,
 )
 
-MODEL_KEYS = ("pixel_values", "input_ids", "attention_mask")
+MODEL_KEYS = ("pixel_values", "input_ids", "attention_mask", "input_features", "feature_mask")
 RECALL_KS = (1, 5, 10)
 
 
@@ -77,6 +87,7 @@ class ClipTaskOptions:
     scale_min: float = 0.9  # random_resized: smallest area fraction (CLIP-style mild crops)
     hflip: bool = False  # captions may say left or right
     skip_bad_images: bool = False  # training/dev: skip (and count) unreadable images instead of failing
+    head: str = ""  # the clr target whose two streams are compared (its name); empty: the only one, or text+image
 
 
 @dataclass
@@ -97,10 +108,21 @@ class ZeroShotOptions(ScorerOptions):
     # a prompt ensemble: several templates (a list, or a file with one per line); empty: ``template`` alone
     templates: list[str] | str = field(default_factory=list)
     norm: str = choice("", "", *IMAGE_NORMS)  # empty: what the model was fine-tuned with, else CLIP's
+    head: str = ""  # the clr target whose two streams are compared (its name); empty: the only one, or text+image
+
+
+def stream_kind(section: Any) -> str:
+    """What a dual model's stream reads: text (a word part), image (a patch part), speech, or other."""
+    if "word" in section.parts:
+        return "text"
+    if any(p in section.parts for p in IMAGE_PARTS):
+        return "image"
+    return "speech" if "speech" in section.parts else "other"
 
 
 def text_stream(model_cfg: Any) -> int:
-    """Index of the text stream of a dual model whose other stream holds an image part; else a ConfigError."""
+    """Index of the text stream of a two-stream dual model whose other stream holds an image part; else a
+    ConfigError. (Models with more streams: ``clip_pair``.)"""
     streams = list(getattr(model_cfg.embedding, "streams", None) or [])
     if model_cfg.embedding.parts != ["dual"] or len(streams) != 2:
         raise ConfigError(f"CLIP tasks need a dual model (embedding.parts [dual] with a text and an image stream), "
@@ -116,13 +138,64 @@ def text_stream(model_cfg: Any) -> int:
 CONTRASTIVE_TARGETS = ("clr", "moco")  # targets with the two projections and the scale these tasks read
 
 
+@dataclass
+class ClipPair:
+    """The contrastive head a CLIP task reads and the two streams it compares: ``text`` and ``other`` (model
+    stream indices), ``kind`` of the other (image or speech), ``text_side`` (0 or 1: the text's place in the
+    head's pair of features)."""
+
+    label: str
+    text: int
+    other: int
+    kind: str
+    text_side: int
+
+
+def head_summary(model_cfg: Any, target: Any) -> str:
+    streams = list(model_cfg.embedding.streams)
+    pair = list(getattr(target, "streams", [0, 1]))
+    kinds = "+".join(stream_kind(streams[i]) if i < len(streams) else "?" for i in pair)
+    return f"{target.label} (streams {pair}: {kinds})"
+
+
+def clip_pair(model_cfg: Any, head: str = "") -> ClipPair:
+    """The ``clr`` (or ``moco``) target named ``head`` and its text and image/speech streams. Without a name: the
+    model's only contrastive head, else the one comparing a text and an image stream; a ConfigError listing
+    the heads otherwise. A two-stream model is read as before (``text_stream``)."""
+    streams = list(getattr(model_cfg.embedding, "streams", None) or [])
+    two_streams = model_cfg.embedding.parts != ["dual"] or len(streams) == 2
+    text = text_stream(model_cfg) if two_streams else -1  # a model that is not CLIP-like is refused first
+    heads = [t for t in model_cfg.targets if t.type in CONTRASTIVE_TARGETS]
+    if not heads:
+        raise ConfigError(f"CLIP tasks need a clr or moco target (contrastive head), the model has "
+                          f"{[t.type for t in model_cfg.targets] or 'none'}")
+    if two_streams:
+        chosen = heads[0]
+        if head and not any(t.label == head for t in heads):
+            raise ConfigError(f"task.head {head!r}: the model's contrastive head is {heads[0].label!r}")
+        return ClipPair(chosen.label, text, 1 - text, "image", list(chosen.streams).index(text))
+    listing = ", ".join(head_summary(model_cfg, t) for t in heads)
+    if head:
+        chosen = next((t for t in heads if t.label == head), None)
+        if chosen is None:
+            raise ConfigError(f"task.head {head!r} is not a contrastive head of the model; its heads: {listing}")
+    else:
+        found = [t for t in heads if sorted(stream_kind(streams[i]) for i in t.streams) == ["image", "text"]]
+        chosen = heads[0] if len(heads) == 1 else (found[0] if len(found) == 1 else None)
+        if chosen is None:
+            raise ConfigError(f"the model has {len(heads)} contrastive heads and none is the one over text and "
+                              f"image: name one with task.head=NAME; its heads: {listing}")
+    kinds = [stream_kind(streams[i]) for i in chosen.streams]
+    if "text" not in kinds or kinds.count("text") != 1 or not {"image", "speech"} & set(kinds):
+        raise ConfigError(f"task.head {chosen.label!r} compares streams {list(chosen.streams)} ({'+'.join(kinds)}); "
+                          f"CLIP tasks read a head over a text stream and an image or speech stream: {listing}")
+    side = kinds.index("text")
+    return ClipPair(chosen.label, chosen.streams[side], chosen.streams[1 - side], kinds[1 - side], side)
+
+
 def contrastive_label(model_cfg: Any) -> str:
     """The name of the model's ``clr`` (or ``moco``) target (the head that aligns the streams)."""
-    for target in model_cfg.targets:
-        if target.type in CONTRASTIVE_TARGETS:
-            return target.label
-    raise ConfigError(f"CLIP tasks need a clr or moco target (contrastive head), the model has "
-                      f"{[t.type for t in model_cfg.targets] or 'none'}")
+    return clip_pair(model_cfg).label
 
 
 def itm_scorer(options: ScorerOptions, model_cfg: Any) -> str | None:
@@ -254,14 +327,54 @@ class ClipBase(FinetuneTask):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.text_index = text_stream(self.cfg.model)
-        self.label = contrastive_label(self.cfg.model)
+        self.pair: ClipPair | None = None
+        try:
+            self.select_head(str(self.inputs_.options.get("head", "") or ""))
+        except ConfigError:
+            if sum(t.type in CONTRASTIVE_TARGETS for t in self.cfg.model.targets) < 2:
+                raise
+            # several heads and none chosen yet: `evaluate ... task.head=NAME` names one (set_options)
         self.truncated: dict[str, int] = {}
         self.skipped: dict[str, int] = {}
 
+    def select_head(self, head: str) -> None:
+        """Read the contrastive head ``head`` (``clip_pair``): its name, its text side, its image or speech side."""
+        self.pair = clip_pair(self.cfg.model, head)
+        self.label = self.pair.label
+        self.text_index = self.pair.text_side  # the text's place in the head's pair of features
+
+    def head_for(self, head: str, scorer: str = "contrastive") -> None:
+        """``set_options``' head: the one named, else the default one; the itm scorer reads images only."""
+        if head or self.pair is None:
+            self.select_head(head)
+        assert self.pair is not None
+        if scorer == "itm" and self.pair.kind != "image":
+            raise ConfigError(f"task.scorer=itm re-ranks image-text pairs; head {self.pair.label!r} compares text "
+                              f"with {self.pair.kind}: use task.scorer=contrastive")
+
+    @property
+    def kind(self) -> str:
+        """What the head compares with text: image or speech."""
+        if self.pair is None:
+            self.select_head("")  # raises the error listing the heads
+        assert self.pair is not None
+        return self.pair.kind
+
+    @property
+    def media(self) -> str:
+        return "audio" if self.kind == "speech" else "image"
+
+    def read_media(self, rows: list[ImageRow], skip_bad: bool, what: str) -> Any:
+        """The rows' images, or audio clips for a head over speech (``image_io.load_images``)."""
+        read = read_audio_bytes if self.kind == "speech" else read_image_bytes
+        return load_images(rows, skip_bad, what, self.name, read=read)
+
     @property
     def text_section(self) -> Any:
-        return self.cfg.model.embedding.streams[self.text_index]
+        streams = self.cfg.model.embedding.streams
+        if self.pair is None:
+            return next(s for s in streams if stream_kind(s) == "text")
+        return streams[self.pair.text]
 
     @property
     def norm(self) -> str:
@@ -271,12 +384,16 @@ class ClipBase(FinetuneTask):
         self.tokenizer, where = resolve_tokenizer(model_dir, vocab)
         check_vocabulary(self.cfg, self.tokenizer, where, self.text_section)
 
-    def loader(self, examples: list[dict[str, Any]], train: bool, info: Any = None) -> ImageLoader:
+    def loader(self, examples: list[dict[str, Any]], train: bool, info: Any = None) -> ImageLoader | AudioLoader:
         o = self.options
-        crop, hflip = (o.crop, o.hflip) if train else ("center", False)
-        transform = model_transform(self.cfg.model, self.norm, crop, hflip, getattr(o, "scale_min", 0.9))
         rank, world = (info.rank, info.world_size) if info is not None else (0, 1)
         assert self.tokenizer is not None
+        if self.kind == "speech":
+            return AudioLoader(examples, self.cfg.train.batch_size, self.tokenizer.special_id("pad", "padding"),
+                               shuffle=train, seed=self.cfg.train.seed, rank=rank, world_size=world,
+                               drop_last=False, features=model_audio_features(self.cfg.model))
+        crop, hflip = (o.crop, o.hflip) if train else ("center", False)
+        transform = model_transform(self.cfg.model, self.norm, crop, hflip, getattr(o, "scale_min", 0.9))
         return ImageLoader(examples, self.cfg.train.batch_size, self.tokenizer.special_id("pad", "padding"),
                            shuffle=train, seed=self.cfg.train.seed, rank=rank, world_size=world,
                            drop_last=False, transform=transform)
@@ -299,16 +416,19 @@ class ClipRetrievalTask(ClipBase):
         self.scoring_model: Any = None
 
     def set_options(self, options: dict[str, Any]) -> None:
-        """``evaluate``'s options: ``task.scorer`` and ``task.rerank`` (see the module docstring)."""
-        self.scoring = build(ScorerOptions, dict(options), path="task")
+        """``evaluate``'s options: ``task.head``, ``task.scorer`` and ``task.rerank`` (see the module docstring)."""
+        options = dict(options)
+        head = str(options.pop("head", "") or "")  # task.head: which clr head (``clip_pair``)
+        self.scoring = build(ScorerOptions, options, path="task")
+        self.head_for(head, self.scoring.scorer)
         self.itm = itm_scorer(self.scoring, self.cfg.model)
 
     # ---- data
     def examples(self, path: Path, what: str, skip_bad: bool) -> list[dict[str, Any]]:
         """In-memory pairs of a file: image bytes, caption ids, the id of the image file (shared by rows)."""
         assert self.tokenizer is not None
-        rows = read_image_rows(path, ("text",))
-        loaded = load_images(rows, skip_bad, what, self.name)
+        rows = read_image_rows(path, ("text",), media=self.media)
+        loaded = self.read_media(rows, skip_bad, what)
         self.skipped[what] = len(loaded.skipped)
         ids, self.truncated[what] = caption_ids(self.tokenizer, [r.text or "" for r in loaded.rows],
                                                 self.cfg.data.seq_length)
@@ -325,7 +445,8 @@ class ClipRetrievalTask(ClipBase):
 
         cfg, paths = self.cfg, self.paths
         model = to_dict(cfg.model)
-        model["targets"] = [t for t in model["targets"] if t.get("type") in CONTRASTIVE_TARGETS][:1]
+        self.head_for(self.options.head)
+        model["targets"] = [model["targets"][[t.label for t in cfg.model.targets].index(self.label)]]
         cfg.model = build(ModelConfig, model, Source(), "model")
         self.set_tokenizer(paths.init_from, self.inputs_.vocab)
         positions = self.text_section.max_seq_length
@@ -349,7 +470,7 @@ class ClipRetrievalTask(ClipBase):
         return loader
 
     def data_description(self) -> str:
-        return (f"{len(self.train_examples)} image-text pairs in {self.paths.data}, "
+        return (f"{len(self.train_examples)} {self.kind}-text pairs in {self.paths.data}, "
                 f"{self.steps_per_epoch} steps/epoch")
 
     def identity(self) -> dict[str, Any]:
@@ -358,7 +479,7 @@ class ClipRetrievalTask(ClipBase):
 
     # ---- model steps
     def loss(self, model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        output = model({k: batch[k] for k in MODEL_KEYS})
+        output = model({k: batch[k] for k in MODEL_KEYS if k in batch})
         return output.loss, dict(output.metrics)
 
     def eval_step(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
@@ -466,6 +587,7 @@ class ZeroShotTask(ClipBase):
         if "template" in options and "templates" in options:
             raise ConfigError("give task.template (one prompt) or task.templates (an ensemble), not both")
         self.options = build(ZeroShotOptions, options, path="task")
+        self.head_for(self.options.head, self.options.scorer)
         self.itm = itm_scorer(self.options, self.cfg.model)
         self.options.templates = self.template_list()
         self.prompts = self.prompt_tokens = None  # other templates: other prompts
@@ -505,9 +627,9 @@ class ZeroShotTask(ClipBase):
         return names
 
     def input_loader(self, path: Path) -> ImageLoader:
-        rows = read_image_rows(path)
+        rows = read_image_rows(path, media=self.media)
         self.classes = self.class_names(rows)
-        loaded = load_images(rows, False, "input", self.name)
+        loaded = self.read_media(rows, False, "input")
         labelled = all(r.label is not None for r in rows)
         examples = []
         for i, (row, data) in enumerate(zip(loaded.rows, loaded.images, strict=True)):
@@ -546,18 +668,25 @@ class ZeroShotTask(ClipBase):
     def template_features(self, model: Any, device: torch.device, input_ids: torch.Tensor,
                           mask: torch.Tensor) -> torch.Tensor:
         """Normalised text features (C, F) of one template's prompts (``prompt_ids``)."""
-        section = image_embedding(self.cfg.model)
-        blank = torch.zeros(len(input_ids), section.channels, section.image_height, section.image_width)
-        batch = {"input_ids": input_ids.to(device), "attention_mask": mask.to(device), "pixel_values": blank.to(device)}
+        batch = {"input_ids": input_ids.to(device), "attention_mask": mask.to(device),
+                 **{k: v.to(device) for k, v in self.blank_media(len(input_ids)).items()}}
         return pair_features(model, batch, self.label, self.text_index)[0]
 
+    def blank_media(self, rows: int) -> dict[str, torch.Tensor]:
+        """Inputs of the image or speech stream that text features are computed beside (not read by them)."""
+        if self.kind == "speech":
+            return blank_features(rows, self.cfg.model)
+        section = image_embedding(self.cfg.model)
+        return {"pixel_values": torch.zeros(rows, section.channels, section.image_height, section.image_width)}
+
     def eval_step(self, model: Any, batch: dict[str, Any]) -> dict[str, Any]:
-        device = batch["pixel_values"].device
+        media = {k: batch[k] for k in ("pixel_values", "input_features", "feature_mask") if k in batch}
+        device = batch["index"].device
         prompts = self.prompt_features(model, device)
         ids, mask = pad_ids(caption_ids(self.tokenizer, [self.classes[0]], self.cfg.data.seq_length)[0],
                             self.tokenizer.special_id("pad", "padding"))
-        rows = batch["pixel_values"].shape[0]  # any caption: the image stream does not read it
-        inputs = {"pixel_values": batch["pixel_values"], "input_ids": ids.expand(rows, -1).to(device),
+        rows = batch["index"].shape[0]  # any caption: the image (or speech) stream does not read it
+        inputs = {**media, "input_ids": ids.expand(rows, -1).to(device),
                   "attention_mask": mask.expand(rows, -1).to(device)}
         _, image, scale = pair_features(model, inputs, self.label, self.text_index)
         out = {"index": batch["index"], "logits": scale * image @ prompts.T}

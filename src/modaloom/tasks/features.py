@@ -31,7 +31,8 @@ def sentence_features(model_dir: Path, input_path: Path, pooling: str, normalize
     if list(model.config.embedding.parts) == ["dual"]:
         raise ConfigError(f"features pools one text encoder; {model_dir} is a dual (two-tower, CLIP-style) model. "
                           f"For its caption-image similarities run `modaloom predict --model {model_dir} --input "
-                          f"PAIRS.tsv` on a clip_retrieval model (score and ranks per pair)")
+                          f"PAIRS.tsv` on a clip_retrieval model (score and ranks per pair), or `modaloom features --side "
+                          f"text|image|speech` for its contrastive features")
     return row_features(model, tokenizer, read_sentences(input_path), pooling, normalize, seq_length, batch_size)
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from modaloom.tasks.text_io import MemoryLoader, is_jsonl, read_lines, tsv_heade
 
 IMAGE_KEYS = ("path", "image")
 IMAGE_PARTS = ("patch", "masked_patch")
+MEDIA_SUFFIXES = {"image": IMAGE_SUFFIXES, "audio": frozenset({".wav", ".flac", ".ogg"})}
 
 
 @dataclass
@@ -47,18 +49,21 @@ class ImageRow:
     text: str | None = None
 
 
-def read_image_rows(path: str | Path, need: tuple[str, ...] = ()) -> list[ImageRow]:
-    """Every row of a TSV/JSONL list or an ImageFolder; the columns in ``need`` ("label", "text") must be there."""
+def read_image_rows(path: str | Path, need: tuple[str, ...] = (), media: str = "image") -> list[ImageRow]:
+    """Every row of a TSV/JSONL list or an ImageFolder; the columns in ``need`` ("label", "text") must be there.
+    ``media="audio"`` reads lists of audio files the same way (column ``path`` or ``audio``; a folder of class
+    sub-folders holds wav/flac/ogg files), for the speech side of a dual model."""
     path = Path(path)
     if path.is_dir():
         if "text" in need:
-            raise DataError(f"{path}: an image folder has labels but no texts; give a TSV (text path) or JSONL file")
-        rows = _read_folder(path)
+            raise DataError(f"{path}: an {media} folder has labels but no texts; give a TSV (text path) or JSONL file")
+        rows = _read_folder(path, MEDIA_SUFFIXES[media])
     elif not path.is_file():
         raise DataError(f"{path}: no such file or folder")
     else:
         lines = read_lines(path)
-        rows = _read_jsonl(path, lines, need) if is_jsonl(path) else _read_tsv(path, lines, need)
+        keys = ("path", media)
+        rows = _read_jsonl(path, lines, need, keys) if is_jsonl(path) else _read_tsv(path, lines, need, keys)
     if not rows:
         raise DataError(f"{path}: no examples")
     return rows
@@ -69,20 +74,22 @@ def _image_path(list_file: Path, name: str) -> Path:
     return image if image.is_absolute() else list_file.parent / image
 
 
-def _read_tsv(path: Path, lines: list[str], need: tuple[str, ...]) -> list[ImageRow]:
+def _read_tsv(path: Path, lines: list[str], need: tuple[str, ...],
+              keys: tuple[str, ...] = IMAGE_KEYS) -> list[ImageRow]:
     header = tsv_header(path, lines, "label path, or text path", need)
-    image_key = next((k for k in IMAGE_KEYS if k in header), None)
+    image_key = next((k for k in keys if k in header), None)
     if image_key is None:
-        raise DataError(f"{path}:1: header {header} has no image column (path or image)")
+        raise DataError(f"{path}:1: header {header} has no {keys[1]} column ({' or '.join(keys)})")
     rows = []
     for where, value in tsv_rows(path, lines, header):
         if not value[image_key].strip():
-            raise DataError(f"{where}: empty image path")
+            raise DataError(f"{where}: empty {keys[1]} path")
         rows.append(ImageRow(where, _image_path(path, value[image_key].strip()), value.get("label"), value.get("text")))
     return rows
 
 
-def _read_jsonl(path: Path, lines: list[str], need: tuple[str, ...]) -> list[ImageRow]:
+def _read_jsonl(path: Path, lines: list[str], need: tuple[str, ...],
+                keys: tuple[str, ...] = IMAGE_KEYS) -> list[ImageRow]:
     rows = []
     for number, line in enumerate(lines, start=1):
         where = f"{path}:{number}"
@@ -94,9 +101,9 @@ def _read_jsonl(path: Path, lines: list[str], need: tuple[str, ...]) -> list[Ima
             raise DataError(f"{where}: malformed JSON ({exc.msg} at column {exc.colno})") from None
         if not isinstance(value, dict):
             raise DataError(f"{where}: expected a JSON object with image and label/text, got {type(value).__name__}")
-        name = next((value[k] for k in ("image", "path") if isinstance(value.get(k), str) and value[k].strip()), None)
+        name = next((value[k] for k in keys[::-1] if isinstance(value.get(k), str) and value[k].strip()), None)
         if name is None:
-            raise DataError(f"{where}: no string field image (or path) (keys: {sorted(value)})")
+            raise DataError(f"{where}: no string field {keys[1]} (or {keys[0]}) (keys: {sorted(value)})")
         for column in need:
             if value.get(column) is None:
                 raise DataError(f"{where}: no field {column}, which this file needs")
@@ -110,14 +117,14 @@ def _read_jsonl(path: Path, lines: list[str], need: tuple[str, ...]) -> list[Ima
     return rows
 
 
-def _read_folder(root: Path) -> list[ImageRow]:
+def _read_folder(root: Path, suffixes: frozenset[str] = IMAGE_SUFFIXES) -> list[ImageRow]:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         raise DataError(f"{root}: no class sub-folders (an image folder holds one folder of images per class)")
     rows = []
     for name in classes:
         for image in sorted((root / name).rglob("*")):
-            if image.is_file() and image.suffix.lower() in IMAGE_SUFFIXES:
+            if image.is_file() and image.suffix.lower() in suffixes:
                 rows.append(ImageRow(str(image), image, name))
     return rows
 
@@ -143,12 +150,14 @@ class LoadedImages:
     skipped: list[str] = field(default_factory=list)
 
 
-def load_images(rows: list[ImageRow], skip_bad: bool, what: str = "", task: str = "") -> LoadedImages:
-    """Read every row's image; with ``skip_bad`` a bad one is dropped and counted (reported on stderr)."""
+def load_images(rows: list[ImageRow], skip_bad: bool, what: str = "", task: str = "",
+                read: Callable[[ImageRow], bytes] = read_image_bytes) -> LoadedImages:
+    """Read every row's image (or, with another ``read``, its audio); with ``skip_bad`` a bad one is dropped and
+    counted (reported on stderr)."""
     out = LoadedImages([], [])
     for row in rows:
         try:
-            data = read_image_bytes(row)
+            data = read(row)
         except DataError as exc:
             if not skip_bad:
                 raise

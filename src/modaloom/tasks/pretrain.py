@@ -153,8 +153,11 @@ def preflight(model: nn.Module, loader_args: dict[str, Any], data_dir: Path) -> 
     finally:
         model.train(was_training)
     if output.loss is None:
+        from modaloom.embeddings.dual import missing_stream_inputs
+
+        streams = "".join(f"; {line}" for line in missing_stream_inputs(model.config, batch))
         raise DataError(f"batches of {data_dir} (keys {sorted(batch)}) carry no labels for the model's targets "
-                        f"{[t.label for t in model.config.targets]}; preprocess with a matching processor")
+                        f"{[t.label for t in model.config.targets]}{streams}; preprocess with a matching processor")
 
 
 @register("task", "pretrain")

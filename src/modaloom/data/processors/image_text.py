@@ -29,17 +29,19 @@ class ClipOptions(ImageOptions):
     norm: str = "clip"
 
 
-@register("processor", "clip")
-class ClipProcessor(ImageProcessor):
-    """Image + caption -> ``pixel_values``, ``input_ids`` ([CLS] caption [SEP] or bos/eos, at most
-    seq_length); captions longer than that are cut (counted in the manifest as ``truncated``)."""
+class CaptionIds:
+    """The caption half of the pair processors (``clip``, ``speech_text``): the caption column of a row
+    (``text_column``, else the first of ``CAPTION_COLUMNS``) as ``[CLS] ids [SEP]`` (or bos/eos), cut to
+    seq_length; call ``set_caption_ids()`` once the tokenizer is set."""
 
-    name = "clip"
-    Options = ClipOptions
-    needs_tokenizer = True
+    name: str
+    tokenizer: Any
+    options: Any
+    seq_length: int
+    start_id: int | None
+    end_id: int | None
 
-    def __init__(self, tokenizer: Any, seq_length: int, options: Any = None, seed: int = 7):
-        super().__init__(tokenizer, seq_length, options, seed)
+    def set_caption_ids(self) -> None:
         self.start_id = self._first_id(("cls", "bos"))
         self.end_id = self._first_id(("sep", "eos"))
 
@@ -49,10 +51,6 @@ class ClipProcessor(ImageProcessor):
             if found is not None:
                 return found
         return None
-
-    @property
-    def fields(self) -> dict[str, FieldSpec]:
-        return {"image": FieldSpec("uint8"), "input_ids": FieldSpec(self.id_dtype)}
 
     def texts(self, record: SourceRecord) -> list[str]:
         if not isinstance(record.value, Mapping):
@@ -74,6 +72,24 @@ class ClipProcessor(ImageProcessor):
         if self.end_id is not None:
             ids = [*ids, self.end_id]
         return np.asarray(ids)
+
+
+@register("processor", "clip")
+class ClipProcessor(CaptionIds, ImageProcessor):
+    """Image + caption -> ``pixel_values``, ``input_ids`` ([CLS] caption [SEP] or bos/eos, at most
+    seq_length); captions longer than that are cut (counted in the manifest as ``truncated``)."""
+
+    name = "clip"
+    Options = ClipOptions
+    needs_tokenizer = True
+
+    def __init__(self, tokenizer: Any, seq_length: int, options: Any = None, seed: int = 7):
+        super().__init__(tokenizer, seq_length, options, seed)
+        self.set_caption_ids()
+
+    @property
+    def fields(self) -> dict[str, FieldSpec]:
+        return {"image": FieldSpec("uint8"), "input_ids": FieldSpec(self.id_dtype)}
 
     def process(self, record: SourceRecord) -> Iterable[dict[str, Any]]:
         ids = self.caption_ids(record)

@@ -1,0 +1,87 @@
+"""Audio clips for the speech side of a dual model's tasks (``clip_retrieval``, ``zero_shot``, ``features`` on a
+``clr`` head over a text and a speech stream): rows read as ``image_io`` reads image lists, with ``media="audio"``
+(TSV ``text path`` / ``label path``, JSONL ``{"text"|"label", "audio"}``, or a folder of class sub-folders of
+wav/flac/ogg files); each clip's bytes checked to decode when read, its features made per batch.
+
+Features are those of the ``speech_text`` processor's defaults: resampled to 16 kHz, Kaldi filterbanks with as
+many bins as the speech stream's ``audio_feature_size``, utterance-normalised, no SpecAugment; frames beyond what
+the stream's positions admit after subsampling are cut.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from modaloom.data.audio import AudioFeatures, decode_audio
+from modaloom.errors import ConfigError, DataError
+from modaloom.tasks.image_io import ImageRow, pad_ids
+from modaloom.tasks.text_io import MemoryLoader
+
+SPEECH_PARTS = ("speech",)
+
+
+def read_audio_bytes(row: ImageRow) -> bytes:
+    """The encoded audio a row names, checked to decode; a missing or undecodable file names file:line."""
+    try:
+        data = row.image.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{row.where}: audio file {row.image} not found") from None
+    except OSError as exc:
+        raise DataError(f"{row.where}: cannot read audio file {row.image} ({exc.strerror or exc})") from None
+    decode_audio(data, where=f"{row.where}: {row.image}")
+    return data
+
+
+def speech_embedding(model_cfg: Any) -> Any:
+    """The embedding section holding the model's speech part (a stream of a dual model)."""
+    sections = list(getattr(model_cfg.embedding, "streams", None) or []) or [model_cfg.embedding]
+    for section in sections:
+        if any(part in section.parts for part in SPEECH_PARTS):
+            return section
+    raise ConfigError(f"the model has no speech embedding part in embedding.parts {model_cfg.embedding.parts}")
+
+
+def model_audio_features(model_cfg: Any) -> AudioFeatures:
+    """Filterbanks sized for the model's speech stream (bins, most frames its positions admit)."""
+    from modaloom.tasks.speech_to_text import frames_admitted
+
+    section = speech_embedding(model_cfg)
+    return AudioFeatures(16000, int(section.audio_feature_size), True, frames_admitted(section))
+
+
+def blank_features(rows: int, model_cfg: Any) -> dict[str, torch.Tensor]:
+    """Silent speech inputs for ``rows`` rows: the other side of a pair whose speech side is not read."""
+    bins = int(speech_embedding(model_cfg).audio_feature_size)
+    return {"input_features": torch.zeros(rows, 16, bins), "feature_mask": torch.ones(rows, 16, dtype=torch.long)}
+
+
+@dataclass
+class AudioLoader(MemoryLoader):
+    """``MemoryLoader`` over examples holding encoded audio bytes under ``image`` (the row's media, as
+    ``image_io`` names it) (+ ``label``, ``input_ids``, ``image_id``): each batch makes the filterbanks.
+    Batch keys: input_features, feature_mask, index, [task_labels], [input_ids, attention_mask], [image_id]."""
+
+    features: AudioFeatures | None = None
+
+    def collate_batch(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        assert self.features is not None
+        clips = [self.features(e["image"], e["where"]) for e in examples]
+        frames = max(len(c) for c in clips)
+        values = np.zeros((len(clips), frames, clips[0].shape[1]), dtype=np.float32)
+        mask = np.zeros((len(clips), frames), dtype=np.int64)
+        for i, clip in enumerate(clips):
+            values[i, :len(clip)] = clip
+            mask[i, :len(clip)] = 1
+        batch = {"input_features": torch.from_numpy(values), "feature_mask": torch.from_numpy(mask),
+                 "index": torch.tensor([e["index"] for e in examples], dtype=torch.long)}
+        if "label" in examples[0]:
+            batch["task_labels"] = torch.tensor([e["label"] for e in examples], dtype=torch.long)
+        if "image_id" in examples[0]:
+            batch["image_id"] = torch.tensor([e["image_id"] for e in examples], dtype=torch.long)
+        if "input_ids" in examples[0]:
+            batch["input_ids"], batch["attention_mask"] = pad_ids([e["input_ids"] for e in examples], self.pad_id)
+        return batch
