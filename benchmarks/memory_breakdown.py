@@ -6,12 +6,14 @@ Trainer builds them, in one fresh process (so that nothing else is counted).
 DATA_DIR is a ``modaloom preprocess --processor bert`` output (``benchmarks/pretrain_throughput.py`` prepares
 one). Rows: the interpreter, ``import torch``, modaloom's imports (and which heavy optional modules they pulled
 in), the tiny BERT model, the data loader with its first batch, the logging sinks (TensorBoard writer,
-progress bar), the matmul-peak probe, the optimizer (``torch.optim`` imports ``torch._dynamo`` and sympy on
-first use) with its first step, two more training steps, the loss-curve plot; then, for comparison and outside
+progress bar), the matmul-peak probe, the optimizer with its first step (and whether it pulled in
+``torch._dynamo`` and sympy, which eager runs avoid), two more training steps, the loss-curve plot; then, for
+comparison and outside
 the run's peak, the same steps over the full masked LM logits (``chunked_loss = False``). Each row gives the
 RSS after the part, its change, the peak within the part (what it allocates and frees, like the probe or a
 step; Linux resets the peak between parts) and the run's peak so far. This module imports nothing heavy at
-the top: the import rows are its own measurement.
+the top: the import rows are its own measurement. Like the ``modaloom`` command, it first re-runs itself with
+the malloc that ``MODALOOM_ALLOCATOR`` chooses (``modaloom/allocator.py``), and prints which one it ran with.
 """
 
 from __future__ import annotations
@@ -131,7 +133,7 @@ def breakdown(data: Path, batch: int, seq: int, threads: int, overrides: list[st
         optimizer = build_optimizer(model, cfg.train)
         model.train()
         _steps(model, optimizer, first, 1)
-        ledger.mark("optimizer: torch.optim imports torch._dynamo (+ sympy); AdamW state; first step",
+        ledger.mark("optimizer: AdamW state; first step",
                     heavy=[name for name in ("torch._dynamo", "sympy") if name in set(sys.modules) - before],
                     adam_state_mb=2 * params * 4 / 2**20)
         _steps(model, optimizer, first, 2)
@@ -147,13 +149,17 @@ def breakdown(data: Path, batch: int, seq: int, threads: int, overrides: list[st
             VocabularyTarget.chunked_loss = True
         ledger.mark("comparison: the same 2 steps over the full masked LM logits", comparison=True)
     del trainer_module
+    from modaloom.allocator import active_allocator
+
     return {"rows": ledger.rows, "peak_mb": ledger.run_peak, "batch": batch, "seq": seq, "threads": threads,
-            "mmap_threshold_mb": cfg.train.mmap_threshold_mb, "part_peaks": ledger.part_peaks}
+            "mmap_threshold_mb": cfg.train.mmap_threshold_mb, "part_peaks": ledger.part_peaks,
+            "allocator": active_allocator()}
 
 
 def print_rows(result: dict[str, Any]) -> None:
     print(f"modaloom pre-training memory by part (tiny BERT, batch {result['batch']}x{result['seq']}, "
-          f"{result['threads']} threads, train.mmap_threshold_mb={result['mmap_threshold_mb']}), MiB")
+          f"{result['threads']} threads, malloc: {result.get('allocator', 'system')}, "
+          f"train.mmap_threshold_mb={result['mmap_threshold_mb']}), MiB")
     peak_name = "part peak" if result.get("part_peaks", True) else "peak"
     print(f"{'part':<84} {'RSS after':>9} {'change':>7} {peak_name:>9} {'run peak':>8}")
     for row in result["rows"]:
@@ -164,6 +170,10 @@ def print_rows(result: dict[str, Any]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        from modaloom.allocator import preload_allocator
+
+        preload_allocator()  # as the modaloom command does (returns only when nothing is to be done)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", type=Path, help="a modaloom preprocess --processor bert output folder")
     parser.add_argument("--batch", type=int, default=32)

@@ -71,11 +71,13 @@ def tree_rss(root: psutil.Process) -> int:
     return total
 
 
-def run_measured(cmd: Sequence[str], threads: int, cwd: Path | None = None, interval: float = 0.02) -> Measured:
-    """Run ``cmd`` to completion with ``threads`` threads, sampling its process tree's RSS every ``interval``
-    seconds and the load average every second; fails loudly with the tail of its output."""
+def run_measured(cmd: Sequence[str], threads: int, cwd: Path | None = None, interval: float = 0.02,
+                 env: dict[str, str] | None = None) -> Measured:
+    """Run ``cmd`` to completion with ``threads`` threads (and ``env`` added to its environment), sampling its
+    process tree's RSS every ``interval`` seconds and the load average every second; fails loudly with the tail
+    of its output."""
     start = time.perf_counter()
-    proc = subprocess.Popen(list(cmd), env=child_env(threads), cwd=cwd, stdout=subprocess.PIPE,
+    proc = subprocess.Popen(list(cmd), env={**child_env(threads), **(env or {})}, cwd=cwd, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     chunks: list[str] = []
     reader = threading.Thread(target=lambda: chunks.append(proc.stdout.read() if proc.stdout else ""), daemon=True)

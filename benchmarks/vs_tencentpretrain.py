@@ -14,8 +14,11 @@ RSS of its whole process tree (workers included) and the 1-minute load average w
   against ``modaloom preprocess --processor bert`` (one copy, masked again each epoch); peak RSS at equal work.
 - pretrain, tiny BERT (models/bert/tiny_config.json / ``--config bert/tiny``), ``--steps`` steps: equal compute
   (batch 32 x seq 128 on both, on the equal-work data) and each tool's defaults (tokens/s of the whole command,
-  tokens = batch x seq x steps); peak RSS at equal compute, and modaloom's memory by part
-  (``benchmarks/memory_breakdown.py``).
+  tokens = batch x seq x steps); peak RSS at equal compute, also for modaloom's low-memory setting (the same 32
+  examples per step as two micro-batches of 16), and modaloom's memory by part
+  (``benchmarks/memory_breakdown.py``). modaloom runs with the malloc it preloads (jemalloc where installed,
+  ``modaloom/allocator.py``); for the record TencentPretrain's equal-compute run is then repeated with that
+  malloc preloaded as well (its own rows, not a ratio).
 - finetune: ``benchmarks/finetune.py``'s side-by-side commands (book_review, 2 epochs, from TencentPretrain's
   1,000-step checkpoint).
 - inference: ``benchmarks/inference.py``'s end-to-end commands (book_review test_nolabel, batch 64).
@@ -41,10 +44,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import side_by_side  # noqa: E402
 from side_by_side import SHARED, ZH_VOCAB, Measured, interleaved, median, modaloom_command  # noqa: E402
 
+from modaloom.allocator import choose_library  # noqa: E402
+
 PARTS = ("preprocess", "pretrain", "finetune", "inference")
 CORPUS = SHARED / "corpora" / "book_review_train_bert.txt"
 TP_TINY_CONFIG = "models/bert/tiny_config.json"
-LOW_MEMORY = "train.mmap_threshold_mb=1"  # modaloom's low-memory setting, measured beside its default
+# modaloom's low-memory setting, measured beside its default: the same 32 examples per step in two micro-batches
+LOW_MEMORY = ["--batch-size", "16", "train.grad_accum_steps=2"]
 
 
 def corpus_slice(work: Path, lines: int) -> Path:
@@ -151,12 +157,13 @@ class Harness:
     def pretrain(self) -> None:
         data, steps = self.ensure_data(), self.args.steps
         equal = self.ours_pretrain(data, steps, ["--batch-size", "32", "--seq-length", "128"])
+        low_memory = " ".join(LOW_MEMORY)
         tp, ours, low = self.pair(self.tp_pretrain("tp_dup1.pt", steps, ["--batch_size", "32"]), equal,
-                                  self.work / "ml_pt", [*equal, LOW_MEMORY])
+                                  self.work / "ml_pt", [*equal, *LOW_MEMORY])
         self.rows.append(row(f"pretrain, equal compute ({steps} steps x 32 x 128)", tp, ours, tp.wall / ours.wall, "s"))
         self.rows.append(rss_row("pretrain, equal compute: memory", tp, ours))
-        self.rows.append(row(f"pretrain, equal compute, {LOW_MEMORY}", tp, low, tp.wall / low.wall, "s"))
-        self.rows.append(rss_row(f"pretrain, equal compute, {LOW_MEMORY}: memory", tp, low))
+        self.rows.append(row(f"pretrain, equal compute, {low_memory}", tp, low, tp.wall / low.wall, "s"))
+        self.rows.append(rss_row(f"pretrain, equal compute, {low_memory}: memory", tp, low))
         measured = side_by_side.run_measured([sys.executable, str(Path(__file__).parent / "memory_breakdown.py"),
                                               str(data), "--threads", str(self.threads), "--json"], self.threads)
         self.breakdown = json.loads(measured.output.strip().splitlines()[-1])
@@ -165,6 +172,22 @@ class Harness:
         tp_tps, ours_tps = 32 * 128 * steps / tp.wall, default_batch_tokens() * steps / ours.wall
         self.rows.append(row(f"pretrain, each tool's defaults ({steps} steps), tokens/s", tp_tps, ours_tps,
                              ours_tps / tp_tps, "tokens/s", (tp.load, ours.load)))
+        self.tp_with_our_allocator(steps)
+
+    def tp_with_our_allocator(self, steps: int) -> None:
+        """TencentPretrain's equal-compute run again with the malloc that modaloom preloads (see
+        ``modaloom/allocator.py``), for the record: how much of the memory gap the allocator alone closes."""
+        lib = choose_library("auto")[0]
+        if lib is None:
+            return
+        cmd = self.tp_pretrain("tp_dup1.pt", steps, ["--batch_size", "32"])
+        runs = [side_by_side.run_measured(cmd, self.threads, cwd=self.tp, env={"LD_PRELOAD": lib})
+                for _ in range(self.args.repeat)]
+        tp = median(runs)
+        self.rows.append(row(f"TencentPretrain itself with {lib} preloaded, equal compute", tp.wall, tp.wall, 1.0,
+                             "s (TencentPretrain only)", (tp.load, tp.load)))
+        self.rows.append(row(f"TencentPretrain itself with {lib} preloaded: memory", tp.peak_rss_mb,
+                             tp.peak_rss_mb, 1.0, "MiB peak RSS (TencentPretrain only)", (tp.load, tp.load)))
 
     def finetune(self) -> None:
         import finetune
@@ -245,8 +268,10 @@ def main(argv: list[str] | None = None) -> int:
         getattr(harness, part)()
     import torch
 
+    malloc = choose_library(os.environ.get("MODALOOM_ALLOCATOR", "auto"))[0] or "the system's"
     header = (f"modaloom vs TencentPretrain ({args.tp}), torch {torch.__version__}, {args.threads} threads, "
-              f"{os.cpu_count()} cores, median of {args.repeat} interleaved runs{' (QUICK: smoke only)' * args.quick}")
+              f"{os.cpu_count()} cores, median of {args.repeat} interleaved runs, modaloom's malloc: {malloc} "
+              f"(TencentPretrain: the system's){' (QUICK: smoke only)' * args.quick}")
     print_table(harness.rows, header)
     if harness.breakdown:
         import memory_breakdown

@@ -81,6 +81,9 @@ def test_tiny_real_side_by_side(tmp_path, capsys):
     assert vs_tencentpretrain.main(["--quick", "--parts", "preprocess", "pretrain", "--work", str(tmp_path / "w"),
                                     "--threads", "1", "--json", str(out)]) == 0
     rows = json.loads(out.read_text(encoding="utf-8"))["rows"]
-    assert [r["part"].split(",")[0] for r in rows] == ["preprocess"] * 3 + ["pretrain"] * 3
+    parts = [r["part"].split(",")[0] for r in rows]
+    assert parts[:8] == ["preprocess"] * 3 + ["pretrain"] * 5
+    # with jemalloc (or another malloc modaloom preloads) installed, TencentPretrain runs once more with it
+    assert len(parts) - 8 in (0, 2) and all(p.startswith("TencentPretrain itself with") for p in parts[8:])
     assert all(r["tencentpretrain"] > 0 and r["modaloom"] > 0 and r["ratio"] > 0 for r in rows)
     assert "| part | TencentPretrain | modaloom |" in capsys.readouterr().out
