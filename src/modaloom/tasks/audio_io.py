@@ -17,23 +17,16 @@ import numpy as np
 import torch
 
 from modaloom.data.audio import AudioFeatures, decode_audio
-from modaloom.errors import ConfigError, DataError
-from modaloom.tasks.image_io import ImageRow, pad_ids
+from modaloom.errors import ConfigError
+from modaloom.tasks.image_io import ImageRow, pad_ids, read_checked_bytes
 from modaloom.tasks.text_io import MemoryLoader
 
 SPEECH_PARTS = ("speech",)
 
 
 def read_audio_bytes(row: ImageRow) -> bytes:
-    """The encoded audio a row names, checked to decode; a missing or undecodable file names file:line."""
-    try:
-        data = row.image.read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"{row.where}: audio file {row.image} not found") from None
-    except OSError as exc:
-        raise DataError(f"{row.where}: cannot read audio file {row.image} ({exc.strerror or exc})") from None
-    decode_audio(data, where=f"{row.where}: {row.image}")
-    return data
+    """The encoded audio a row names, checked to decode."""
+    return read_checked_bytes(row, "audio", decode_audio)
 
 
 def speech_embedding(model_cfg: Any) -> Any:

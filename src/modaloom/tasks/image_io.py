@@ -129,16 +129,22 @@ def _read_folder(root: Path, suffixes: frozenset[str] = IMAGE_SUFFIXES) -> list[
     return rows
 
 
-def read_image_bytes(row: ImageRow) -> bytes:
-    """The encoded image a row names, checked to decode; a missing or undecodable file names file:line."""
+def read_checked_bytes(row: ImageRow, media: str, decode: Callable[..., Any]) -> bytes:
+    """The encoded ``media`` file (image, audio) a row names, checked to ``decode``; a missing or undecodable
+    file names file:line."""
     try:
         data = row.image.read_bytes()
     except FileNotFoundError:
-        raise DataError(f"{row.where}: image file {row.image} not found") from None
+        raise DataError(f"{row.where}: {media} file {row.image} not found") from None
     except OSError as exc:
-        raise DataError(f"{row.where}: cannot read image file {row.image} ({exc.strerror or exc})") from None
-    decode_image(data, where=f"{row.where}: {row.image}")
+        raise DataError(f"{row.where}: cannot read {media} file {row.image} ({exc.strerror or exc})") from None
+    decode(data, where=f"{row.where}: {row.image}")
     return data
+
+
+def read_image_bytes(row: ImageRow) -> bytes:
+    """The encoded image a row names, checked to decode."""
+    return read_checked_bytes(row, "image", decode_image)
 
 
 @dataclass
