@@ -160,13 +160,58 @@ def _full_options(**kw: Any) -> StateDictOptions:
     return _state_dict_api().StateDictOptions(full_state_dict=distributed, cpu_offload=distributed, **kw)
 
 
+# module classes under which parameter names or tensors differ from a plain module's (the DCP API handles them)
+WRAPPERS = ("DistributedDataParallel", "FullyShardedDataParallel", "OptimizedModule", "CheckpointWrapper")
+
+
+def is_plain(model: nn.Module) -> bool:
+    """One process, no wrapper module, no sharded tensor: the DCP state-dict API would return
+    ``model.state_dict()`` and the optimizer's state keyed by parameter name, which ``model_state`` and
+    ``optimizer_state`` then build directly. The API imports torch._dynamo and sympy (~73 MiB resident) on first
+    use, which an eager single-process run otherwise never loads (docs/training.md, "Memory on CPU")."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return False
+    return not any(type(m).__name__ in WRAPPERS or type(m).__name__.startswith("FSDP") for m in model.modules()) \
+        and not _is_sharded(model)
+
+
+def _parameter_names(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[int, str]:
+    """Optimizer parameter index -> the model's name for it (the first name of a tied parameter)."""
+    index = {id(p): i for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])}
+    return {index[id(p)]: name for name, p in model.named_parameters() if id(p) in index}
+
+
 def model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The full (unsharded) model state dict; on rank 0 only when FSDP-sharded."""
+    if is_plain(model):
+        return model.state_dict()
     return _state_dict_api().get_model_state_dict(model, options=_full_options())
 
 
 def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The optimizer's state dict keyed by parameter name (DCP's layout), full on rank 0 when sharded."""
+    if is_plain(model) and optimizer.state:  # (DCP first initialises an empty state with a zero step)
+        names = _parameter_names(model, optimizer)
+        osd = optimizer.state_dict()
+        return {"state": {names[i]: slots for i, slots in osd["state"].items()},
+                "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in osd["param_groups"]]}
     return _state_dict_api().get_optimizer_state_dict(model, optimizer, options=_full_options())
+
+
+def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, osd: dict[str, Any]) -> None:
+    """Restore ``optimizer_state``'s layout into ``optimizer`` (resharded by DCP when the model is sharded)."""
+    if not is_plain(model):
+        _state_dict_api().set_optimizer_state_dict(model, optimizer, osd, options=_full_options())
+        return
+    ids = {name: i for i, name in _parameter_names(model, optimizer).items()}
+    unknown = [name for name in osd["state"] if name not in ids]
+    if unknown:
+        raise CheckpointError(f"the optimizer state names parameters this model does not train: {unknown[:4]}")
+    optimizer.load_state_dict({
+        "state": {ids[name]: slots for name, slots in osd["state"].items()},
+        "param_groups": [{**g, "params": [ids[name] for name in g["params"]]} for g in osd["param_groups"]]})
 
 
 def flatten_optimizer(osd: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -499,8 +544,18 @@ def load_model_weights(model: nn.Module, ckpt: Path) -> None:
     if not _is_sharded(model):
         # this rank's own tensors: ``model_state`` offloads a full state to rank 0 only, so on the other
         # ranks of a DDP job it is empty and every key would look unexpected
-        expected = _state_dict_api().get_model_state_dict(model)
-        check_state(expected, tensors, f"checkpoint {ckpt}", tied_aliases(expected))
+        expected = model.state_dict() if is_plain(model) else _state_dict_api().get_model_state_dict(model)
+        aliases = tied_aliases(expected)
+        check_state(expected, tensors, f"checkpoint {ckpt}", aliases)
+        if is_plain(model):
+            filled = dict(tensors)
+            for alias, name in aliases.items():  # a tied tensor may be stored under either of its names
+                if alias not in filled and name in filled:
+                    filled[alias] = filled[name]
+                elif name not in filled and alias in filled:
+                    filled[name] = filled[alias]
+            model.load_state_dict(filled)
+            return
     _state_dict_api().set_model_state_dict(model, tensors, options=_full_options())
 
 
@@ -537,7 +592,7 @@ def load_checkpoint(
         load_model_weights(model, ckpt)
         opt_tensors, _ = read_tensors(ckpt / "optimizer.safetensors")
         osd = unflatten_optimizer(opt_tensors, read_json(ckpt / "optimizer.json"))
-        _state_dict_api().set_optimizer_state_dict(model, optimizer, osd, options=_full_options())
+        load_optimizer_state(model, optimizer, osd)
     source = source_rank(rank, int(state.get("world_size", 1)))
     rng_tensors, _ = read_tensors(ckpt / f"rank-{source}.safetensors")
     rank_state = read_json(ckpt / f"rank-{source}.json")
