@@ -132,3 +132,25 @@ def test_python_package_without_loading_checks_only_that_it_is_installed(monkeyp
     assert install.ensure_python_package("fake-data==1.0", name, no_deps=True, load=False) is None
     assert len(fake.calls) == 1  # installed once; its modules were never imported
     assert name not in sys.modules
+
+
+def test_the_allocator_is_offered_never_required(monkeypatch, capsys):
+    import modaloom.allocator as allocator
+
+    installed: list[str] = []
+    monkeypatch.setattr(allocator.ctypes.util, "find_library",
+                        lambda stem: "libjemalloc.so.2" if installed and stem == "jemalloc" else None)
+    fake = FakeRun(codes=[100, 0, 0], effect=lambda argv: installed.append(argv[-1]) if argv[1] == "install" else None)
+    monkeypatch.setattr(install.subprocess, "run", fake)
+    root_with_apt(monkeypatch, False, True)
+    assert install.offer_allocator() is None and fake.calls == []  # not root: a note, nothing run
+    assert "apt-get install libjemalloc2" in capsys.readouterr().err
+    root_with_apt(monkeypatch, True, True)
+    assert install.offer_allocator() == "libjemalloc.so.2"
+    assert [call[1] for call in fake.calls] == ["install", "update", "install"]
+    assert install.offer_allocator() == "libjemalloc.so.2" and len(fake.calls) == 3  # present: nothing more
+    installed.clear()
+    failing = FakeRun(codes=[100, 100])
+    monkeypatch.setattr(install.subprocess, "run", failing)
+    assert install.offer_allocator() is None  # apt-get failed: the demo goes on with the system's malloc
+    assert "system's malloc" in capsys.readouterr().err

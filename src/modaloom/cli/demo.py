@@ -19,6 +19,7 @@ from pathlib import Path
 
 import modaloom.demo as demo_stages
 from modaloom.atomic import atomic_write_json
+from modaloom.demo.install import offer_allocator
 from modaloom.demo.report import claim_report_folder, machine_facts, write_report
 from modaloom.demo.stage import REPORT_NAME, StageContext, StageReport
 from modaloom.errors import ConfigError, DataError, ModaloomError, nearest
@@ -137,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
         remove_stage_folder(work / name, name)
     for name in names:
         prepare_folder(work / name, name, args.quick)
+    if not args.quick:  # the stages' commands then run with it (modaloom/allocator.py)
+        offer_allocator()
     meta = {**machine_facts(), "command": command_line(args),
             "sizes": "quick (tiny, for tests)" if args.quick else "full", "work folder": str(work)}
     status = {name: "not run yet" for name in names}

@@ -94,3 +94,23 @@ def ensure_debian_package(package: str, probe: Path | str) -> None:
                         f"`apt-get install {package}` and run the demo again")
     if not probe_present(probe):
         raise DataError(f"apt-get installed {package} but {probe} is still missing; check `dpkg -L {package}`")
+
+
+def offer_allocator() -> str | None:
+    """Installs jemalloc (Debian ``libjemalloc2``) when root with apt-get and no allocator that the ``modaloom``
+    command preloads is present; never fails the demo. Returns the library the demo's commands will use."""
+    from modaloom.allocator import PACKAGES, choose_library
+
+    lib = choose_library("auto")[0]
+    if lib is not None or not sys.platform.startswith("linux"):
+        return lib
+    if not (is_root() and shutil.which("apt-get")):
+        print(f"note: `apt-get install {PACKAGES['jemalloc']}` lets modaloom's commands use about half the memory "
+              "(docs/training.md, 'Memory on CPU')", file=sys.stderr, flush=True)
+        return None
+    print(f"installing the Debian package {PACKAGES['jemalloc']} (a malloc that keeps training memory low)",
+          file=sys.stderr, flush=True)
+    if apt_get(["install", "-y", "-q", PACKAGES["jemalloc"]]) != 0:
+        if apt_get(["update", "-q"]) != 0 or apt_get(["install", "-y", "-q", PACKAGES["jemalloc"]]) != 0:
+            print("could not install it: the demo runs with the system's malloc", file=sys.stderr, flush=True)
+    return choose_library("auto")[0]

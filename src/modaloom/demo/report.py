@@ -67,7 +67,15 @@ def machine_facts() -> dict[str, Any]:
         "Python": platform.python_version(),
         "platform": platform.platform(),
         "load average at start": load,
+        "malloc of its commands": _commands_malloc(),
     }
+
+
+def _commands_malloc() -> str:
+    """The C allocator the demo's ``modaloom`` commands preload (modaloom/allocator.py), or the system's."""
+    from modaloom.allocator import ENV_CHOICE, choose_library
+
+    return choose_library(os.environ.get(ENV_CHOICE, "auto"))[0] or "the system's"
 
 
 def format_cell(value: Any) -> str:
