@@ -120,7 +120,8 @@ def run_tencentpretrain(tp: Path, tp_python: str, work: Path, threads: int, corp
     if loss is None:
         raise SystemExit(f"TencentPretrain's log has no loss_mlm at step {steps}:\n{train.output[-2000:]}")
     result: dict[str, Any] = {"steps": steps, "preprocess": pre.wall, "pretrain": train.wall, "mlm_loss": loss,
-                              "quality_seconds": pre.wall + train.wall, "quality_load": mean_load(pre, train)}
+                              "quality_seconds": pre.wall + train.wall, "quality_load": mean_load(pre, train),
+                              "pretrain_peak_rss_mb": train.peak_rss_mb}
     if "pipeline" in parts:
         train_tsv, dev, test = book
         command = tp_classifier_command(work, train_tsv, dev, test, epochs, tp_python, checkpoint=f"{model}-{steps}",
@@ -152,7 +153,8 @@ def run_modaloom(work: Path, threads: int, corpus: Path, steps: int, target: flo
     result: dict[str, Any] = {"preprocess": pre.wall, "pretrain": train.wall, "steps": steps,
                               "precision": precision, "reached": reached,
                               "real_tokens_per_second": summary.get("real_tokens_per_second"),
-                              "quality_load": mean_load(pre, train)}
+                              "quality_load": mean_load(pre, train), "pretrain_peak_rss_mb": train.peak_rss_mb,
+                              "allocator": summary.get("allocator")}
     if "pipeline" in parts:
         fine = side_by_side.run_measured(modaloom_command(*finetune_args(out / "model", *book, fine_out, epochs)),
                                          threads)
@@ -187,6 +189,11 @@ def report(theirs: dict[str, Any] | None, ours: dict[str, Any], target: float, p
             print(f"    time to quality: {result['quality_ratio']:.2f}x TencentPretrain (target >= 8x)")
     else:
         print(f"    modaloom: held-out MLM loss did not reach {target:.3f} in {ours['steps']} steps")
+    if not ref:
+        print(f"    pre-training peak RSS (process tree): TencentPretrain {tp['pretrain_peak_rss_mb']:.0f} MiB, "
+              f"modaloom {ours['pretrain_peak_rss_mb']:.0f} MiB ({ours['steps']} steps, malloc: "
+              f"{ours.get('allocator') or 'system'}); {tp['pretrain_peak_rss_mb'] / ours['pretrain_peak_rss_mb']:.2f}x "
+              "less")
     if "pipeline" in parts:
         print(f"(2) preprocess + pre-train + fine-tune: TencentPretrain {tp['pipeline_seconds']:.1f} s "
               f"(fine-tune {tp['finetune']:.1f}), test accuracy {tp['test_accuracy']:.4f} ({where['pipeline']})")

@@ -66,7 +66,8 @@ def test_the_load_of_several_commands_is_weighted_by_their_wall_time():
 def ours(reached: bool) -> dict:
     return {"preprocess": 5.0, "pretrain": 12.0, "finetune": 130.0, "steps": 100, "precision": "bf16",
             "reached": {"step": 40, "value": 7.05, "seconds": 14.5} if reached else None, "quality_load": 0.5,
-            "pipeline_seconds": 147.0, "test_accuracy": 0.81, "pipeline_load": 0.6}
+            "pipeline_seconds": 147.0, "test_accuracy": 0.81, "pipeline_load": 0.6, "pretrain_peak_rss_mb": 450.0,
+            "allocator": "jemalloc"}
 
 
 def test_without_a_checkout_the_reference_figures_are_printed_and_no_ratio_claimed(capsys):
@@ -82,9 +83,10 @@ def test_without_a_checkout_the_reference_figures_are_printed_and_no_ratio_claim
 def test_with_a_measured_tencentpretrain_both_ratios_are_printed(capsys):
     theirs = {"steps": 1000, "preprocess": 4.0, "pretrain": 141.0, "mlm_loss": 7.2, "quality_seconds": 145.0,
               "quality_load": 0.4, "finetune": 444.0, "test_accuracy": 0.78, "pipeline_seconds": 589.0,
-              "pipeline_load": 0.5}
+              "pipeline_load": 0.5, "pretrain_peak_rss_mb": 900.0}
     result = time_to_quality.report(theirs, ours(True), 7.2, ["quality", "pipeline"], 2)
     out = capsys.readouterr().out
+    assert "TencentPretrain 900 MiB, modaloom 450 MiB (100 steps, malloc: jemalloc); 2.00x less" in out
     assert result["quality_ratio"] == 145.0 / 14.5 and result["pipeline_ratio"] == 589.0 / 147.0
     assert "10.00x TencentPretrain (target >= 8x)" in out and "4.01x TencentPretrain (target >= 3x" in out
     quality_only = {k: v for k, v in theirs.items() if not k.startswith(("pipeline", "finetune", "test"))}
