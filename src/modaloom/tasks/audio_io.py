@@ -18,7 +18,7 @@ import torch
 
 from modaloom.data.audio import AudioFeatures, decode_audio
 from modaloom.errors import ConfigError
-from modaloom.tasks.image_io import ImageRow, pad_ids, read_checked_bytes
+from modaloom.tasks.image_io import ImageRow, add_example_fields, read_checked_bytes
 from modaloom.tasks.text_io import MemoryLoader
 
 SPEECH_PARTS = ("speech",)
@@ -69,12 +69,5 @@ class AudioLoader(MemoryLoader):
         for i, clip in enumerate(clips):
             values[i, :len(clip)] = clip
             mask[i, :len(clip)] = 1
-        batch = {"input_features": torch.from_numpy(values), "feature_mask": torch.from_numpy(mask),
-                 "index": torch.tensor([e["index"] for e in examples], dtype=torch.long)}
-        if "label" in examples[0]:
-            batch["task_labels"] = torch.tensor([e["label"] for e in examples], dtype=torch.long)
-        if "image_id" in examples[0]:
-            batch["image_id"] = torch.tensor([e["image_id"] for e in examples], dtype=torch.long)
-        if "input_ids" in examples[0]:
-            batch["input_ids"], batch["attention_mask"] = pad_ids([e["input_ids"] for e in examples], self.pad_id)
-        return batch
+        return add_example_fields({"input_features": torch.from_numpy(values), "feature_mask": torch.from_numpy(mask)},
+                                  examples, self.pad_id)

@@ -219,6 +219,20 @@ def pad_ids(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Ten
     return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
+def add_example_fields(batch: dict[str, torch.Tensor], examples: list[dict[str, Any]],
+                       pad_id: int) -> dict[str, torch.Tensor]:
+    """``batch`` (the media inputs) with what the examples carry beside the media: index, [task_labels],
+    [image_id], [input_ids, attention_mask] padded with ``pad_id``."""
+    batch["index"] = torch.tensor([e["index"] for e in examples], dtype=torch.long)
+    if "label" in examples[0]:
+        batch["task_labels"] = torch.tensor([e["label"] for e in examples], dtype=torch.long)
+    if "image_id" in examples[0]:
+        batch["image_id"] = torch.tensor([e["image_id"] for e in examples], dtype=torch.long)
+    if "input_ids" in examples[0]:
+        batch["input_ids"], batch["attention_mask"] = pad_ids([e["input_ids"] for e in examples], pad_id)
+    return batch
+
+
 @dataclass
 class ImageLoader(MemoryLoader):
     """``MemoryLoader`` over examples holding encoded ``image`` bytes (+ ``label``, ``input_ids``...): each batch
@@ -232,12 +246,4 @@ class ImageLoader(MemoryLoader):
         epoch = self.batch_epoch
         pixels = [self.transform(e["image"], np.random.default_rng([self.seed, epoch, e["index"]]), e["where"])
                   for e in examples]
-        batch = {"pixel_values": torch.from_numpy(np.stack(pixels)),
-                 "index": torch.tensor([e["index"] for e in examples], dtype=torch.long)}
-        if "label" in examples[0]:
-            batch["task_labels"] = torch.tensor([e["label"] for e in examples], dtype=torch.long)
-        if "image_id" in examples[0]:
-            batch["image_id"] = torch.tensor([e["image_id"] for e in examples], dtype=torch.long)
-        if "input_ids" in examples[0]:
-            batch["input_ids"], batch["attention_mask"] = pad_ids([e["input_ids"] for e in examples], self.pad_id)
-        return batch
+        return add_example_fields({"pixel_values": torch.from_numpy(np.stack(pixels))}, examples, self.pad_id)
