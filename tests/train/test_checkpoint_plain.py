@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed.checkpoint.state_dict as dcp_state
 
@@ -66,6 +67,7 @@ def test_plain_state_equals_the_dcp_apis_and_loads_back():
         assert same(ckpt.optimizer_state(other_model, other), state)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")  # torch.compile's import
 def test_compiled_models_use_the_dcp_api():
     model, _ = trained_bert()
     assert not ckpt.is_plain(torch.compile(model))
