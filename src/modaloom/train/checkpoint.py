@@ -49,6 +49,7 @@ from modaloom.lora import has_lora, merge_lora_state
 from modaloom.model_config import CONFIG_FORMAT, model_section_from_saved
 from modaloom.weights import (
     check_state,
+    load_weights_checked,
     read_tensors,
     read_weights,
     save_weights,
@@ -541,21 +542,14 @@ def save_checkpoint(
 def load_model_weights(model: nn.Module, ckpt: Path) -> None:
     """Load ``model.safetensors`` into a (possibly wrapped or sharded) model; shape errors name the key."""
     tensors = read_weights(ckpt / "model.safetensors")
+    if is_plain(model):  # checked and copied as any weights file is, without the DCP API
+        load_weights_checked(model, tensors, f"checkpoint {ckpt}")
+        return
     if not _is_sharded(model):
         # this rank's own tensors: ``model_state`` offloads a full state to rank 0 only, so on the other
         # ranks of a DDP job it is empty and every key would look unexpected
-        expected = model.state_dict() if is_plain(model) else _state_dict_api().get_model_state_dict(model)
-        aliases = tied_aliases(expected)
-        check_state(expected, tensors, f"checkpoint {ckpt}", aliases)
-        if is_plain(model):
-            filled = dict(tensors)
-            for alias, name in aliases.items():  # a tied tensor may be stored under either of its names
-                if alias not in filled and name in filled:
-                    filled[alias] = filled[name]
-                elif name not in filled and alias in filled:
-                    filled[name] = filled[alias]
-            model.load_state_dict(filled)
-            return
+        expected = _state_dict_api().get_model_state_dict(model)
+        check_state(expected, tensors, f"checkpoint {ckpt}", tied_aliases(expected))
     _state_dict_api().set_model_state_dict(model, tensors, options=_full_options())
 
 
