@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import side_by_side  # noqa: E402
 from side_by_side import SHARED, ZH_VOCAB, Measured, interleaved, median, modaloom_command  # noqa: E402
 
-from modaloom.allocator import choose_library  # noqa: E402
+from modaloom.allocator import configured_library  # noqa: E402
 
 PARTS = ("preprocess", "pretrain", "finetune", "inference")
 CORPUS = SHARED / "corpora" / "book_review_train_bert.txt"
@@ -177,7 +177,7 @@ class Harness:
     def tp_with_our_allocator(self, steps: int) -> None:
         """TencentPretrain's equal-compute run again with the malloc that modaloom preloads (see
         ``modaloom/allocator.py``), for the record: how much of the memory gap the allocator alone closes."""
-        lib = choose_library("auto")[0]
+        lib = configured_library()
         if lib is None:
             return
         cmd = self.tp_pretrain("tp_dup1.pt", steps, ["--batch_size", "32"])
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         getattr(harness, part)()
     import torch
 
-    malloc = choose_library(os.environ.get("MODALOOM_ALLOCATOR", "auto"))[0] or "the system's"
+    malloc = configured_library() or "the system's"
     header = (f"modaloom vs TencentPretrain ({args.tp}), torch {torch.__version__}, {args.threads} threads, "
               f"{os.cpu_count()} cores, median of {args.repeat} interleaved runs, modaloom's malloc: {malloc} "
               f"(TencentPretrain: the system's){' (QUICK: smoke only)' * args.quick}")

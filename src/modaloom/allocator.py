@@ -53,6 +53,11 @@ def choose_library(choice: str) -> tuple[str | None, str]:
                   "a shared library; using the system allocator")
 
 
+def configured_library() -> str | None:
+    """The library that ``MODALOOM_ALLOCATOR`` (default ``auto``) makes the ``modaloom`` command preload here."""
+    return choose_library(os.environ.get(ENV_CHOICE, "auto"))[0]
+
+
 def preload_allocator(environ: dict[str, str] | None = None) -> None:
     """Re-run this process with the chosen allocator preloaded (returns only when nothing is to be done).
 

@@ -24,6 +24,13 @@ def fake_libraries(monkeypatch):
     monkeypatch.setattr(allocator.ctypes.util, "find_library", lambda stem: found.get(stem))
 
 
+def test_configured_library_follows_the_environment(fake_libraries, monkeypatch):
+    monkeypatch.delenv(allocator.ENV_CHOICE, raising=False)
+    assert allocator.configured_library() == "libfake_tc.so"
+    monkeypatch.setenv(allocator.ENV_CHOICE, "system")
+    assert allocator.configured_library() is None
+
+
 def test_choices(fake_libraries, tmp_path):
     assert allocator.choose_library("system") == (None, "")
     assert allocator.choose_library("auto") == ("libfake_tc.so", "")  # the first one installed

@@ -71,6 +71,16 @@ def apt_get(args: list[str]) -> int:
     return subprocess.run(["apt-get", *args], env=env).returncode
 
 
+def apt_install(package: str) -> int:
+    """``apt-get install -y PACKAGE``, retried once after ``apt-get update`` (a fresh container has no package
+    lists); the exit status."""
+    code = apt_get(["install", "-y", "-q", package])
+    if code != 0:
+        update = apt_get(["update", "-q"])
+        code = apt_get(["install", "-y", "-q", package]) if update == 0 else update
+    return code
+
+
 def ensure_debian_package(package: str, probe: Path | str) -> None:
     """Makes sure ``probe`` (a file or folder, or a binary on PATH) exists, installing Debian ``package``.
 
@@ -85,10 +95,7 @@ def ensure_debian_package(package: str, probe: Path | str) -> None:
                else "install it with your system's package manager")
         raise DataError(f"{what} is missing; {how} and run the demo again")
     print(f"{probe} is missing: installing the Debian package {package}", file=sys.stderr, flush=True)
-    code = apt_get(["install", "-y", "-q", package])
-    if code != 0:
-        update = apt_get(["update", "-q"])
-        code = apt_get(["install", "-y", "-q", package]) if update == 0 else update
+    code = apt_install(package)
     if code != 0:
         raise DataError(f"apt-get could not install {package} (exit {code}); install it by hand with "
                         f"`apt-get install {package}` and run the demo again")
@@ -110,7 +117,6 @@ def offer_allocator() -> str | None:
         return None
     print(f"installing the Debian package {PACKAGES['jemalloc']} (a malloc that keeps training memory low)",
           file=sys.stderr, flush=True)
-    if apt_get(["install", "-y", "-q", PACKAGES["jemalloc"]]) != 0:
-        if apt_get(["update", "-q"]) != 0 or apt_get(["install", "-y", "-q", PACKAGES["jemalloc"]]) != 0:
-            print("could not install it: the demo runs with the system's malloc", file=sys.stderr, flush=True)
+    if apt_install(PACKAGES["jemalloc"]) != 0:
+        print("could not install it: the demo runs with the system's malloc", file=sys.stderr, flush=True)
     return choose_library("auto")[0]

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from modaloom.allocator import configured_library
 from modaloom.atomic import atomic_write_bytes, atomic_write_text, replace_directory
 from modaloom.demo.stage import StageReport, Table
 from modaloom.errors import DataError
@@ -67,15 +68,8 @@ def machine_facts() -> dict[str, Any]:
         "Python": platform.python_version(),
         "platform": platform.platform(),
         "load average at start": load,
-        "malloc of its commands": _commands_malloc(),
+        "malloc of its commands": configured_library() or "the system's",  # modaloom/allocator.py
     }
-
-
-def _commands_malloc() -> str:
-    """The C allocator the demo's ``modaloom`` commands preload (modaloom/allocator.py), or the system's."""
-    from modaloom.allocator import ENV_CHOICE, choose_library
-
-    return choose_library(os.environ.get(ENV_CHOICE, "auto"))[0] or "the system's"
 
 
 def format_cell(value: Any) -> str:
