@@ -50,12 +50,11 @@ def check_positions(cfg: Config) -> None:
     """The text's sequence length must fit the model's learned positions. An embedding whose sequence comes
     from pixels (ViT, MAE, BEiT: patches) or audio frames spends its positions on them, fixed by the input's
     size, so data.seq_length is not compared there."""
-    from modaloom.embeddings.dual import STREAM_INPUTS
+    from modaloom.embeddings.dual import stream_input
 
     embedding = cfg.model.embedding
-    first = embedding.parts[0] if embedding.parts else ""
-    not_text = STREAM_INPUTS.get(first, "input_ids") != "input_ids"
-    if "pos" in embedding.parts and not not_text and cfg.data.seq_length > embedding.max_seq_length:
+    text = stream_input(embedding) in (None, "input_ids")  # the embedding reads token ids
+    if "pos" in embedding.parts and text and cfg.data.seq_length > embedding.max_seq_length:
         raise ConfigError(
             f"data.seq_length {cfg.data.seq_length} exceeds model.embedding.max_seq_length "
             f"{embedding.max_seq_length}; lower data.seq_length or raise max_seq_length")
