@@ -80,6 +80,21 @@ def count_samples(batch: Batch) -> int:
     return 0
 
 
+def ids_beyond(batch: dict[str, Any], key: str, rows: int) -> int | None:
+    """The largest id in ``batch[key]`` when it falls outside a table of ``rows`` rows (a negative one counts
+    too), else None. Checked on the CPU before the batch moves: on CUDA an out-of-range lookup is a device-side
+    assert that ends the process's CUDA context instead of an error a user can read."""
+    import torch
+
+    ids = batch.get(key)
+    if not isinstance(ids, torch.Tensor) or ids.device.type != "cpu" or ids.is_floating_point() or ids.numel() == 0:
+        return None
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0:
+        return low
+    return high if high >= rows else None
+
+
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     """The batch's tensors on ``device`` (non-blocking); other values unchanged; a no-op on the CPU."""
     import torch

@@ -12,6 +12,7 @@ import pytest
 
 from modaloom import allocator
 from modaloom.train.memory import release_free_memory
+from tests.child_env import child_env
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD is Linux's")
@@ -69,7 +70,7 @@ def test_a_missing_library_warns_and_runs_on(fake_libraries, monkeypatch, capsys
 
 
 def run_module(code: str, **env: str) -> str:
-    full = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", **env}
+    full = child_env(tests=False, threads=None, **env)
     full.pop(allocator.ENV_ACTIVE, None)
     done = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True, check=True)
     return done.stdout.strip()

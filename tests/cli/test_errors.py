@@ -17,6 +17,7 @@ import modaloom
 from modaloom import atomic
 from modaloom.cli.main import main
 from modaloom.data import storage
+from tests.child_env import child_env
 from tests.train.data_helpers import sentences, tiny_bert_config, write_dataset, write_vocab
 
 SRC = Path(modaloom.__file__).resolve().parents[1]  # the subprocess runs the package under test
@@ -120,7 +121,7 @@ def test_override_error_points_at_the_override_not_the_file(tmp_path, capsys):
 
 
 def _cli(*args: str, **kwargs) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = child_env(tests=False, threads=None)
     return subprocess.Popen([sys.executable, "-m", "modaloom.cli.main", *args], env=env, text=True, **kwargs)
 
 

@@ -21,6 +21,7 @@ from modaloom.data.storage import open_dataset
 from modaloom.data.tokenizers import VocabularyWarning
 from modaloom.errors import DataError, ModaloomError
 from modaloom.outputs import check_output_dir
+from tests.child_env import child_env
 from tests.data.text_fixtures import write_documents, write_vocab
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -230,7 +231,7 @@ sys.exit(main(sys.argv[2:]))
 def _run_driver(tmp_path, kill_at, corpus, vocab, out, *extra):
     driver = tmp_path / "driver.py"
     driver.write_text(DRIVER, encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    env = child_env(threads=None)
     args = [sys.executable, str(driver), str(kill_at), "preprocess", "--processor", "bert", "--corpus",
             str(corpus), "--vocab", str(vocab), "--out", str(out), "--seq-length", "32", "--shard-mb", "0.0005",
             *extra]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import signal
 import subprocess
@@ -20,6 +19,7 @@ import modaloom
 from modaloom.data.storage import open_dataset
 from modaloom.train.checkpoint import complete_checkpoints
 from modaloom.weights import read_tensors
+from tests.child_env import child_env
 from tests.train.data_helpers import sentences, tiny_bert_config, write_vocab
 from tests.train.test_kill import assert_checkpoints_intact
 
@@ -28,7 +28,7 @@ KILLS = 20
 
 
 def env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    return child_env()
 
 
 def cli(*args: str) -> list[str]:

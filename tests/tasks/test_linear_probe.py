@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from modaloom.cli.main import main
 from modaloom.model import build_model
@@ -20,6 +21,7 @@ def model_dir(tmp_path_factory):
     """A random tiny BERT saved with its vocab.txt: frozen random features still tell the words apart."""
     root = tmp_path_factory.mktemp("probe")
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
+    torch.manual_seed(0)  # the features are random: fixed, so the test does not depend on what ran before
     model = build_model({
         "embedding": {"parts": ["word", "pos", "seg"], "vocab_size": len(vocab), "emb_size": 16,
                       "max_seq_length": 16, "dropout": 0.0},

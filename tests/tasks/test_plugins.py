@@ -18,6 +18,7 @@ from modaloom.config import load_config
 from modaloom.errors import ConfigError
 from modaloom.model import load
 from modaloom.tasks import JobPaths, Task
+from modaloom.train.distributed import DistInfo
 
 MARK = 7  # the token whose presence the toy task classifies
 
@@ -131,3 +132,7 @@ def test_a_task_from_a_test_file_trains_evaluates_predicts_and_exports(tmp_path)
     path = task.predict(model.eval(), task.eval_loader(None), tmp_path / "predictions.jsonl")
     records = [json.loads(line) for line in path.read_text().splitlines()]
     assert len(records) == 46 and sum(r["correct"] for r in records) / 46 == pytest.approx(summary["eval/accuracy"])
+    # the batches go where the model is, whatever device the process would pick (a GPU, here a fake one)
+    elsewhere = task.predict(model.eval(), task.eval_loader(None), tmp_path / "again.jsonl",
+                             info=DistInfo(device=torch.device("meta")))
+    assert elsewhere.read_text() == path.read_text()

@@ -3,7 +3,6 @@ the same model and optimizer state as that API gives, and it loads back the same
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from modaloom.train import checkpoint as ckpt
 from modaloom.train.config import LoraSettings, TrainConfig
 from modaloom.train.optim import build_optimizer
 from modaloom.zoo import zoo_path
+from tests.child_env import child_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -88,7 +88,7 @@ print(sorted(m for m in ("torch._dynamo", "sympy") if m in sys.modules))
 
 
 def test_an_eager_run_that_saves_and_resumes_never_imports_dynamo():
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = child_env(tests=False, threads=None)
     done = subprocess.run([sys.executable, "-c", SCRIPT, str(ROOT / "tests" / "train")], env=env,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -4,7 +4,6 @@ a signal and a redone step must not do to a pretrain run folder."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from modaloom.cli.main import main
+from tests.child_env import child_env
 from tests.train.data_helpers import tiny_bert_config, write_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,7 +34,7 @@ def command(config: Path, data: Path, out: Path, *extra: str) -> list[str]:
 
 
 def env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    return child_env()
 
 
 def logged_steps(out: Path) -> list[int]:
@@ -197,3 +197,32 @@ def test_token_ids_beyond_the_vocabulary_are_one_line_errors(tmp_path):
     trainer = Trainer(model, TrainConfig(steps=1, progress=False, tensorboard=False), batches, tmp_path)
     with pytest.raises(DataError, match=r"training batch #1 .* does not fit the model: index out of range"):
         trainer.fit()
+
+
+def test_token_ids_are_checked_before_the_batch_moves_to_the_device(tmp_path, monkeypatch):
+    """On CUDA an out-of-range id is a device-side assert that ends the process's CUDA context: the ids are
+    checked on the CPU before ``to_device`` ever sees them (on every device alike), negative ones too."""
+    import torch
+
+    from modaloom.batch import ids_beyond
+    from modaloom.errors import DataError
+    from modaloom.model import build_model
+    from modaloom.train import trainer as trainer_module
+    from modaloom.train.config import TrainConfig
+    from modaloom.train.trainer import Trainer
+
+    assert ids_beyond({"input_ids": torch.tensor([[0, 9]])}, "input_ids", 10) is None
+    assert ids_beyond({"input_ids": torch.tensor([[0, 10]])}, "input_ids", 10) == 10
+    assert ids_beyond({"input_ids": torch.tensor([[-3, 2]])}, "input_ids", 10) == -3
+    assert ids_beyond({"pixel_values": torch.ones(1, 3)}, "input_ids", 10) is None
+    moved = []
+    monkeypatch.setattr(trainer_module, "to_device", lambda batch, device: moved.append(batch) or batch)
+    model = build_model({"embedding": {"parts": ["word", "pos"], "vocab_size": 10, "emb_size": 8,
+                                       "max_seq_length": 8},
+                         "encoder": {"hidden_size": 8, "layers_num": 1, "heads_num": 2, "feedforward_size": 8},
+                         "targets": [{"type": "lm"}]})
+    batches = [{"input_ids": torch.tensor([[1, 2, 3, -1]]), "lm_labels": torch.tensor([[2, 3, 4, 5]])}]
+    trainer = Trainer(model, TrainConfig(steps=1, progress=False, tensorboard=False), batches, tmp_path)
+    with pytest.raises(DataError, match=r"token id -1 in input_ids, but the word table has 10 rows"):
+        trainer.fit()
+    assert moved == []

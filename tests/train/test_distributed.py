@@ -1,7 +1,6 @@
 """Two gloo processes under torchrun match one process with the same global batch (fp32 tolerance)."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,12 +9,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.child_env import child_env
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def script_env() -> dict[str, str]:
     """The environment of a launched process: one thread, this checkout's package and tests importable."""
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    return child_env(cpu=True)
 
 
 def launch(out: Path, nproc: int, mode: str = "auto") -> None:
@@ -85,7 +86,7 @@ def test_fsdp_pretrain_cli_under_torchrun_exits_cleanly_run_after_run(tmp_path):
 
     data = write_dataset(tmp_path / "data", documents=40)
     config = tiny_bert_config(tmp_path / "c.yaml", layers=2, train={"steps": 3})
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    env = child_env(cpu=True)
     for run in range(3):
         out = tmp_path / f"out{run}"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -94,3 +95,18 @@ def test_fsdp_pretrain_cli_under_torchrun_exits_cleanly_run_after_run(tmp_path):
         result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
         assert result.returncode == 0, f"run {run}: " + result.stderr[-3000:]
         assert (out / "model" / "model.safetensors").is_file()
+
+
+def test_more_processes_than_gpus_on_a_machine_is_a_clear_error(monkeypatch):
+    """NCCL refuses two ranks on one GPU with a long trace; the device choice names the fix first."""
+    from modaloom.errors import ConfigError
+    from modaloom.train.distributed import default_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert default_device(0) == torch.device("cuda", 0)
+    with pytest.raises(ConfigError, match=r"local rank 1 has no GPU of its own: 1 CUDA device\(s\).*"
+                                          r"--nproc-per-node 1.*CUDA_VISIBLE_DEVICES="):
+        default_device(1)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_device(3) == torch.device("cpu")

@@ -26,6 +26,8 @@ class EmaHook:
 
     def __call__(self, trainer) -> None:
         weight = trainer.raw_model.head.weight.detach()
+        if self.ema is not None:  # restored state comes back on the CPU (train/hooks.py)
+            self.ema = self.ema.to(weight.device)
         self.ema = weight.clone() if self.ema is None else self.decay * self.ema + (1 - self.decay) * weight
         self.calls += 1
         self.seen_steps.append(trainer.step)

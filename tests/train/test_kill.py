@@ -4,7 +4,6 @@ checkpoint directory on disk is complete at every moment we look."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -17,6 +16,7 @@ from safetensors.torch import load_file
 
 from modaloom.train.checkpoint import STEP_DIR, complete_checkpoints, read_json
 from modaloom.weights import read_tensors
+from tests.child_env import child_env
 from tests.train.data_helpers import tiny_bert_config, write_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +31,7 @@ def command(config: Path, data: Path, out: Path, resume: bool) -> list[str]:
 
 
 def env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+    return child_env()
 
 
 def logged_step(out: Path) -> int:

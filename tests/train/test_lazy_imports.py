@@ -4,10 +4,11 @@ scikit-learn or torch.distributed.checkpoint (sympy) until a run needs them (eac
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
+
+from tests.child_env import child_env
 
 ROOT = Path(__file__).resolve().parents[2]
 NEVER = ("matplotlib", "tensorboard", "transformers", "sklearn", "scipy")
@@ -26,7 +27,7 @@ print(json.dumps([at_import, sorted(m for m in {NEVER!r} if m in sys.modules)]))
 
 
 def test_training_start_up_imports_nothing_heavy_it_does_not_need(tmp_path):
-    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = child_env(tests=False, threads=None)
     done = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "run")], env=env, capture_output=True,
                           text=True)
     assert done.returncode == 0, done.stderr[-2000:]

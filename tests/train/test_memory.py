@@ -12,6 +12,7 @@ import pytest
 from modaloom.errors import ConfigError
 from modaloom.train.config import TrainConfig
 from modaloom.train.memory import set_mmap_threshold
+from tests.child_env import child_env
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 SCRIPT = """
@@ -32,7 +33,7 @@ print(round(rss() - base))
 
 
 def retained_mb(mode: str) -> int:
-    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env = child_env(tests=False, threads=None)
     done = subprocess.run([sys.executable, "-c", SCRIPT, mode], env=env, capture_output=True, text=True, check=True)
     return int(done.stdout.strip())
 

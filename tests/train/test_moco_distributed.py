@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,11 +9,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from tests.child_env import child_env
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def launch(out: Path, nproc: int) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    env = child_env(cpu=True)
     script = ["-m", "tests.train.moco_dist_script", str(out)]
     cmd = [sys.executable, *script] if nproc == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *script]

@@ -4,7 +4,6 @@ their hooks and state layout, and never import torch._dynamo."""
 from __future__ import annotations
 
 import copy
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch
 
 from modaloom.train.config import TrainConfig
 from modaloom.train.optim import AdamWNoBiasCorrection, build_optimizer, eager_optimizer_class
+from tests.child_env import child_env
 from tests.train.standins import TinyRegressor
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -87,7 +87,7 @@ print(sorted(m for m in ("torch._dynamo", "sympy") if m in sys.modules))
 @pytest.mark.parametrize("name", ["adamw", "sgd"])
 def test_an_eager_run_never_imports_dynamo(name):
     root = SRC.parent
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), str(root), os.environ.get("PYTHONPATH", "")])}
+    env = child_env(threads=None)
     done = subprocess.run([sys.executable, "-c", SCRIPT, name], env=env, capture_output=True, text=True, check=True,
                           cwd=root)
     assert done.stdout.strip() == "[]", done.stdout + done.stderr

@@ -8,7 +8,6 @@ float summation order: final weights are compared with the tolerance of test_dis
 """
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -25,10 +24,11 @@ from modaloom.train import checkpoint as ckpt
 from modaloom.train.config import TrainConfig
 from modaloom.train.optim import build_optimizer
 from modaloom.weights import read_weights
+from tests.child_env import child_env
 from tests.train.sharded_script import train
 
 ROOT = Path(__file__).resolve().parents[2]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+ENV = child_env(cpu=True)
 
 
 def launch(out: Path, nproc: int, mode: str, fmt: str, steps: int = 6, stop_at: int = 0) -> None:

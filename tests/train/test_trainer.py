@@ -152,6 +152,7 @@ def test_precision_auto_is_bf16_only_where_the_device_has_it(tmp_path, monkeypat
 
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: native)
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the run below is the CPU's on any machine
     assert train_config.resolve_precision("auto", "cpu") == ("bf16" if native else "fp32")
     assert train_config.resolve_precision("fp16", "cpu") == "fp16"  # an explicit choice is kept
     assert train_config.resolve_precision("auto", "mps") == "fp32"

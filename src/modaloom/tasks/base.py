@@ -261,15 +261,21 @@ class Task(ModelSteps):
 
     def predict(self, model: Any, loader: Iterable[Batch], path: Path,
                 info: DistInfo | None = None, device: torch.device | None = None) -> Path | None:
-        """Run ``eval_step`` over ``loader`` on every rank; rank 0 writes ``prediction_records`` to ``path``
-        as JSONL (temp file, then rename). Returns the path on rank 0, None elsewhere."""
+        """Run ``eval_step`` over ``loader`` on every rank, on ``device`` (default: the model's), and rank 0 writes
+        ``prediction_records`` to ``path`` as JSONL (temp file, then rename). Returns the path on rank 0, None
+        elsewhere."""
+        import torch
+
         from modaloom.train import distributed as dist_utils
         from modaloom.train.steps import collect_outputs
 
         if type(self).prediction_records is Task.prediction_records:  # refuse before running the model
             raise ConfigError(f"task {self.name!r} writes no predictions; use a task that defines them")
         info = info or dist_utils.current()
-        outputs = collect_outputs(self, model, loader, device or info.device)
+        if device is None:  # where the model's weights are (a model loaded for prediction may stay on the CPU)
+            weights = next(model.parameters(), None) if isinstance(model, torch.nn.Module) else None
+            device = weights.device if weights is not None else info.device
+        outputs = collect_outputs(self, model, loader, device)
         if not info.is_main:
             return None
         return write_jsonl(path, self.prediction_records(outputs))

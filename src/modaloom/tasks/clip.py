@@ -705,8 +705,10 @@ class ZeroShotTask(ClipBase):
         prompts = self.prompt_ids()
 
         def match(images: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-            per_template = [match_log_odds(model, {"pixel_values": pixels[images], "input_ids": ids[classes].to(pixels.device),
-                                                   "attention_mask": mask[classes].to(pixels.device)}, self.itm)
+            rows = classes.cpu()  # the prompt tables live on the CPU; the indices come from the model's device
+            per_template = [match_log_odds(model, {"pixel_values": pixels[images.to(pixels.device)],
+                                                   "input_ids": ids[rows].to(pixels.device),
+                                                   "attention_mask": mask[rows].to(pixels.device)}, self.itm)
                             for ids, mask in prompts]
             return torch.stack(per_template).mean(0)
         return match

@@ -314,9 +314,8 @@ class MultipleChoiceTask(FinetuneTask):
         probabilities = outputs["logits"][order].softmax(-1)
         for i, row in zip(outputs["index"][order].tolist(), probabilities.tolist(), strict=True):
             q = self.questions[i]
-            kept = row[:len(q.choices)]
-            yield {"id": q.id, "answer": q.choices[max(range(len(kept)), key=kept.__getitem__)],
-                   "probabilities": [round(p, 6) for p in kept]}
+            shown = [round(p, 6) for p in row[:len(q.choices)]]  # the answer is the first highest shown
+            yield {"id": q.id, "answer": q.choices[shown.index(max(shown))], "probabilities": shown}
 
     # ---- the saved model
     def task_section(self) -> dict[str, Any]:

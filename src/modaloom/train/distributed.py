@@ -56,10 +56,17 @@ class DistInfo:
 
 
 def default_device(local_rank: int = 0) -> torch.device:
-    """This process's accelerator if there is one, else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    return torch.device("cpu")
+    """This process's accelerator if there is one, else the CPU. Two processes cannot share one GPU under NCCL,
+    so more processes on a machine than visible GPUs is refused here, before NCCL fails less readably."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    count = torch.cuda.device_count()
+    if local_rank >= count:
+        raise ConfigError(f"process with local rank {local_rank} has no GPU of its own: {count} CUDA device(s) "
+                          f"are visible on this machine; start at most {count} process(es) per machine "
+                          f"(torchrun --nproc-per-node {count}), or hide the GPUs (CUDA_VISIBLE_DEVICES=) to run "
+                          f"every process on the CPU with gloo")
+    return torch.device("cuda", local_rank)
 
 
 def launched_by_torchrun() -> bool:

@@ -4,9 +4,11 @@ A hook is a callable ``hook(trainer)`` that the Trainer calls after every optimi
 non-finite steps included: ``trainer.step`` has advanced, the weights have not). A hook that carries
 state defines ``state_dict()`` and ``load_state_dict(state)``; that state is saved in every checkpoint,
 per rank, and restored on resume, so that a resumed run continues exactly. A state dict may nest dicts
-and lists; its tensors go to the rank's safetensors file, everything else to its JSON file. A hook may also
-define ``before_step(trainer)``, called before each optimizer step's first micro-batch, ``trainer.step``
-being the 0-based index of that step (``model.LossWeightClock`` hands it to the targets' weight schedules).
+and lists; its tensors go to the rank's safetensors file, everything else to its JSON file. Restored tensors
+come back on the CPU: ``load_state_dict`` copies them into the hook's own, which live where the model is. A
+hook may also define ``before_step(trainer)``, called before each optimizer step's first micro-batch,
+``trainer.step`` being the 0-based index of that step (``model.LossWeightClock`` hands it to the targets'
+weight schedules).
 """
 
 from __future__ import annotations

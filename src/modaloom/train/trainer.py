@@ -30,7 +30,7 @@ from torch import nn
 
 from modaloom import collectives
 from modaloom.allocator import active_allocator
-from modaloom.batch import Batch, count_real_tokens, count_samples, count_tokens, to_device
+from modaloom.batch import Batch, count_real_tokens, count_samples, count_tokens, ids_beyond, to_device
 from modaloom.errors import DataError, ModaloomError
 from modaloom.train import checkpoint as ckpt
 from modaloom.train import distributed as dist_utils
@@ -229,6 +229,21 @@ class Trainer:
             self.scaler.scale(loss / self.cfg.grad_accum_steps).backward()
         return loss.detach().float(), metrics
 
+    def checked_ids(self, batch: Batch) -> Batch:
+        """``batch`` once its ``input_ids`` fit the model's word table (a one-line DataError otherwise, on every
+        device alike; see ``batch.ids_beyond``)."""
+        embedding = getattr(self.raw_model, "embedding", None)
+        table = embedding.word_embedding() if hasattr(embedding, "word_embedding") else None
+        weight = getattr(table, "weight", None)
+        if not isinstance(weight, torch.Tensor):
+            return batch
+        bad = ids_beyond(batch, "input_ids", weight.shape[0])
+        if bad is not None:
+            raise DataError(f"training batch #{self.stream.consumed} (keys {sorted(batch)}) does not fit the model: "
+                            f"index out of range: token id {bad} in input_ids, but the word table has "
+                            f"{weight.shape[0]} rows; were the data and the model made with the same vocabulary?")
+        return batch
+
     def train_step(self) -> tuple[torch.Tensor, dict[str, torch.Tensor], list[Batch]]:
         """One optimizer step over ``grad_accum_steps`` micro-batches; returns mean loss, metrics, batches."""
         accum = self.cfg.grad_accum_steps
@@ -239,7 +254,7 @@ class Trainer:
             if before is not None:
                 before(self)
         for micro in range(accum):
-            batch = to_device(next(self.stream), self.device)
+            batch = to_device(self.checked_ids(next(self.stream)), self.device)
             loss, metrics = self._forward_backward(batch, sync=micro == accum - 1)
             losses.append(loss)
             batches.append(batch)
