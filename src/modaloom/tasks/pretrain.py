@@ -219,5 +219,12 @@ class PretrainTask(Task):
     def export_dirs(self) -> dict[str, Path]:
         return {"tokenizer": self.paths.data / "tokenizer"}
 
+    def export_json(self) -> dict[str, Any]:
+        """The training data's processor and options (``preprocessing.json``), for runs on raw input."""
+        from modaloom.data.preprocessing_record import PREPROCESSING_NAME, record_from_manifest
+
+        record = record_from_manifest(self.dataset.manifest, self.paths.data)
+        return {PREPROCESSING_NAME: record} if record is not None else {}
+
     def data_description(self) -> str:
         return f"{len(self.dataset)} records in {self.paths.data}"
