@@ -111,3 +111,15 @@ def test_specaugment_is_off_by_default_and_s2t_policy_when_on(pairs, tmp_path):
     assert torch.equal(first["input_features"], second["input_features"])
     masked = build_loader(out, batch_size=4, seed=3, shuffle=False, option_overrides={"specaugment": True})
     assert not torch.equal(next(iter(masked))["input_features"], first["input_features"])
+
+
+def test_cut_captions_of_kept_pairs_are_counted_in_the_manifest(pairs, tmp_path):
+    out = run(pairs, pairs / "pairs.jsonl", tmp_path / "jsonl")
+    assert open_dataset(out).manifest["counts"]["truncated"] == 1  # "the low tone a noise burst" (6 + 2 > 6)
+    rows = [{"audio": str(pairs / "broken.wav"), "text": CAPTIONS[3]},  # skipped: its cut caption is not counted
+            {"audio": str(pairs / "clip1.flac"), "text": CAPTIONS[3]}, {"audio": str(pairs / "clip0.wav"),
+                                                                       "text": CAPTIONS[0]}]
+    corpus = tmp_path / "long.jsonl"
+    corpus.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    counts = open_dataset(run(pairs, corpus, tmp_path / "long")).manifest["counts"]
+    assert counts["records"] == 2 and counts["truncated"] == 1

@@ -220,3 +220,20 @@ def test_image_bytes_are_stored_unchanged(media: Path, tmp_path: Path) -> None:
     stored = open_dataset(out)[0]["image"]
     assert stored.tobytes() == (media / "classes/red/img0.png").read_bytes()
     assert Image.open(io.BytesIO(stored.tobytes())).size == (48, 40)
+
+
+def test_clip_counts_cut_captions_in_the_manifest_and_the_summary(media: Path, tmp_path: Path, capsys) -> None:
+    from modaloom.cli.main import main
+
+    def run(seq_length: int) -> tuple[dict, str]:
+        out = tmp_path / f"clip{seq_length}"
+        assert main(["preprocess", "--processor", "clip", "--corpus", str(media / "images.tsv"), "--vocab",
+                     str(media / "vocab.txt"), "--out", str(out), "--seq-length", str(seq_length)]) == 0
+        return json.loads((out / "manifest.json").read_text())["counts"], capsys.readouterr().out
+
+    # six kept captions of 6 tokens + [CLS] [SEP] > 6; the two skipped rows (short captions) are not counted
+    counts, line = run(6)
+    assert counts["records"] == 6 and counts["truncated"] == 6
+    assert "truncated 6 to seq_length 6; skipped 2" in line
+    counts, line = run(16)
+    assert counts["truncated"] == 0 and "truncated 0 to seq_length 16" in line

@@ -50,3 +50,36 @@ def test_refusals(tmp_path, capsys):
                  "--nproc", "2"]) == 2
     assert "only go with --dry-run" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_seq_length_unset_is_the_datasets_and_a_longer_one_is_refused(tmp_path, capsys):
+    import yaml
+
+    data = write_dataset(tmp_path / "data", seq_length=24)
+    config = tiny_bert_config(tmp_path / "c.yaml")
+    raw = yaml.safe_load(config.read_text())
+    del raw["data"]["seq_length"]  # unset: the dataset's 24, not a default of 128
+    config.write_text(yaml.safe_dump(raw))
+
+    def plan(*extra: str) -> dict:
+        assert main(["pretrain", "--config", str(config), "--data", str(data), "--dry-run", "--json",
+                     "--device", "cpu", *extra]) == 0
+        return json.loads(capsys.readouterr().out)
+
+    assert plan()["seq_length"] == 24
+    assert plan("--seq-length", "16")["seq_length"] == 16  # shorter, set by the user: records are cut
+    assert plan("--seq-length", "48", "data.padding=packing")["seq_length"] == 48  # records packed into 48
+    assert main(["pretrain", "--config", str(config), "--data", str(data), "--dry-run", "--seq-length", "48"]) == 2
+    assert ("data.seq_length 48 exceeds the 24 tokens" in (err := capsys.readouterr().err)
+            and "leave data.seq_length unset to use 24" in err and "--seq-length 48" in err), err
+    assert main(["pretrain", "--config", str(config), "--data", str(data), "--out", str(tmp_path / "run"),
+                 "--steps", "1", "--seq-length", "48"]) == 2  # training refuses it the same way
+    assert "data.seq_length 48 exceeds the 24 tokens" in capsys.readouterr().err
+    assert main(["pretrain", "--config", str(config), "--out", str(tmp_path / "run"), "--data", str(data),
+                 "--steps", "1", "--batch-size", "4"]) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["seq_length"] == 24
+    capsys.readouterr()
+    raw["model"]["embedding"]["vocab_size"] = 40  # without --data the config names it
+    config.write_text(yaml.safe_dump(raw))
+    assert main(["pretrain", "--config", str(config), "--dry-run", "--json", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["seq_length"] == 64  # no data: 128, at most the model's positions

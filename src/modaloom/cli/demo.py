@@ -2,7 +2,8 @@
 
 Runs the stages of ``modaloom.demo.STAGES`` (text, vision, vision-language, speech) in that order, each in
 its own folder under ``--work``, and writes ``--report``/index.html and index.md after every stage, so an
-interrupted run still leaves a correct partial report. A finished stage (its ``stage.json``) is reused; a
+interrupted run still leaves a correct partial report. A finished stage (its ``stage.json``) is reused while its
+recipe is unchanged (``demo/stage.py``: ``reusable_report``); a
 failed stage is reported as failed, the others still run, and the exit status is 1.
 """
 
@@ -21,7 +22,7 @@ import modaloom.demo as demo_stages
 from modaloom.atomic import atomic_write_json
 from modaloom.demo.install import offer_allocator
 from modaloom.demo.report import claim_report_folder, machine_facts, write_report
-from modaloom.demo.stage import REPORT_NAME, StageContext, StageReport
+from modaloom.demo.stage import REPORT_NAME, StageContext, StageReport, reusable_report
 from modaloom.errors import ConfigError, DataError, ModaloomError, nearest
 
 HELP = "run the text, vision, vision-language and speech stages on real data and write a report"
@@ -90,15 +91,15 @@ def prepare_folder(folder: Path, name: str, quick: bool) -> None:
 
 def run_stage(name: str, folder: Path, args: argparse.Namespace) -> tuple[StageReport, str]:
     """Reuses the finished stage or runs it; returns its report and status (a failure is reported, not raised)."""
-    report = StageReport.load(folder)
-    if report is not None:
-        print(f"reusing the finished {name} stage in {folder} (--fresh-stage {name} redoes it)",
-              file=sys.stderr, flush=True)
-        return report, "reused (finished earlier)"
     ctx = StageContext(work=folder, quick=args.quick, threads=args.threads)
     start = time.perf_counter()
     try:
         module = importlib.import_module(demo_stages.STAGES[name])
+        report = reusable_report(name, folder, module, args.quick, keep=(MARKER,))
+        if report is not None:
+            print(f"reusing the finished {name} stage in {folder} (--fresh-stage {name} redoes it)",
+                  file=sys.stderr, flush=True)
+            return report, "reused (finished earlier)"
         report = module.run(ctx)
         report.save(folder)
         return report, "finished"

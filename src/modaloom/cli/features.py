@@ -36,6 +36,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head", default="",
                         help="dual models with several clr heads: the head's name (default: the only one, or the "
                              "one over text and image), e.g. --head speech for a speech tower aligned to a CLIP")
+    parser.add_argument("--audio-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="--side speech: sample_rate=N or normalize=true|false, instead of what the model's "
+                             "training data recorded (preprocessing.json; default 16000, true)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,9 +56,12 @@ def run(args: argparse.Namespace) -> int:
         if args.vocab:
             raise ConfigError("--side reads the model folder's own tokenizer; drop --vocab")
         vectors, truncated = dual_features(Path(args.model), Path(args.input), args.side, args.head,
-                                           batch_size=args.batch_size, seq_length=args.seq_length)
+                                           batch_size=args.batch_size, seq_length=args.seq_length,
+                                           audio_options=audio_options(args.audio_option))
     elif args.head:
         raise ConfigError("--head picks a clr head of a dual model; give --side text|image|speech with it")
+    elif args.audio_option:
+        raise ConfigError("--audio-option sets how a dual model reads audio; give --side speech with it")
     else:
         vectors, truncated = sentence_features(Path(args.model), Path(args.input), args.pooling, args.normalize,
                                                vocab=args.vocab, seq_length=args.seq_length,
@@ -64,3 +70,17 @@ def run(args: argparse.Namespace) -> int:
     note = f"; {truncated} truncated to the sequence length" if truncated else ""
     print(f"{vectors.shape[0]} x {vectors.shape[1]} features written to {out}{note}", file=sys.stderr)
     return 0
+
+
+def audio_options(items: list[str]) -> dict[str, object]:
+    """``--audio-option KEY=VALUE`` items as {key: JSON value or string}; an item without ``=`` is refused."""
+    from modaloom.cli.finetune import typed_options
+    from modaloom.errors import ConfigError
+
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--audio-option takes KEY=VALUE (sample_rate=8000, normalize=false), got {item!r}")
+        options[key] = value
+    return typed_options(options)

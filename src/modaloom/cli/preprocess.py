@@ -86,11 +86,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def summary(out: str, manifest: dict) -> str:
-    """One line: records, tokens, inputs, time, skips by reason, and what a resumed run reused."""
+    """One line: records, tokens, inputs, time, texts cut to seq_length, skips by reason, and what a resumed
+    run reused."""
     counts = manifest["counts"]
     skipped = manifest["skipped"]
     line = (f"{out}: {counts['records']} records, {counts['tokens']} tokens from {counts['input_records']} "
-            f"inputs in {manifest['seconds']:.2f} s; skipped {skipped['count']}")
+            f"inputs in {manifest['seconds']:.2f} s")
+    if "truncated" in counts:
+        line += f"; truncated {counts['truncated']} to seq_length {manifest['processor']['seq_length']}"
+    line += f"; skipped {skipped['count']}"
     if skipped["count"]:
         reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(skipped["by_reason"].items()))
         line += f" ({reasons}; every one in {out}/{skipped['all_in']})"

@@ -8,6 +8,7 @@ from modaloom.config_schema import choice
 from modaloom.errors import ConfigError
 
 SPECIAL_TOKEN_ROLES = ("pad", "unk", "cls", "sep", "mask", "bos", "eos")
+DEFAULT_SEQ_LENGTH = 128  # data.seq_length where no dataset gives one (a dry run without --data)
 
 
 @dataclass
@@ -57,7 +58,7 @@ class DataConfig:
     """How training batches are drawn from a preprocessed dataset directory (given on the command line)."""
 
     processor: str = ""  # empty = the processor recorded in the dataset manifest
-    seq_length: int = 128  # tokens per example at most (longer records are cut)
+    seq_length: int = 0  # tokens per example at most (longer records are cut); 0: the dataset's own (its manifest)
     padding: str = choice("longest", "longest", "max_length", "packing",
                           doc="pad to the longest in the batch, to seq_length, or pack records")
     num_workers: int = 0  # DataLoader worker processes (0: load in the training process)
@@ -66,8 +67,8 @@ class DataConfig:
     masking: dict[str, float | int | bool] = field(default_factory=dict)
 
     def validate(self) -> None:
-        if self.seq_length < 1:
-            raise ConfigError(f"seq_length must be positive, got {self.seq_length}")
+        if self.seq_length < 0:
+            raise ConfigError(f"seq_length must be positive (or 0: the dataset's), got {self.seq_length}")
         if self.num_workers < 0:
             raise ConfigError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.masking:

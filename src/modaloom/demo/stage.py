@@ -5,23 +5,33 @@ commands through ``ctx.command`` (each in its own process, so that its peak memo
 file under ``ctx.work``, and returns tables, figures and headline numbers. The report is saved as
 ``stage.json`` only when the stage finished, so a second ``make demo`` reuses finished stages and resumes
 unfinished ones from what their steps left (each step skips work whose output is complete).
+
+Steps check files, not what made them, so each stage folder also records its recipe (``recipe.json``:
+``stage_recipe``, the sizes and a hash of the stage module's source, where its configs are written and its
+commands built). A later run whose recipe differs neither reuses the finished stage nor resumes its steps: the
+folder's contents are deleted (nothing outside it) and the stage runs again, with a message saying what changed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from modaloom.atomic import atomic_write_json
 from modaloom.errors import DataError
 
 REPORT_NAME = "stage.json"
+RECIPE_NAME = "recipe.json"
 
 
 @dataclass
@@ -148,3 +158,76 @@ def timed(fn: Any) -> Any:
     wrapper.__doc__ = fn.__doc__
     wrapper.__name__ = fn.__name__
     return wrapper
+
+
+def stage_recipe(module: ModuleType, quick: bool) -> dict[str, Any]:
+    """What defines a stage's recipe, known before it runs: the sizes it runs at (its module's ``QUICK`` or
+    ``FULL``) and a hash of its module's source, which writes its YAML configs and builds its commands from
+    them. Any edit of the module counts as a new recipe: generic, and never a stale result."""
+    sizes = getattr(module, "QUICK" if quick else "FULL", None)
+    source = Path(module.__file__).read_bytes() if getattr(module, "__file__", None) else b""
+    recipe = {"quick": quick, "sizes": asdict(sizes) if is_dataclass(sizes) and not isinstance(sizes, type) else {},
+              "source": hashlib.sha256(source).hexdigest(), "module": module.__name__}
+    text = json.dumps(recipe, sort_keys=True, default=str)
+    return {**json.loads(text), "fingerprint": hashlib.sha256(text.encode()).hexdigest()}
+
+
+def recorded_recipe(work: Path) -> dict[str, Any] | None:
+    """The recipe recorded in a stage folder, or None (none yet, or made by a version that did not record it)."""
+    try:
+        recipe = json.loads((work / RECIPE_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return recipe if isinstance(recipe, dict) and "fingerprint" in recipe else None
+
+
+def record_recipe(work: Path, recipe: dict[str, Any]) -> None:
+    """Writes the recipe the stage folder's outputs are made with."""
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(work / RECIPE_NAME, recipe)
+
+
+def recipe_change(work: Path, recipe: dict[str, Any]) -> str:
+    """What differs between the recipe recorded in ``work`` and ``recipe``: changed sizes (``steps 20 -> 30``) or
+    the module's code; "" when they agree or nothing is recorded."""
+    before = recorded_recipe(work)
+    if before is None or before["fingerprint"] == recipe["fingerprint"]:
+        return ""
+    old, new = before.get("sizes") or {}, recipe["sizes"]
+    sizes = [f"{k} {old.get(k)} -> {new.get(k)}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if sizes:
+        return "sizes " + ", ".join(sizes)
+    if before.get("source") != recipe["source"]:
+        return f"the code of {recipe['module']} changed"
+    return "its recipe changed"
+
+
+def clear_stage_folder(work: Path, keep: Iterable[str] = ()) -> None:
+    """Deletes the contents of a stage's own folder except the names in ``keep``; links are removed, never
+    followed, so nothing outside the folder is touched."""
+    kept = set(keep)
+    for item in work.iterdir():
+        if item.name in kept:
+            continue
+        if item.is_dir() and not item.is_symlink():
+            shutil.rmtree(item)
+        else:
+            item.unlink()
+
+
+def reusable_report(name: str, work: Path, module: ModuleType, quick: bool, keep: Iterable[str] = (),
+                    log: Any = None) -> StageReport | None:
+    """The finished stage's report when its recipe is the current one (or none was recorded: a folder of an
+    earlier version, kept as made); a folder made with another recipe is emptied (``keep``: the demo's marker)
+    and the current recipe recorded, so the stage runs again from the start."""
+    recipe = stage_recipe(module, quick)
+    change = recipe_change(work, recipe)
+    if change:
+        print(f"the {name} stage's recipe changed since {work} was made ({change}): running it again from the "
+              f"start (its earlier outputs there are deleted)", file=log or sys.stderr, flush=True)
+        clear_stage_folder(work, keep)
+    report = StageReport.load(work)
+    if report is None:
+        record_recipe(work, recipe)  # the steps run (or resume) under this recipe
+    return report
+

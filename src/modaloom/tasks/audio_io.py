@@ -3,13 +3,16 @@
 (TSV ``text path`` / ``label path``, JSONL ``{"text"|"label", "audio"}``, or a folder of class sub-folders of
 wav/flac/ogg files); each clip's bytes checked to decode when read, its features made per batch.
 
-Features are those of the ``speech_text`` processor's defaults: resampled to 16 kHz, Kaldi filterbanks with as
-many bins as the speech stream's ``audio_feature_size``, utterance-normalised, no SpecAugment; frames beyond what
-the stream's positions admit after subsampling are cut.
+Features are made as the model's training data made them: the sample rate and the utterance normalisation of the
+speech processor recorded in the model folder's ``preprocessing.json`` (``data/preprocessing_record.py``), else the
+``speech_text`` processor's defaults (16 kHz, normalised); a user's ``sample_rate`` / ``normalize`` override both.
+Kaldi filterbanks with as many bins as the speech stream's ``audio_feature_size`` (a recorded ``num_bins`` that
+differs is an error), no SpecAugment; frames beyond what the stream's positions admit after subsampling are cut.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,12 +41,48 @@ def speech_embedding(model_cfg: Any) -> Any:
     raise ConfigError(f"the model has no speech embedding part in embedding.parts {model_cfg.embedding.parts}")
 
 
-def model_audio_features(model_cfg: Any) -> AudioFeatures:
-    """Filterbanks sized for the model's speech stream (bins, most frames its positions admit)."""
+@dataclass
+class AudioInputOptions:
+    """What a user may set for the speech inputs of ``evaluate`` (``task.<key>``) and ``features``
+    (``--audio-option``); None: the model's preprocessing record, else the ``speech_text`` defaults."""
+
+    sample_rate: int | None = None  # audio is resampled to this rate before the filterbanks
+    normalize: bool | None = None  # utterance-level mean / variance normalisation
+
+    def validate(self) -> None:
+        if self.sample_rate is not None and self.sample_rate <= 0:
+            raise ConfigError(f"sample_rate must be positive, got {self.sample_rate}")
+
+
+AUDIO_INPUT_KEYS = ("sample_rate", "normalize")
+
+
+def recorded_audio_options(record: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The audio options of a preprocessing record whose processor made audio features (``s2t``,
+    ``speech_text``): sample_rate, num_bins, normalize; {} for none or another processor."""
+    options = (record or {}).get("options") or {}
+    if not isinstance(options, Mapping) or "num_bins" not in options:
+        return {}
+    return {key: options[key] for key in ("sample_rate", "num_bins", "normalize") if key in options}
+
+
+def model_audio_features(model_cfg: Any, recorded: Mapping[str, Any] | None = None,
+                         override: AudioInputOptions | None = None) -> AudioFeatures:
+    """Filterbanks sized for the model's speech stream (bins, most frames its positions admit), at the
+    sample rate and normalisation of ``override``, else of ``recorded`` (``recorded_audio_options``), else 16 kHz
+    and normalised."""
     from modaloom.tasks.speech_to_text import frames_admitted
 
     section = speech_embedding(model_cfg)
-    return AudioFeatures(16000, int(section.audio_feature_size), True, frames_admitted(section))
+    bins = int(section.audio_feature_size)
+    recorded = dict(recorded or {})
+    if "num_bins" in recorded and int(recorded["num_bins"]) != bins:
+        raise ConfigError(f"the model was trained on {recorded['num_bins']}-bin filterbanks (its preprocessing.json) "
+                          f"but its speech stream reads audio_feature_size {bins}; the model folder is inconsistent")
+    override = override or AudioInputOptions()
+    rate = override.sample_rate if override.sample_rate is not None else int(recorded.get("sample_rate", 16000))
+    normalize = override.normalize if override.normalize is not None else bool(recorded.get("normalize", True))
+    return AudioFeatures(rate, bins, normalize, frames_admitted(section))
 
 
 def blank_features(rows: int, model_cfg: Any) -> dict[str, torch.Tensor]:

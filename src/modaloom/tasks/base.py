@@ -149,10 +149,12 @@ def check_out_dir(out: Path, resume: str | None) -> None:
                           f"continue it, or choose another --out")
 
 
-def export_model(ckpt: Path, out: Path, extra_dirs: dict[str, Path] | None = None) -> Path:
+def export_model(ckpt: Path, out: Path, extra_dirs: dict[str, Path] | None = None,
+                 extra_json: dict[str, Any] | None = None) -> Path:
     """``<out>/model``: the checkpoint's weights and config (loadable by ``modaloom.load``) plus
-    ``extra_dirs`` (name -> directory, e.g. the tokenizer), built beside it and swapped in whole: nothing of a
-    previous export (a stale tokenizer) survives, and a crash leaves the old or the new folder."""
+    ``extra_dirs`` (name -> directory, e.g. the tokenizer) and ``extra_json`` (file name -> object, e.g. the
+    preprocessing record), built beside it and swapped in whole: nothing of a previous export (a stale
+    tokenizer) survives, and a crash leaves the old or the new folder."""
     from modaloom.train.checkpoint import write_model_folder
 
     final = out / "model"
@@ -164,6 +166,8 @@ def export_model(ckpt: Path, out: Path, extra_dirs: dict[str, Path] | None = Non
         for name, source in (extra_dirs or {}).items():
             if source.is_dir():
                 shutil.copytree(source, tmp / name)
+        for name, payload in (extra_json or {}).items():
+            atomic_write_json(tmp / name, payload)
         swap_directory(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -285,9 +289,13 @@ class Task(ModelSteps):
         """Directories copied into the exported model folder (name -> source)."""
         return {}
 
+    def export_json(self) -> dict[str, Any]:
+        """JSON files written into the exported model folder (file name -> object)."""
+        return {}
+
     def export(self, checkpoint: Path) -> Path:
         """The final model folder ``<out>/model`` from the last checkpoint."""
-        return export_model(checkpoint, self.paths.out, self.export_dirs())
+        return export_model(checkpoint, self.paths.out, self.export_dirs(), self.export_json())
 
     # ---- the job
     def run(self) -> dict[str, Any]:

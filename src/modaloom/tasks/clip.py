@@ -38,8 +38,9 @@ Models with more streams (a speech tower aligned to a CLIP: text, image and spee
 pair, docs/objectives.md): ``task.head=NAME`` names the head whose two streams the task compares (``clip_pair``;
 default: the only contrastive head, else the one over text and image; an error lists the heads otherwise). A head
 over text and speech reads audio where the image would be: TSV ``text path`` / ``label path`` or JSONL with
-``audio`` naming wav/flac/ogg files, or class folders of them (``tasks/audio_io.py``; filterbanks as the
-``speech_text`` processor makes them by default). Speech zero-shot matches each clip against the class prompts;
+``audio`` naming wav/flac/ogg files, or class folders of them (``tasks/audio_io.py``; filterbanks as the model's
+training data made them, per its ``preprocessing.json``, else the ``speech_text`` defaults; ``evaluate ...
+task.sample_rate=N task.normalize=false`` override that). Speech zero-shot matches each clip against the class prompts;
 ``task.scorer=itm`` reads images only. ``finetune --task clip_retrieval task.head=speech`` keeps that head alone.
 """
 
@@ -58,7 +59,15 @@ from modaloom.context import ForwardContext
 from modaloom.data.images import CROP_MODES, IMAGE_NORMS
 from modaloom.errors import ConfigError, DataError
 from modaloom.registry import register
-from modaloom.tasks.audio_io import AudioLoader, blank_features, model_audio_features, read_audio_bytes
+from modaloom.tasks.audio_io import (
+    AUDIO_INPUT_KEYS,
+    AudioInputOptions,
+    AudioLoader,
+    blank_features,
+    model_audio_features,
+    read_audio_bytes,
+    recorded_audio_options,
+)
 from modaloom.tasks.classification import sort_labels
 from modaloom.tasks.finetune import FinetuneTask, check_vocabulary, resolve_tokenizer
 from modaloom.tasks.image_io import (
@@ -336,6 +345,8 @@ class ClipBase(FinetuneTask):
             # several heads and none chosen yet: `evaluate ... task.head=NAME` names one (set_options)
         self.truncated: dict[str, int] = {}
         self.skipped: dict[str, int] = {}
+        self.audio_recorded: dict[str, Any] = {}  # the model folder's speech processor options (preprocessing.json)
+        self.audio_override = AudioInputOptions()  # the user's task.sample_rate / task.normalize
 
     def select_head(self, head: str) -> None:
         """Read the contrastive head ``head`` (``clip_pair``): its name, its text side, its image or speech side."""
@@ -381,8 +392,20 @@ class ClipBase(FinetuneTask):
         return self.options.norm or processor_norm(self.cfg.data.processor or "clip", "clip")
 
     def set_tokenizer(self, model_dir: Path | None, vocab: str) -> None:
+        """The model folder's tokenizer (or ``vocab``), and the audio options its preprocessing record holds."""
+        from modaloom.data.preprocessing_record import read_record
+
         self.tokenizer, where = resolve_tokenizer(model_dir, vocab)
         check_vocabulary(self.cfg, self.tokenizer, where, self.text_section)
+        self.audio_recorded = recorded_audio_options(read_record(model_dir))
+
+    def set_audio_override(self, given: dict[str, Any]) -> None:
+        """The user's ``task.sample_rate`` / ``task.normalize`` (evaluation options, ``AUDIO_INPUT_KEYS``), which
+        win over the recorded audio options; refused for a head that reads no audio."""
+        self.audio_override = build(AudioInputOptions, given, path="task")
+        if given and self.kind != "speech":
+            raise ConfigError(f"task.{' task.'.join(sorted(given))} set the audio features, but head "
+                              f"{self.label!r} compares text with {self.kind}; drop them or name a speech head")
 
     def loader(self, examples: list[dict[str, Any]], train: bool, info: Any = None) -> ImageLoader | AudioLoader:
         o = self.options
@@ -391,7 +414,8 @@ class ClipBase(FinetuneTask):
         if self.kind == "speech":
             return AudioLoader(examples, self.cfg.train.batch_size, self.tokenizer.special_id("pad", "padding"),
                                shuffle=train, seed=self.cfg.train.seed, rank=rank, world_size=world,
-                               drop_last=False, features=model_audio_features(self.cfg.model))
+                               drop_last=False,
+                               features=model_audio_features(self.cfg.model, self.audio_recorded, self.audio_override))
         crop, hflip = (o.crop, o.hflip) if train else ("center", False)
         transform = model_transform(self.cfg.model, self.norm, crop, hflip, getattr(o, "scale_min", 0.9))
         return ImageLoader(examples, self.cfg.train.batch_size, self.tokenizer.special_id("pad", "padding"),
@@ -419,9 +443,11 @@ class ClipRetrievalTask(ClipBase):
         """``evaluate``'s options: ``task.head``, ``task.scorer`` and ``task.rerank`` (see the module docstring)."""
         options = dict(options)
         head = str(options.pop("head", "") or "")  # task.head: which clr head (``clip_pair``)
+        audio = {key: options.pop(key) for key in AUDIO_INPUT_KEYS if key in options}
         self.scoring = build(ScorerOptions, options, path="task")
         self.head_for(head, self.scoring.scorer)
         self.itm = itm_scorer(self.scoring, self.cfg.model)
+        self.set_audio_override(audio)
 
     # ---- data
     def examples(self, path: Path, what: str, skip_bad: bool) -> list[dict[str, Any]]:
@@ -586,9 +612,11 @@ class ZeroShotTask(ClipBase):
         options = dict(options)
         if "template" in options and "templates" in options:
             raise ConfigError("give task.template (one prompt) or task.templates (an ensemble), not both")
+        audio = {key: options.pop(key) for key in AUDIO_INPUT_KEYS if key in options}
         self.options = build(ZeroShotOptions, options, path="task")
         self.head_for(self.options.head, self.options.scorer)
         self.itm = itm_scorer(self.options, self.cfg.model)
+        self.set_audio_override(audio)
         self.options.templates = self.template_list()
         self.prompts = self.prompt_tokens = None  # other templates: other prompts
         for template in self.options.templates or [self.options.template]:

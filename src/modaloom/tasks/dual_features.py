@@ -4,7 +4,9 @@ one side of a ``clr`` head, projected and L2-normalised as the head compares the
 The head is chosen as the CLIP tasks choose it (``tasks.clip.clip_pair``: the one named, else the only one, else
 the one over text and image). ``--side text`` reads sentences (plain text, one a line, or TSV/JSONL with
 ``text_a``), tokenized as captions; the other side reads the lists ``zero_shot`` reads (TSV/JSONL naming image or
-audio files, or a folder of class sub-folders). Rows come out in input order.
+audio files, or a folder of class sub-folders). Rows come out in input order. Speech features are made as the
+model's training data made them (``tasks/audio_io.py``: the folder's ``preprocessing.json``), unless
+``audio_options`` (``--audio-option sample_rate=8000``) say otherwise.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ SIDES = ("text", "image", "speech")
 
 @torch.no_grad()
 def dual_features(model_dir: Path, input_path: Path, side: str, head: str = "", batch_size: int = 64,
-                  seq_length: int = 0) -> tuple[np.ndarray, int]:
-    """(rows x feature_size float32 array in input order, number of captions cut to the sequence length)."""
+                  seq_length: int = 0, audio_options: dict[str, Any] | None = None) -> tuple[np.ndarray, int]:
+    """(rows x feature_size float32 array in input order, number of captions cut to the sequence length);
+    ``audio_options`` (sample_rate, normalize) override the recorded ones for ``side`` speech."""
     from modaloom.model import load
     from modaloom.tasks.clip import caption_ids, pair_features
     from modaloom.tasks.finetune import task_for_model
@@ -40,6 +43,9 @@ def dual_features(model_dir: Path, input_path: Path, side: str, head: str = "", 
     if side not in ("text", job.kind):
         raise ConfigError(f"--side {side}: head {job.label!r} compares text with {job.kind}; use --side text or "
                           f"--side {job.kind}, or name another head with --head")
+    if audio_options and side != "speech":
+        raise ConfigError(f"--audio-option sets how audio is read; --side {side} reads none: drop it")
+    job.set_audio_override(dict(audio_options or {}))
     model = load(model_dir).eval()
     device = next(model.parameters()).device
     pad = job.tokenizer.special_id("pad", "padding")

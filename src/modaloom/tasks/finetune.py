@@ -241,14 +241,17 @@ class FinetuneTask(Task):
 
     def export(self, checkpoint: Path) -> Path:
         """``<out>/model`` from the best dev weights (the last checkpoint without a dev set), with the task
-        section in its config.json and the tokenizer (when the task has one) in ``tokenizer/``."""
+        section in its config.json, the tokenizer (when the task has one) in ``tokenizer/`` and the
+        preprocessing record of the model it started from (``preprocessing.json``, when that has one)."""
+        from modaloom.data.preprocessing_record import PREPROCESSING_NAME, read_record
         from modaloom.tasks.base import export_model
 
         best = self.paths.out / BEST_DIR
         source = best if (best / "model.safetensors").is_file() else checkpoint
+        record = read_record(self.paths.init_from)
         with tempfile.TemporaryDirectory(dir=self.paths.out) as tmp:
             extra = {"tokenizer": self.tokenizer.save(Path(tmp) / "tokenizer")} if self.tokenizer is not None else {}
-            final = export_model(source, self.paths.out, extra)
+            final = export_model(source, self.paths.out, extra, {PREPROCESSING_NAME: record} if record else None)
         config = json.loads((final / "config.json").read_text(encoding="utf-8"))
         config["task"] = self.task_section()
         atomic_write_json(final / "config.json", config)

@@ -60,6 +60,24 @@ def check_positions(cfg: Config) -> None:
             f"{embedding.max_seq_length}; lower data.seq_length or raise max_seq_length")
 
 
+def resolve_seq_length(cfg: Config, manifest: dict[str, Any] | None, data_dir: Path | None) -> None:
+    """``data.seq_length`` 0 (unset) becomes the length the dataset was preprocessed with (without one: 128, at
+    most the model's ``max_seq_length``), then ``check_positions``; a
+    set value above it is refused for token data unless the loader packs records (``padding: packing``), since
+    no record is longer: the batches would be padded, or the positions sized, for tokens that never come."""
+    from modaloom.data.config import DEFAULT_SEQ_LENGTH
+
+    entry = (manifest or {}).get("processor") or {}
+    made = int(entry.get("seq_length") or 0)
+    if cfg.data.seq_length == 0:
+        cfg.data.seq_length = made or min(DEFAULT_SEQ_LENGTH, int(cfg.model.embedding.max_seq_length))
+    check_positions(cfg)  # the model's limit first: no data fixes that
+    if made and cfg.data.seq_length > made and (manifest or {}).get("tokenizer") and cfg.data.padding != "packing":
+        raise DataError(f"data.seq_length {cfg.data.seq_length} exceeds the {made} tokens {data_dir} was preprocessed "
+                        f"with (its manifest's seq_length); leave data.seq_length unset to use {made}, lower it, or "
+                        f"preprocess again with --seq-length {cfg.data.seq_length}")
+
+
 def check_data(cfg: Config, data_dir: Path, dataset: Any, processor: Any) -> None:
     """Refuse data made by another processor or tokenizer than the model expects; fill vocab_size 0."""
     entry = dataset.manifest.get("processor") or {}
@@ -106,14 +124,16 @@ def plan_from_header(cfg: Config, data_dir: Path | None) -> None:
 
     from modaloom.data.storage import MANIFEST
 
-    check_positions(cfg)
-    if data_dir is not None:
+    if data_dir is None:
+        resolve_seq_length(cfg, None, None)
+    else:
         path = Path(data_dir) / MANIFEST
         try:
             manifest = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise DataError(f"{path}: cannot read the dataset manifest ({exc}); is {data_dir} a folder written "
                             f"by `modaloom preprocess`?") from None
+        resolve_seq_length(cfg, manifest, data_dir)
         made_by = (manifest.get("processor") or {}).get("name", "?")
         if cfg.data.processor and cfg.data.processor != made_by:
             raise DataError(f"{data_dir} was preprocessed with processor {made_by!r} but the config expects "
@@ -170,8 +190,10 @@ class PretrainTask(Task):
         from modaloom.data.storage import open_dataset
 
         cfg, data_dir = self.cfg, self.paths.data
-        check_positions(cfg)
+        if cfg.data.seq_length:
+            check_positions(cfg)  # a config error before the data is read
         self.dataset = open_dataset(data_dir)
+        resolve_seq_length(cfg, self.dataset.manifest, data_dir)
         masking = {"masking": dict(cfg.data.masking)} if cfg.data.masking else None
         self.processor = processor_from_dataset(self.dataset, cfg.data.seq_length, masking)
         check_data(cfg, data_dir, self.dataset, self.processor)
@@ -218,6 +240,13 @@ class PretrainTask(Task):
 
     def export_dirs(self) -> dict[str, Path]:
         return {"tokenizer": self.paths.data / "tokenizer"}
+
+    def export_json(self) -> dict[str, Any]:
+        """The training data's processor and options (``preprocessing.json``), for runs on raw input."""
+        from modaloom.data.preprocessing_record import PREPROCESSING_NAME, record_from_manifest
+
+        record = record_from_manifest(self.dataset.manifest, self.paths.data)
+        return {PREPROCESSING_NAME: record} if record is not None else {}
 
     def data_description(self) -> str:
         return f"{len(self.dataset)} records in {self.paths.data}"

@@ -224,10 +224,17 @@ def matmul_weight_count(model: nn.Module) -> int:
     return total
 
 
+def planned_seq_length(cfg: Any) -> int:
+    """``data.seq_length``, or 128 where it is 0 (the dataset's, and no dataset's manifest was read)."""
+    from modaloom.data.config import DEFAULT_SEQ_LENGTH
+
+    return int(cfg.data.seq_length) or DEFAULT_SEQ_LENGTH
+
+
 def activation_bytes(cfg: Any, model: nn.Module, bytes_: Precision, device: str) -> tuple[int, list[str]]:
     """Bytes alive at the end of one micro-batch's forward pass (and the loss's transient gradients)."""
     mcfg, train = cfg.model, cfg.train
-    batch, seq = train.batch_size, cfg.data.seq_length
+    batch, seq = train.batch_size, planned_seq_length(cfg)
     tokens = batch * seq
     notes = []
     emb = mcfg.embedding
@@ -332,10 +339,10 @@ def plan_run(cfg: Any, world_size: int = 1, device: str = "cpu") -> Plan:
     else:
         moving = max(memory["gradients"], memory["activations"])
     peak = memory["weights"] + memory["optimizer"] + extra + moving
-    tokens = train.batch_size * cfg.data.seq_length * train.grad_accum_steps * world_size
+    tokens = train.batch_size * planned_seq_length(cfg) * train.grad_accum_steps * world_size
     return Plan(parameters=params, world_size=world_size, parallel=parallel, precision=train.precision,
                 optimizer=train.optimizer, device=device, batch_size=train.batch_size,
-                seq_length=cfg.data.seq_length, grad_accum_steps=train.grad_accum_steps, tokens_per_step=tokens,
+                seq_length=planned_seq_length(cfg), grad_accum_steps=train.grad_accum_steps, tokens_per_step=tokens,
                 memory=memory, peak=peak, notes=notes)
 
 

@@ -3,7 +3,7 @@ matching with load-time random mismatches drawn deterministically from the rest 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +32,8 @@ class ClipOptions(ImageOptions):
 class CaptionIds:
     """The caption half of the pair processors (``clip``, ``speech_text``): the caption column of a row
     (``text_column``, else the first of ``CAPTION_COLUMNS``) as ``[CLS] ids [SEP]`` (or bos/eos), cut to
-    seq_length; call ``set_caption_ids()`` once the tokenizer is set."""
+    seq_length; call ``set_caption_ids()`` once the tokenizer is set. ``store_caption`` counts the cut
+    captions of the records kept as ``truncated`` (so the manifest always has the count, 0 included)."""
 
     name: str
     tokenizer: Any
@@ -40,6 +41,7 @@ class CaptionIds:
     seq_length: int
     start_id: int | None
     end_id: int | None
+    count: Callable[..., None]  # Processor.count
 
     def set_caption_ids(self) -> None:
         self.start_id = self._first_id(("cls", "bos"))
@@ -60,24 +62,36 @@ class CaptionIds:
         except SkipRecord:
             return []
 
-    def caption_ids(self, record: SourceRecord) -> np.ndarray:
+    def caption_ids(self, record: SourceRecord) -> tuple[np.ndarray, bool]:
+        """(the caption's ids with its specials, whether it was cut to seq_length); SkipRecord if empty."""
         pick_column(row_of(record, self.name), self.options.text_column, CAPTION_COLUMNS, "caption")
         ids = list(record.encoded[0]) if record.encoded else []
         if not ids:
             raise SkipRecord("empty_caption: the caption has no tokens")
         specials = [i for i in (self.start_id, self.end_id) if i is not None]
-        ids = ids[: self.seq_length - len(specials)]
+        budget = self.seq_length - len(specials)
+        cut = len(ids) > budget
+        ids = ids[:budget]
         if self.start_id is not None:
             ids = [self.start_id, *ids]
         if self.end_id is not None:
             ids = [*ids, self.end_id]
-        return np.asarray(ids)
+        return np.asarray(ids), cut
+
+    def store_caption(self, record: SourceRecord, media: Callable[[SourceRecord], tuple[str, np.ndarray]]
+                      ) -> dict[str, Any]:
+        """The stored record of a pair: the caption's ``input_ids`` and ``media(record)``'s field; the
+        caption counts as ``truncated`` only once the media is read, so skipped pairs are not counted."""
+        ids, cut = self.caption_ids(record)  # a plain text line is an error naming file and line
+        field, value = media(record)
+        self.count("truncated", int(cut))
+        return {field: value, "input_ids": ids}
 
 
 @register("processor", "clip")
 class ClipProcessor(CaptionIds, ImageProcessor):
     """Image + caption -> ``pixel_values``, ``input_ids`` ([CLS] caption [SEP] or bos/eos, at most
-    seq_length); captions longer than that are cut (counted in the manifest as ``truncated``)."""
+    seq_length); captions longer than that are cut (counted in the manifest's ``counts.truncated``)."""
 
     name = "clip"
     Options = ClipOptions
@@ -92,8 +106,7 @@ class ClipProcessor(CaptionIds, ImageProcessor):
         return {"image": FieldSpec("uint8"), "input_ids": FieldSpec(self.id_dtype)}
 
     def process(self, record: SourceRecord) -> Iterable[dict[str, Any]]:
-        ids = self.caption_ids(record)
-        yield {"image": self.stored_image(record), "input_ids": ids}
+        yield self.store_caption(record, lambda r: ("image", self.stored_image(r)))
 
     def make_example(self, stored: Mapping[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
         return {"pixel_values": self.pixels(stored, rng),

@@ -147,7 +147,8 @@ class SpeechTextProcessor(CaptionIds, Processor):
     """Audio + caption pairs for the speech and text streams of a dual model (a ``clr`` head over them).
 
     Each pair gives ``input_features`` (T, num_bins; ``s2t``'s filterbanks) and ``input_ids`` ([CLS] caption
-    [SEP] or bos/eos, cut to seq_length, as ``clip`` makes them).
+    [SEP] or bos/eos, cut to seq_length, as ``clip`` makes them; cut captions are counted in the manifest's
+    ``counts.truncated``).
 
     Rows as the ``clip`` processor reads them, the audio in place of the image: TSV with a header (``text path``)
     or JSONL naming audio files (wav, flac, ogg; relative to the list's folder), or rows holding the bytes (Parquet,
@@ -169,8 +170,7 @@ class SpeechTextProcessor(CaptionIds, Processor):
         return {"audio": FieldSpec("uint8"), "input_ids": FieldSpec(self.id_dtype)}
 
     def process(self, record: SourceRecord) -> Iterable[dict[str, Any]]:
-        ids = self.caption_ids(record)  # a plain text line is an error naming file and line
-        yield {"audio": self.audio.stored(record), "input_ids": ids}
+        yield self.store_caption(record, lambda r: ("audio", self.audio.stored(r)))
 
     def make_example(self, stored: Mapping[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
         return {"input_features": self.audio.features(stored["audio"], rng),
