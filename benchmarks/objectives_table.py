@@ -17,9 +17,12 @@ only the objective or the encoder changed, trained from random init with the sam
 ``--attributes``: captions that also name each image's tone and size, measured from its pixels
 (``write_data(attributes=True)``), so a same-class hard negative differs from the positive and the matching head
 has something to learn. ``--itm-steps N`` with the rows ``vlmo-itm-hard-long`` and ``vlmo-fusion-long``: the
-same ITM model trained N steps, as extra rows beside the common budget. Every pretrain row reports its ITM
-loss and accuracy at the end, the prior loss of its mix of positives and mined negatives, and the first logged
-step from which the loss stays below 0.9 x that prior (``itm_left_prior_step``).
+same ITM model trained N steps, as extra rows beside the common budget. ``vlmo-itm-random`` and
+``vlmo-fusion-random``: extra rows at the common budget whose ITM negatives are ViLT's random mismatches
+(``vilt`` processor with ``mismatch_prob=0.5``, ``itm`` with ``negatives: data``) instead of mined ones. Every
+pretrain row reports its ITM loss and accuracy at the end, the prior loss of its mix of matches and
+non-matches, and the first logged step from which the loss stays below 0.9 x that prior
+(``itm_left_prior_step``).
 
 Each model is then read the same way, through its contrastive (dual) features (vlmo-fusion: re-ranked by ITM): ``evaluate --task zero_shot``
 on the test images with one prompt ensemble (``task.templates``) for all rows, and ``evaluate --task
@@ -71,6 +74,8 @@ class Row:
     model_of: str = ""  # another row whose trained model this row evaluates (no training of its own)
     scorer: tuple[str, ...] = ()  # evaluate's scorer options (task.scorer=itm task.rerank=K); empty: contrastive
     long: bool = False  # an extra row trained --itm-steps steps instead of the common budget (not run by default)
+    extra: bool = False  # an extra row at the common budget (not run by default)
+    mismatch: float = 0.0  # the vilt processor's mismatch_prob (pretrain rows): random mismatches labelled 0
 
 
 ROWS = [
@@ -85,6 +90,10 @@ ROWS = [
     Row("vlmo-itm-hard-long", "vlmo-itm-hard, trained --itm-steps steps (extra row)", "pretrain", long=True),
     Row("vlmo-fusion-long", f"vlmo-itm-hard-long's model, top {RERANK} re-ranked by itm (extra row)", "pretrain",
         model_of="vlmo-itm-hard-long", scorer=("task.scorer=itm", f"task.rerank={RERANK}"), long=True),
+    Row("vlmo-itm-random", "modality_experts, clr (dual) + itm on random mismatches (extra row)", "pretrain",
+        extra=True, mismatch=0.5),
+    Row("vlmo-fusion-random", f"vlmo-itm-random's model, top {RERANK} re-ranked by itm (extra row)", "pretrain",
+        model_of="vlmo-itm-random", scorer=("task.scorer=itm", f"task.rerank={RERANK}"), extra=True, mismatch=0.5),
 ]
 LEFT_PRIOR = 0.9  # the ITM loss has left its prior once it stays below this fraction of the prior loss
 
@@ -110,8 +119,8 @@ def row_config(row: Row, sizes: vl.Sizes) -> dict[str, Any]:
         model["targets"][0] = {**clr, "type": "moco", "momentum": 0.995, "queue_size": 4 * sizes.batch}
     elif row.name.startswith("vlmo"):
         model["encoder"] = vlmo_encoder(sizes)
-        if row.name.startswith("vlmo-itm-hard"):
-            model["targets"].append({"type": "itm", "negatives": "hard"})
+        if row.name.startswith("vlmo-itm"):
+            model["targets"].append({"type": "itm", "negatives": "data" if row.mismatch else "hard"})
             config["data"] = {"processor": "vilt"}
     elif row.name != "infonce":
         raise ValueError(f"unknown row {row.name!r}; rows: {[r.name for r in ROWS]}")
@@ -155,11 +164,13 @@ def train(ctx: StageContext, row: Row, sizes: vl.Sizes, data: Path, vocab: Path,
                      "--train", str(data / "train_pairs.tsv"), "--dev", str(data / "dev_pairs.tsv"), "--out",
                      str(run_dir), *budget, f"train.eval_every={sizes.steps}", *common])
         return
-    processed = ctx.work / "vilt_data"
-    step(ctx, (processed / "manifest.json").is_file(), "matching image-text pairs for pretrain (vilt processor)",
+    processed = ctx.work / (f"vilt_data_mismatch{row.mismatch}" if row.mismatch else "vilt_data")
+    what = f"{row.mismatch:.0%} random mismatches" if row.mismatch else "matching image-text pairs"
+    step(ctx, (processed / "manifest.json").is_file(), f"{what} for pretrain (vilt processor)",
                     ["preprocess", "--processor", "vilt", "--corpus", str(data / "train_pairs.tsv"), "--vocab",
                      str(vocab), "--out", str(processed), "--seq-length", "24", "--option", "image_height=28",
-                     "--option", "image_width=28", "--option", "mismatch_prob=0", "--option", "norm=clip"])
+                     "--option", "image_width=28", "--option", f"mismatch_prob={row.mismatch:g}", "--option",
+                     "norm=clip"])
     step(ctx, done, f"{row.name}: pretrain from random init",
                 ["pretrain", "--config", str(config), "--data", str(processed), "--out", str(run_dir), *budget,
                  *common])
@@ -220,7 +231,7 @@ def run_row(ctx: StageContext, row: Row, sizes: vl.Sizes, data: Path, vocab: Pat
         summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
         out["steps"] = summary.get("steps")
         out["train_run_s"] = summary.get("wall_seconds")
-        if row.name.startswith("vlmo-itm-hard"):
+        if row.name.startswith("vlmo-itm"):
             out.update(itm_progress(run_dir / "metrics.jsonl"))
         out.update(evaluate(ctx, row, data, templates, run_dir))
     except (DataError, OSError, KeyError, ValueError) as exc:
@@ -272,8 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="small")
     parser.add_argument("--work", type=Path, required=True, help="folder for the data, configs, runs")
-    parser.add_argument("--rows", default=",".join(r.name for r in ROWS if not r.long),
-                        help="comma-separated row names (the -long rows only when named)")
+    parser.add_argument("--rows", default=",".join(r.name for r in ROWS if not (r.long or r.extra)),
+                        help="comma-separated row names (the extra rows only when named)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per command")
     parser.add_argument("--json", type=Path, default=None, help="where to write the results (default WORK/table.json)")
     parser.add_argument("--attributes", action="store_true",

@@ -39,10 +39,14 @@ def test_rows_change_only_the_objective_or_the_encoder():
     assert dual["targets"] == base["model"]["targets"]
     assert joint["targets"] == [*base["model"]["targets"], {"type": "itm", "negatives": "hard"}]
     assert by_name["vlmo-itm-hard"]["data"] == {"processor": "vilt"}
-    assert [r.path for r in ot.ROWS if not r.long].count("pretrain") == 2
+    assert [r.path for r in ot.ROWS if not (r.long or r.extra)].count("pretrain") == 2
     # the extra rows: the same ITM model (a longer budget is the only change), not run unless named
     assert by_name["vlmo-itm-hard-long"] == by_name["vlmo-fusion-long"] == by_name["vlmo-itm-hard"]
     assert [r.name for r in ot.ROWS if r.long] == ["vlmo-itm-hard-long", "vlmo-fusion-long"]
+    random = by_name["vlmo-itm-random"]["model"]  # ViLT's random mismatches instead of mined negatives
+    assert random["targets"] == [*base["model"]["targets"], {"type": "itm", "negatives": "data"}]
+    assert by_name["vlmo-fusion-random"] == by_name["vlmo-itm-random"]
+    assert {r.mismatch for r in ot.ROWS if r.name.endswith("-random")} == {0.5}
     fusion = next(r for r in ot.ROWS if r.name == "vlmo-fusion")  # the vlmo-itm-hard model, scored by itm
     assert by_name["vlmo-fusion"] == by_name["vlmo-itm-hard"] and fusion.model_of == "vlmo-itm-hard"
     assert fusion.scorer == ("task.scorer=itm", f"task.rerank={ot.RERANK}")
