@@ -176,17 +176,18 @@ def train(ctx: StageContext, row: Row, sizes: vl.Sizes, data: Path, vocab: Path,
                  *common])
 
 
-def itm_progress(metrics: Path) -> dict[str, Any]:
+def itm_progress(metrics: Path, mismatch: float = 0.0) -> dict[str, Any]:
     """The ITM head's loss and accuracy at the last logged step of a run's ``metrics.jsonl``, the prior loss of
-    its label mix (a head that always answers the share of matches), and the first logged step from which the
-    loss stays below ``LEFT_PRIOR`` x that prior (None: it never left)."""
+    its label mix (a head that always answers the share of matches: the batch's rows, of which ``mismatch`` are
+    random mismatches, beside the mined negatives), and the first logged step from which the loss stays below
+    ``LEFT_PRIOR`` x that prior (None: it never left)."""
     rows = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines() if line.strip()]
     rows = [r for r in rows if "itm_loss" in r and r.get("itm_count")]
     if not rows:
         raise KeyError(f"{metrics}: no logged step has itm_loss")
     left = None
     for r in rows:
-        positives = (r["itm_count"] - r.get("itm_hard_negatives", 0)) / r["itm_count"]
+        positives = (r["itm_count"] - r.get("itm_hard_negatives", 0)) * (1 - mismatch) / r["itm_count"]
         prior = -sum(p * math.log(p) for p in (positives, 1 - positives) if p > 0)
         r["itm_prior_loss"] = prior
         if r["itm_loss"] < LEFT_PRIOR * prior:
@@ -232,7 +233,7 @@ def run_row(ctx: StageContext, row: Row, sizes: vl.Sizes, data: Path, vocab: Pat
         out["steps"] = summary.get("steps")
         out["train_run_s"] = summary.get("wall_seconds")
         if row.name.startswith("vlmo-itm"):
-            out.update(itm_progress(run_dir / "metrics.jsonl"))
+            out.update(itm_progress(run_dir / "metrics.jsonl", row.mismatch))
         out.update(evaluate(ctx, row, data, templates, run_dir))
     except (DataError, OSError, KeyError, ValueError) as exc:
         out["failed"] = str(exc)

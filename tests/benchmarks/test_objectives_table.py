@@ -82,6 +82,10 @@ def test_itm_progress_reads_the_end_and_the_step_that_left_the_prior(tmp_path):
                    "itm_left_prior_step": 50, "itm_step": 60}  # step 20 dipped, then went back to the prior
     path.write_text("\n".join(json.dumps(x) for x in logs[:1]) + "\n")
     assert ot.itm_progress(path)["itm_left_prior_step"] is None
+    half = [{"step": 10, "itm_loss": 0.6, "itm_accuracy": 0.6, "itm_count": 8}]  # random mismatches, none mined
+    path.write_text(json.dumps(half[0]) + "\n")
+    assert ot.itm_progress(path, mismatch=0.5)["itm_prior_loss"] == round(math.log(2), 4)
+    assert ot.itm_progress(path, mismatch=0.5)["itm_left_prior_step"] == 10  # 0.6 < 0.9 ln 2
     path.write_text(json.dumps({"step": 1, "loss": 2.0}) + "\n")
     with pytest.raises(KeyError, match="no logged step has itm_loss"):
         ot.itm_progress(path)
