@@ -96,6 +96,26 @@ def test_write_data_lists_every_step_and_is_reused(tmp_path, monkeypatch):
     assert vl.write_data(tmp_path, vl.QUICK)["counts"] == manifest["counts"]
 
 
+def test_write_data_with_attributes_names_each_images_tone_and_size(tmp_path, monkeypatch):
+    monkeypatch.setattr(vl, "fashion_mnist_splits", synthetic_splits)
+    plain = vl.write_data(tmp_path / "plain", vl.QUICK)
+    manifest = vl.write_data(tmp_path / "attr", vl.QUICK, attributes=True)
+    assert manifest["attributes"] and not plain["attributes"] and "words" not in plain
+    words = manifest["words"]["train"]
+    assert len(words) == vl.QUICK.train and {w[0] for w in words} == {"light", "medium", "dark"}
+    captions = (tmp_path / "attr" / "captions.txt").read_text().splitlines()
+    before = (tmp_path / "plain" / "captions.txt").read_text().splitlines()
+    for text, old, (tone, size) in zip(captions, before, words, strict=True):
+        assert f"{tone}, {size} " in text  # the same template and name, the image's words before the name
+        assert text.replace(f"{tone}, {size} ", "") in (old, old.replace("an ", "a "))  # "a light, slim open shoe"
+    keys = vl.caption_keys(manifest, "test", manifest["pairs"])
+    assert keys[0] == (manifest["labels"]["test"][0], *manifest["words"]["test"][0])
+    assert vl.class_ceiling(keys, 1) > vl.class_ceiling(vl.caption_keys(plain, "test", plain["pairs"]), 1)
+    assert vl.caption_keys(plain, "test", 3) == [(c,) for c in plain["labels"]["test"][:3]]
+    with pytest.raises(DataError, match="without attributes"):
+        vl.write_data(tmp_path / "plain", vl.QUICK, attributes=True)
+
+
 class PrintingContext:
     """A stand-in for StageContext whose command prints a title and a JSON line on fd 1, as a child would."""
 

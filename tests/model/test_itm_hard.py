@@ -11,7 +11,7 @@ import modaloom.targets.itm as itm_module
 from modaloom.context import ForwardContext
 from modaloom.errors import ConfigError
 from modaloom.model import build_model
-from modaloom.targets.hard_negatives import all_pairs, pair_batch, sample_hard_negatives
+from modaloom.targets.hard_negatives import all_pairs, known_matches, pair_batch, sample_hard_negatives
 from tests.model.test_parts_vision import IMAGE, N, encoder
 
 
@@ -52,6 +52,46 @@ def test_hard_negatives_follow_the_softmax_of_the_other_scores():
     assert expected[0, 1] > 0.6  # the check is not vacuous: draws are far from uniform
 
 
+def test_excluded_columns_are_never_drawn_and_a_row_without_any_draws_none():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.tensor([[0.0, 9.0, 0.0], [9.0, 0.0, 0.0], [0.0, 0.0, 0.0]])  # 0 <-> 1 by far the most similar
+    exclude = torch.tensor([[False, True, False], [True, False, False], [False, False, False]])
+    for _ in range(50):
+        assert sample_hard_negatives(scores, generator=g, exclude=exclude).tolist()[:2] == [2, 2]
+    everything = torch.ones(3, 3, dtype=torch.bool)
+    assert sample_hard_negatives(scores, exclude=everything).tolist() == [-1, -1, -1]
+    with pytest.raises(ValueError, match="exclude must match"):
+        sample_hard_negatives(scores, exclude=torch.zeros(2, 2, dtype=torch.bool))
+
+
+def test_known_matches_are_rows_with_an_identical_text_or_image():
+    batch = {"input_ids": torch.tensor([[1, 5, 2], [1, 5, 2], [1, 6, 2], [1, 7, 2]]),
+             "attention_mask": torch.ones(4, 3, dtype=torch.long),
+             "pixel_values": torch.tensor([[0.0], [1.0], [2.0], [0.0]])}
+    same = known_matches(batch, torch.tensor([0, 1, 2, 3]), ["pixel_values"], ["input_ids", "attention_mask"])
+    assert same.tolist() == [[True, True, False, True], [True, True, False, False], [False, False, True, False],
+                             [True, False, False, True]]  # 0/1 share a text, 0/3 an image
+    # the rows asked for, in their order: rows 1 and 2 share nothing
+    assert known_matches(batch, torch.tensor([1, 2]), ["pixel_values"], ["input_ids"]).tolist() == [
+        [True, False], [False, True]]
+
+
+def test_hard_itm_never_draws_an_identical_caption_as_a_negative():
+    torch.manual_seed(0)
+    model = build_model(vilt_hard_config())
+    batch = pair_data(3)
+    batch["input_ids"][1] = batch["input_ids"][0]  # rows 0 and 1: the same caption, so each matches both images
+    # rows 0 and 1 may only draw row 2 (row 2 either of them), on both sides
+    known = known_matches(batch, torch.arange(3), ["pixel_values"], ["input_ids", "attention_mask"])
+    for _ in range(10):
+        assert sample_hard_negatives(torch.zeros(3, 3), exclude=known).tolist()[:2] == [2, 2]
+    assert model(batch).metrics["itm_hard_negatives"] == 6
+    same = {key: value[:2] for key, value in batch.items()}  # two rows, one caption: nothing to draw
+    assert model(same).metrics["itm_hard_negatives"] == 0
+    off = build_model(vilt_hard_config(exclude_matches=False))
+    assert off(same).metrics["itm_hard_negatives"] == 4  # the paper's plain rule: any other row
+
+
 def test_pair_batches_combine_one_rows_image_with_another_rows_text():
     batch = {"pixel_values": torch.arange(3).view(3, 1) * 10, "input_ids": torch.arange(3).view(3, 1),
              "attention_mask": torch.ones(3, 1), "mlm_labels": torch.zeros(3, 1)}
@@ -87,8 +127,8 @@ def test_hard_itm_scores_every_pair_and_reencodes_the_drawn_negatives(monkeypatc
     batch["itm_labels"] = torch.tensor([1, 1, 0, 1])  # row 2 is a data negative: not an anchor
     seen = []
 
-    def recording(scores, generator=None):
-        picked = sample_hard_negatives(scores, generator)
+    def recording(scores, generator=None, exclude=None):
+        picked = sample_hard_negatives(scores, generator, exclude)
         seen.append((scores.clone(), picked))
         return picked
 
@@ -211,7 +251,8 @@ def test_contrastive_mining_encodes_only_the_2n_negatives(monkeypatch, mining, e
     encoded, seen = [], []
     model.encoder.register_forward_pre_hook(lambda mod, args: encoded.append((args[3].encoder_mode, len(args[0][0]))))
     monkeypatch.setattr(itm_module, "sample_hard_negatives",
-                        lambda scores, generator=None: seen.append(scores) or sample_hard_negatives(scores))
+                        lambda scores, generator=None, exclude=None: seen.append(scores)
+                        or sample_hard_negatives(scores, exclude=exclude))
     ctx = ForwardContext()
     out = model(vlmo_pairs(rows), ctx)
     assert sum(n for mode, n in encoded if mode == "fusion") == rows + 2 * rows + extra_passes, encoded

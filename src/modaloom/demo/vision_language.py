@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import numpy as np
 
 from modaloom.atomic import atomic_file, atomic_write_json
 from modaloom.data import fashion_mnist
+from modaloom.demo import garment_attributes
 from modaloom.demo.install import ensure_debian_package
 from modaloom.demo.stage import Figure, StageContext, StageReport, Table, command_json, run_summary, timed
 from modaloom.errors import DataError
@@ -93,10 +95,12 @@ def fashion_mnist_splits(sizes: Sizes) -> dict[str, tuple[np.ndarray, np.ndarray
             "test": (test_x[:sizes.test], test_y[:sizes.test])}
 
 
-def caption(label: int, rng: np.random.Generator) -> str:
-    """A varied caption of class ``label``: a random template around a random name of the class."""
+def caption(label: int, rng: np.random.Generator, adjectives: Sequence[str] = ()) -> str:
+    """A varied caption of class ``label``: a random template around a random name of the class, with the
+    image's ``adjectives`` before the name ("a photo of a dark, wide sneaker"); the draws do not depend on them."""
     names = NAMES[CLASSES[label]]
-    return TEMPLATES[rng.integers(len(TEMPLATES))].format(names[rng.integers(len(names))])
+    template = TEMPLATES[rng.integers(len(TEMPLATES))]
+    return template.format(garment_attributes.describe(names[rng.integers(len(names))], adjectives))
 
 
 def write_tsv(path: Path, header: str, rows: list[tuple[str, str]]) -> None:
@@ -105,26 +109,37 @@ def write_tsv(path: Path, header: str, rows: list[tuple[str, str]]) -> None:
         tmp.write_text("\n".join([header, *(f"{a}\t{b}" for a, b in rows)]) + "\n", encoding="utf-8")
 
 
-def write_data(folder: Path, sizes: Sizes) -> dict[str, Any]:
+def write_data(folder: Path, sizes: Sizes, attributes: bool = False) -> dict[str, Any]:
     """PNG images and the list files of every step; ``manifest.json`` (written last) marks the folder complete.
 
     ``{split}_pairs.tsv`` (``text path``, one seeded caption per image), ``test.tsv`` (``label path``, for
     zero-shot), ``grid_pairs.tsv`` (each grid caption beside every pool image), ``captions.txt`` (the training
-    captions: the vocabulary's corpus)."""
+    captions: the vocabulary's corpus). ``attributes``: each caption also names the image's tone and size,
+    measured from its pixels (``garment_attributes``; the manifest keeps each image's words and the thresholds),
+    with the same templates and names as without."""
     from PIL import Image
 
     manifest_path = folder / "manifest.json"
     if manifest_path.is_file():
-        return json.loads(manifest_path.read_text(encoding="utf-8"))
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        if bool(manifest.get("attributes")) != attributes:
+            raise DataError(f"{folder} holds captions {'with' if manifest.get('attributes') else 'without'} "
+                            f"attributes, asked for attributes={attributes}; use another folder")
+        return manifest
     splits = fashion_mnist_splits(sizes)
     rng = np.random.default_rng(SEED)
     labels: dict[str, list[int]] = {}
+    described: dict[str, list[tuple[str, ...]]] = {}
+    cuts = garment_attributes.thresholds(garment_attributes.measure(splits["train"][0]), splits["train"][1]) \
+        if attributes else {}
     for name, (images, classes) in splits.items():
         (folder / name).mkdir(parents=True, exist_ok=True)
         for i, pixels in enumerate(images):
             Image.fromarray(np.ascontiguousarray(pixels), mode="L").save(folder / name / f"{i}.png")
         labels[name] = [int(c) for c in classes]
-        captions = [caption(c, rng) for c in labels[name]]
+        described[name] = garment_attributes.words(garment_attributes.measure(images), labels[name], cuts) \
+            if attributes else [() for _ in labels[name]]
+        captions = [caption(c, rng, words) for c, words in zip(labels[name], described[name], strict=True)]
         rows = [(text, f"{name}/{i}.png") for i, text in enumerate(captions)]
         if name == "train":
             with atomic_file(folder / "captions.txt") as tmp:
@@ -136,7 +151,9 @@ def write_data(folder: Path, sizes: Sizes) -> dict[str, Any]:
     write_tsv(folder / "grid_pairs.tsv", "text\tpath",
               [(text, f"test/{i}.png") for text, _ in GRID_CAPTIONS for i in range(pool)])
     manifest = {"source": "Fashion-MNIST", "seed": SEED, "counts": {k: len(v) for k, v in labels.items()},
-                "pairs": min(sizes.pairs, len(test)), "pool": pool, "labels": labels}
+                "pairs": min(sizes.pairs, len(test)), "pool": pool, "labels": labels, "attributes": attributes}
+    if attributes:
+        manifest.update({"words": {k: [list(w) for w in v] for k, v in described.items()}, "thresholds": cuts})
     atomic_write_json(manifest_path, manifest)
     return manifest
 
@@ -166,10 +183,19 @@ def complete_model(folder: Path) -> bool:
     return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
 
 
-def class_ceiling(labels: list[int], k: int) -> float:
-    """Recall@K of a model that knows only the class: the right item is then a random one of its class's."""
+def class_ceiling(labels: Sequence[Hashable], k: int) -> float:
+    """Recall@K of a model that knows only the class (or any key the captions carry, such as class and
+    attributes): the right item is then a random one of those sharing its key."""
     counts = Counter(labels)
     return float(np.mean([min(k, counts[c]) / counts[c] for c in labels]))
+
+
+def caption_keys(manifest: dict[str, Any], split: str, count: int) -> list[tuple[Any, ...]]:
+    """What the first ``count`` captions of ``split`` say about their images: the class, and the attribute
+    words when the data has them; ``class_ceiling`` of these bounds recall@K."""
+    words = manifest.get("words", {}).get(split) if manifest.get("attributes") else None
+    labels = manifest["labels"][split][:count]
+    return [(label, *(words[i] if words else ())) for i, label in enumerate(labels)]
 
 
 def top_retrievals(predictions: Path, pool: int) -> list[list[int]]:

@@ -2,6 +2,8 @@
 
 For each image a text is drawn with probability softmax(score) over the batch's other texts (its own
 caption excluded), and for each text an image likewise; the pairs so formed are re-encoded as negatives.
+Pairs known to match are left out as BLIP does with its image ids (``known_matches``: another row whose text or
+image is identical to the anchor's is a positive, not a negative); a row with nothing left draws none (-1).
 """
 
 from __future__ import annotations
@@ -11,14 +13,43 @@ from collections.abc import Sequence
 import torch
 
 
-def sample_hard_negatives(scores: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_hard_negatives(scores: torch.Tensor, generator: torch.Generator | None = None,
+                          exclude: torch.Tensor | None = None) -> torch.Tensor:
     """For each row i of ``scores`` (N, N), a column j != i drawn with probability softmax(scores[i]) over
-    the columns other than i. N must be at least 2. Draws use ``generator`` (default: torch's global RNG)."""
+    the columns other than i and those ``exclude`` (N, N, bool) marks; -1 for a row with no column left. N must
+    be at least 2. Draws use ``generator`` (default: torch's global RNG)."""
     if scores.dim() != 2 or scores.shape[0] != scores.shape[1] or scores.shape[0] < 2:
         raise ValueError(f"hard negatives need square scores of at least 2 x 2, got {tuple(scores.shape)}")
-    eye = torch.eye(scores.shape[0], dtype=torch.bool, device=scores.device)
-    weights = torch.softmax(scores.float().masked_fill(eye, float("-inf")), dim=-1)
-    return torch.multinomial(weights, 1, generator=generator).squeeze(1)
+    banned = torch.eye(scores.shape[0], dtype=torch.bool, device=scores.device)
+    if exclude is not None:
+        if exclude.shape != scores.shape:
+            raise ValueError(f"exclude must match the scores' shape {tuple(scores.shape)}, got {tuple(exclude.shape)}")
+        banned = banned | exclude.to(torch.bool)
+    empty = banned.all(dim=1)
+    # a row with every column banned draws from uniform weights, then reports -1
+    weights = torch.softmax(scores.float().masked_fill(banned, float("-inf")).masked_fill(empty[:, None], 0.0), -1)
+    picked = torch.multinomial(weights, 1, generator=generator).squeeze(1)
+    return picked.masked_fill(empty, -1)
+
+
+def known_matches(batch: dict[str, torch.Tensor], rows: torch.Tensor, image_keys: Sequence[str],
+                  text_keys: Sequence[str]) -> torch.Tensor:
+    """(A, A) bool: row a's pair and row b's are known to match across, as their texts (every text key equal) or
+    their images (every image key equal) are identical; the diagonal is True."""
+    def same(keys: Sequence[str]) -> torch.Tensor | None:
+        equal = None
+        for key in keys:
+            if key in batch:
+                flat = batch[key][rows].flatten(1)
+                found = (flat[:, None, :] == flat[None, :, :]).all(dim=-1)
+                equal = found if equal is None else equal & found
+        return equal
+
+    out = torch.eye(rows.shape[0], dtype=torch.bool, device=rows.device)
+    for found in (same(text_keys), same(image_keys)):
+        if found is not None:
+            out = out | found
+    return out
 
 
 def pair_batch(batch: dict[str, torch.Tensor], image_rows: torch.Tensor, text_rows: torch.Tensor,

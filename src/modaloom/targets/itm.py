@@ -5,7 +5,10 @@ first token of a single-stream encoder, labels ``itm_labels`` (1 = matching pair
 random mismatches). ``negatives: hard`` adds mined negatives, as ALBEF does: among the batch's matching rows
 each image gets a text drawn from softmax(scores) over the other rows' texts and each text an image likewise
 (``hard_negatives.sample_hard_negatives``), and the model's encoder (``ctx.encode``) re-encodes those 2N
-pairs, labelled 0, beside the batch's own rows. ``mining`` says where the scores come from:
+pairs, labelled 0, beside the batch's own rows. ``exclude_matches`` (default on) never draws a pair known to
+match, as BLIP leaves out pairs of the same image id: a row whose text or image is identical to the anchor's
+(``hard_negatives.known_matches``); an anchor with no other candidate gets no negative on that side.
+``mining`` says where the scores come from:
 
 - ``contrastive`` (ALBEF, VLMo): the similarity logits the model's ``clr`` target left in
   ``ctx.similarities`` in the same pass (scale x cosine, detached; the ``clr`` target must come before
@@ -30,7 +33,7 @@ from modaloom.errors import ConfigError
 from modaloom.model_config import ModelConfig, TargetConfig
 from modaloom.registry import register
 from modaloom.targets.base import TargetOutput, classification_metrics
-from modaloom.targets.hard_negatives import all_pairs, pair_batch, sample_hard_negatives
+from modaloom.targets.hard_negatives import all_pairs, known_matches, pair_batch, sample_hard_negatives
 from modaloom.targets.text import SentencePrediction, SentencePredictionOptions
 
 
@@ -43,6 +46,7 @@ class ImageTextMatchingOptions(SentencePredictionOptions):
     # itm head (fusion), or contrastive when the model has a clr target (auto)
     mining: str = choice("auto", "auto", "contrastive", "fusion")
     mining_chunk: int = 256  # pairs encoded at once while scoring every pair for mining: fusion
+    exclude_matches: bool = True  # hard: never draw a row whose text or image is identical to the anchor's
 
     def check(self) -> None:
         if self.mining_chunk < 1:
@@ -76,12 +80,17 @@ class ImageTextMatching(SentencePrediction):
         logits = self.head_logits(hidden, mask, ctx)
         anchors = torch.nonzero(labels == 1).squeeze(1)
         all_logits, all_labels, mined = logits, labels, 0
-        if anchors.numel() >= 2:
+        # pairs known to match (identical text or image) are never drawn; the mask is symmetric, so serves both sides
+        exclude = known_matches(batch, anchors, self.cfg.image_keys, self.cfg.text_keys) \
+            if self.cfg.exclude_matches and anchors.numel() >= 2 else None
+        if anchors.numel() >= 2 and (exclude is None or not bool(exclude.all())):
             scores = self.mining_scores(batch, anchors, ctx)  # (A, A): [image a, text b]
-            text_for_image = anchors[sample_hard_negatives(scores)]
-            image_for_text = anchors[sample_hard_negatives(scores.T)]
-            negatives = pair_batch(batch, torch.cat([anchors, image_for_text]),
-                                   torch.cat([text_for_image, anchors]), self.cfg.image_keys, self.cfg.text_keys)
+            texts = sample_hard_negatives(scores, exclude=exclude)
+            images = sample_hard_negatives(scores.T, exclude=exclude)
+            by_image, by_text = texts >= 0, images >= 0  # anchors that found a negative on each side
+            negatives = pair_batch(batch, torch.cat([anchors[by_image], anchors[images[by_text]]]),
+                                   torch.cat([anchors[texts[by_image]], anchors[by_text]]), self.cfg.image_keys,
+                                   self.cfg.text_keys)
             neg_hidden, neg_mask = ctx.encode(negatives)
             neg_logits = self.head_logits(neg_hidden, neg_mask, ctx)
             mined = neg_logits.shape[0]
