@@ -68,7 +68,7 @@ class Sizes:
     seeds: int  # fine-tuning seeds of each tiny BERT (MiniLM: one); the report gives their mean and spread
 
 
-FULL = Sizes(vocab_size=2000, seq_length=64, pretrain_steps=1500, pretrain_batch=32, pretrain_lr=2e-3, mask_prob=0.4,
+FULL = Sizes(vocab_size=2000, seq_length=64, pretrain_steps=3000, pretrain_batch=32, pretrain_lr=2e-3, mask_prob=0.4,
              train_examples=0, minilm_examples=2000, dev_examples=800, test_examples=0, pretrain_texts=0, epochs=2,
              batch_size=32, lr=5e-4, minilm_lr=5e-5, seeds=3)
 QUICK = Sizes(vocab_size=600, seq_length=32, pretrain_steps=20, pretrain_batch=16, pretrain_lr=2e-3, mask_prob=0.4,
