@@ -67,10 +67,12 @@ def tiny_hf_bert(folder: Path) -> Path:
 
 def check_report(report: StageReport, work: Path) -> None:
     assert report.stage == "text"
-    assert set(report.headline) == {"accuracy_pretrained", "accuracy_random_init", "accuracy_minilm", "gain"}
+    assert set(report.headline) == {"accuracy_pretrained", "accuracy_random_init", "accuracy_minilm", "gain",
+                                    "gain_min"}
     assert all(0.0 <= report.headline[k] <= 1.0 for k in report.headline if k.startswith("accuracy"))
     gain = report.headline["accuracy_pretrained"] - report.headline["accuracy_random_init"]
     assert report.headline["gain"] == pytest.approx(gain, abs=1e-3)
+    assert report.headline["gain_min"] <= report.headline["gain"] + 1e-4
     for figure in report.figures:
         assert (work / figure.path).is_file() and figure.path.endswith(".png"), figure.path
         assert (work / figure.path).stat().st_size < 300_000
@@ -81,7 +83,11 @@ def check_report(report: StageReport, work: Path) -> None:
     assert [row[0] for row in table.rows] == ["tiny BERT, pre-trained here", "tiny BERT, random init",
                                              "all-MiniLM-L6-v2"]
     assert table.rows[0][1] == table.rows[1][1]  # the same architecture, hence the same parameter count
-    assert [r["name"] for r in report.runs][0] == "pretrain tiny BERT" and len(report.runs) == 4
+    seeds = text.QUICK.seeds
+    assert [row[5] for row in table.rows] == [seeds, seeds, 1]
+    per_seed = [float(a) for a in table.rows[0][7].split(" / ")]
+    assert len(per_seed) == seeds and table.rows[0][6] == pytest.approx(sum(per_seed) / seeds, abs=1e-3)
+    assert [r["name"] for r in report.runs][0] == "pretrain tiny BERT" and len(report.runs) == 2 + 2 * seeds
     assert report.samples and {"input", "expected", "got"} <= set(report.samples[0])
     assert report.samples[0]["expected"] in ("fresh", "rotten")
 
@@ -96,8 +102,9 @@ def test_text_stage_quick_end_to_end_then_reuses(tmp_path, monkeypatch):
     report = text.run(ctx)
     check_report(report, work)
     verbs = [c.split()[1] for c in ctx.commands]
-    assert verbs == ["build-vocab", "preprocess", "pretrain", "convert", "finetune", "finetune", "finetune",
+    assert verbs == ["build-vocab", "preprocess", "pretrain", "convert", *["finetune"] * (2 * text.QUICK.seeds + 1),
                      "predict"]
+    assert sum(f"--seed {seed} " in c for c in ctx.commands for seed in (1, 2)) == 2 * text.QUICK.seeds + 1
     assert any("--config" in c and "random_init.yaml" in c for c in ctx.commands)  # the random-init twin
     # Nothing from dev or test reaches the pre-training text.
     held_out = [r for m, _, r in synthetic_corpus().reviews if text.split_of(m) != "train"]
@@ -133,7 +140,15 @@ def test_text_stage_resumes_after_the_pretraining(tmp_path, monkeypatch):
         text.run(StopAtFinetune(work=work, quick=True, threads=1))
     ctx = InProcessContext(work=work, quick=True, threads=1)
     text.run(ctx)
-    assert [c.split()[1] for c in ctx.commands] == ["finetune", "finetune", "finetune", "predict"]
+    assert [c.split()[1] for c in ctx.commands] == [*["finetune"] * (2 * text.QUICK.seeds + 1), "predict"]
+
+
+def test_tiny_bert_has_rotary_positions_and_no_dropout():
+    model = text.tiny_bert(2000, 64)
+    assert model["embedding"]["parts"] == ["word", "seg"] and "position_offset" not in model["embedding"]
+    assert model["encoder"]["position"] == "rotary" and model["encoder"]["norm_position"] == "pre"
+    assert model["embedding"]["dropout"] == model["encoder"]["dropout"] == 0.0
+    assert model["targets"] == [{"type": "mlm", "tie_weights": True}]
 
 
 def test_split_is_by_movie_and_fixed():
