@@ -57,3 +57,30 @@ def test_collate_pads_to_the_longest_example_of_the_batch():
     assert batch["input_ids"].shape == (3, 5)
     assert batch["input_ids"][0].tolist() == [5, 5, 9, 9, 9]
     assert batch["attention_mask"].sum().item() == 10
+
+
+def test_batches_pad_to_a_multiple_only_under_cpu_autocast():
+    """Under CPU autocast oneDNN keeps a matmul primitive per shape: fine-tuning pads to a multiple of 16 there
+    (masked, so the model computes the same), to the longest example elsewhere."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from modaloom.tasks.finetune import CPU_AUTOCAST_PAD, FinetuneTask
+
+    loader = MemoryLoader(examples([3, 17, 5]), batch_size=3, pad_id=0)
+    batch = next(iter(loader))
+    assert batch["input_ids"].shape == (3, 17) and int(batch["attention_mask"].sum()) == 25
+    cpu = SimpleNamespace(device=torch.device("cpu"))
+    for precision, multiple in (("bf16", CPU_AUTOCAST_PAD), ("fp16", CPU_AUTOCAST_PAD), ("fp32", 1)):
+        task = SimpleNamespace(cfg=SimpleNamespace(train=SimpleNamespace(precision=precision)))
+        fresh = MemoryLoader(examples([3, 17, 5]), batch_size=3, pad_id=0)
+        assert FinetuneTask.bucketed(task, fresh, cpu).pad_multiple == multiple
+    task = SimpleNamespace(cfg=SimpleNamespace(train=SimpleNamespace(precision="bf16")))
+    on_gpu = FinetuneTask.bucketed(task, MemoryLoader(examples([3]), batch_size=1, pad_id=0),
+                                   SimpleNamespace(device=torch.device("cuda")))
+    assert on_gpu.pad_multiple == 1
+    loader.pad_multiple = 16
+    batch = next(iter(loader))
+    assert batch["input_ids"].shape == (3, 32) and int(batch["attention_mask"].sum()) == 25
+    assert batch["input_ids"][1, 17:].eq(0).all() and batch["segment_ids"][1, 17:].eq(0).all()

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 FINETUNE_TRAIN_DEFAULTS: dict[str, Any] = {"lr": 2e-5, "warmup_ratio": 0.1, "schedule": "linear", "batch_size": 32,
                                            "adam_bias_correction": False, "group_by_length": True}
 BEST_DIR = "best"
+CPU_AUTOCAST_PAD = 16  # fine-tuning batches pad to a multiple of this many tokens under CPU autocast
 
 
 @dataclass
@@ -199,11 +200,23 @@ class FinetuneTask(Task):
     # ---- shared
     def train_loader(self, info: Any, model: Any) -> Any:
         """This rank's training batches of the examples ``prepare()`` read (``self.train_examples``)."""
-        return self.loader(self.train_examples, True, info)
+        return self.bucketed(self.loader(self.train_examples, True, info), info)
 
     def eval_loader(self, info: Any) -> Any:
         """Dev batches, or None without a dev file (``self.dev_examples``)."""
-        return self.loader(self.dev_examples, False, info) if self.dev_examples else None
+        return self.bucketed(self.loader(self.dev_examples, False, info), info) if self.dev_examples else None
+
+    def bucketed(self, loader: Any, info: Any) -> Any:
+        """``loader`` padding its batches to a multiple of ``CPU_AUTOCAST_PAD`` tokens when the run computes in
+        bf16/fp16 on the CPU (``MemoryLoader.pad_multiple`` says why); unchanged elsewhere, where padding to
+        the longest example costs less."""
+        from modaloom.train.config import resolve_precision
+
+        device = getattr(getattr(info, "device", None), "type", "cpu")
+        if hasattr(loader, "pad_multiple") and device == "cpu" and \
+                resolve_precision(self.cfg.train.precision, device) in ("bf16", "fp16"):
+            loader.pad_multiple = CPU_AUTOCAST_PAD
+        return loader
 
     def set_steps(self, train_examples: int) -> None:
         """``train.steps`` from the epochs (unless given), evaluation and a checkpoint after every epoch."""
