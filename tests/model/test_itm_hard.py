@@ -11,7 +11,13 @@ import modaloom.targets.itm as itm_module
 from modaloom.context import ForwardContext
 from modaloom.errors import ConfigError
 from modaloom.model import build_model
-from modaloom.targets.hard_negatives import all_pairs, known_matches, pair_batch, sample_hard_negatives
+from modaloom.targets.hard_negatives import (
+    all_pairs,
+    known_matches,
+    pair_batch,
+    sample_hard_negatives,
+    unmasked_text,
+)
 from tests.model.test_parts_vision import IMAGE, N, encoder
 
 
@@ -117,6 +123,86 @@ def pair_data(size: int, seed: int = 0) -> dict:
     ids = torch.stack([torch.tensor([1, 10 + k, 2]) for k in range(size)])
     return {"pixel_values": pixels, "input_ids": ids, "attention_mask": torch.ones_like(ids),
             "itm_labels": torch.ones(size, dtype=torch.long)}
+
+
+def test_unmasked_text_restores_the_tokens_the_mlm_labels_name():
+    batch = {"input_ids": torch.tensor([[1, 4, 9, 2], [1, 7, 30, 2]]),  # 4: [MASK]; 30: a random replacement
+             "mlm_labels": torch.tensor([[-100, 5, -100, -100], [-100, 7, 8, -100]]),  # row 1: 7 kept as itself
+             "itm_labels": torch.ones(2, dtype=torch.long)}
+    out = unmasked_text(batch)
+    assert out["input_ids"].tolist() == [[1, 5, 9, 2], [1, 7, 8, 2]]
+    assert batch["input_ids"][0, 1] == 4 and out["itm_labels"] is batch["itm_labels"]  # a copy; the rest shared
+    clean = {**batch, "mlm_labels": torch.full((2, 4), -100)}
+    assert unmasked_text(clean) is clean and unmasked_text({"input_ids": batch["input_ids"]})["input_ids"] is \
+        batch["input_ids"]
+    # labels over a text + image sequence run past the text: the text's positions come first
+    longer = unmasked_text({**batch, "mlm_labels": torch.cat([batch["mlm_labels"], torch.full((2, 3), 6)], 1)})
+    assert longer["input_ids"].tolist() == [[1, 5, 9, 2], [1, 7, 8, 2]]
+    shorter = unmasked_text({**batch, "mlm_labels": batch["mlm_labels"][:, :2]})
+    assert shorter["input_ids"].tolist() == [[1, 5, 9, 2], [1, 7, 30, 2]]
+    with pytest.raises(ValueError, match="with the rows of input_ids"):
+        unmasked_text({**batch, "mlm_labels": torch.zeros(3, 4, dtype=torch.long)})
+
+
+def masked_copies(size: int) -> dict:
+    """``pair_data`` with rows 0 and 1 showing one caption [1, 10, 2], MLM-masked at different positions (3 is
+    the mask token): as written they are identical, as masked they differ."""
+    batch = pair_data(size)
+    batch["input_ids"][1] = batch["input_ids"][0]
+    batch["mlm_labels"] = torch.full_like(batch["input_ids"], -100)
+    batch["mlm_labels"][0, 1], batch["input_ids"][0, 1] = 10, 3
+    batch["mlm_labels"][1, 2], batch["input_ids"][1, 2] = 2, 3
+    return batch
+
+
+def test_hard_itm_matches_captions_as_written_not_as_masked(monkeypatch):
+    """The vilt processor masks every caption: two rows of one caption masked differently are still known to
+    match (never drawn as each other's negative), and the positives and the mined negatives are encoded with
+    their captions unmasked, as ViLT and ALBEF compute ITM on unmasked text."""
+    torch.manual_seed(0)
+    model = build_model(dict(vilt_hard_config(), init_std=0.3))  # wide enough weights that masking shows
+    target = model.targets["itm"]
+    two = {key: value[:2] for key, value in masked_copies(2).items()}
+    assert model(two).metrics["itm_hard_negatives"] == 0  # one caption: nothing to draw
+    masked = build_model(vilt_hard_config(unmasked_text=False))
+    assert masked(two).metrics["itm_hard_negatives"] == 4  # read masked, the copies look like two captions
+    batch = masked_copies(4)
+    picks = []
+    monkeypatch.setattr(itm_module, "sample_hard_negatives", lambda scores, generator=None, exclude=None:
+                        picks.append(sample_hard_negatives(scores, exclude=exclude)) or picks[-1])
+    out = model(batch)
+    text_pick, image_pick = picks
+    assert set(text_pick[:2].tolist()) <= {2, 3} and set(image_pick[:2].tolist()) <= {2, 3}
+    with torch.no_grad():
+        written = unmasked_text(batch)
+        rows = torch.arange(4)
+        negatives = pair_batch(written, torch.cat([rows, image_pick]), torch.cat([text_pick, rows]),
+                               ["pixel_values"], ["input_ids", "attention_mask"])
+        logits = torch.cat([target.head_logits(*model.encode(written), ForwardContext()),
+                            target.head_logits(*model.encode(negatives), ForwardContext())])
+        as_masked = target.head_logits(*model.encode(batch), ForwardContext())
+    assert torch.allclose(out.loss, F.cross_entropy(logits, torch.tensor([1] * 4 + [0] * 8)), atol=1e-5)
+    assert torch.allclose(out.logits["itm"], logits[:4], atol=1e-5)
+    assert (as_masked - logits[:4]).abs().max() > 0.05  # the check is not vacuous: masking matters
+
+
+def test_data_itm_reads_unmasked_captions_and_needs_the_model_to_reencode_them():
+    torch.manual_seed(0)
+    model = build_model(dict(vilt_hard_config(negatives="data"), init_std=0.3))
+    plain = build_model(dict(vilt_hard_config(negatives="data", unmasked_text=False), init_std=0.3))
+    plain.load_state_dict(model.state_dict())
+    target, batch = model.targets["itm"], masked_copies(3)
+    batch["itm_labels"] = torch.tensor([1, 0, 1])
+    with torch.no_grad():
+        written = target.head_logits(*model.encode(unmasked_text(batch)), ForwardContext())
+        as_masked = target.head_logits(*model.encode(batch), ForwardContext())
+        out, out_plain = model(batch), plain(batch)
+    assert torch.allclose(out.logits["itm"], written, atol=1e-5)
+    assert torch.allclose(out.loss, F.cross_entropy(written, batch["itm_labels"]), atol=1e-5)
+    assert torch.allclose(out_plain.logits["itm"], as_masked, atol=1e-5)  # unmasked_text: false, as before
+    assert (written - as_masked).abs().max() > 0.05
+    with pytest.raises(ConfigError, match="unmasked_text: false"):
+        target(torch.zeros(3, 4, 16), None, batch, ForwardContext())
 
 
 def test_hard_itm_scores_every_pair_and_reencodes_the_drawn_negatives(monkeypatch):

@@ -4,6 +4,8 @@ For each image a text is drawn with probability softmax(score) over the batch's 
 caption excluded), and for each text an image likewise; the pairs so formed are re-encoded as negatives.
 Pairs known to match are left out as BLIP does with its image ids (``known_matches``: another row whose text or
 image is identical to the anchor's is a positive, not a negative); a row with nothing left draws none (-1).
+Captions are compared (and matched) as written, with any masked-LM corruption undone first (``unmasked_text``):
+two copies of one caption masked at different positions are still the same caption.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+
+from modaloom.batch import IGNORE_INDEX, INPUT_IDS, MLM_LABELS
 
 
 def sample_hard_negatives(scores: torch.Tensor, generator: torch.Generator | None = None,
@@ -66,3 +70,25 @@ def all_pairs(batch: dict[str, torch.Tensor], rows: torch.Tensor, image_keys: Se
     """Every (image of rows[a], text of rows[b]) pair, image-major: row a * len(rows) + b."""
     n = rows.shape[0]
     return pair_batch(batch, rows.repeat_interleave(n), rows.repeat(n), image_keys, text_keys)
+
+
+def unmasked_text(batch: dict[str, torch.Tensor], ids_key: str = INPUT_IDS,
+                  labels_key: str = MLM_LABELS) -> dict[str, torch.Tensor]:
+    """``batch`` with the masked LM's corruption of ``ids_key`` undone: the original token wherever ``labels_key``
+    holds one (every value but IGNORE_INDEX), as ViLT and ALBEF read unmasked captions for matching. The labels
+    align with the ids from the first position (a text + image sequence's labels may run past the text). A shallow
+    copy when something was masked; ``batch`` itself when nothing was (or either key is absent)."""
+    ids, labels = batch.get(ids_key), batch.get(labels_key)
+    if ids is None or labels is None:
+        return batch
+    if labels.dim() != 2 or labels.shape[0] != ids.shape[0]:
+        raise ValueError(f"{labels_key} {tuple(labels.shape)} must be (rows, positions) with the rows of {ids_key} "
+                         f"{tuple(ids.shape)}")
+    length = min(ids.shape[1], labels.shape[1])
+    labels = labels[:, :length]
+    masked = labels != IGNORE_INDEX
+    if not bool(masked.any()):
+        return batch
+    restored = ids.clone()
+    restored[:, :length] = torch.where(masked, labels, ids[:, :length])
+    return {**batch, ids_key: restored}

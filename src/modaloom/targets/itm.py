@@ -19,6 +19,15 @@ match, as BLIP leaves out pairs of the same image id: a row whose text or image 
 - ``auto`` (default): ``contrastive`` when the model has a ``clr`` target, else ``fusion``.
 
 Mining is within each rank's batch (the re-encoded inputs must be local), as ALBEF mines within the local batch.
+
+``unmasked_text`` (default on): matching reads the captions as written, as ViLT and ALBEF compute ITM on unmasked
+text while their MLM reads masked text. When the batch carries ``mlm_labels`` (the ``vilt`` processor masks every
+caption) the masking is undone (``hard_negatives.unmasked_text``) and the batch's pairs are re-encoded through
+``ctx.encode`` (one more pass of the fusion view); the mined negatives and ``exclude_matches`` use those captions
+too. Read masked, a positive whose distinguishing word is masked cannot be told from a mismatch, and two rows of
+one caption masked at different positions look like different captions, so ``exclude_matches`` lets the miner
+draw them as negatives: the likeliest draws, being the most similar pairs, and false. With both, ITM from mined
+negatives stayed at its prior (docs/objectives.md).
 """
 
 from __future__ import annotations
@@ -33,7 +42,13 @@ from modaloom.errors import ConfigError
 from modaloom.model_config import ModelConfig, TargetConfig
 from modaloom.registry import register
 from modaloom.targets.base import TargetOutput, classification_metrics
-from modaloom.targets.hard_negatives import all_pairs, known_matches, pair_batch, sample_hard_negatives
+from modaloom.targets.hard_negatives import (
+    all_pairs,
+    known_matches,
+    pair_batch,
+    sample_hard_negatives,
+    unmasked_text,
+)
 from modaloom.targets.text import SentencePrediction, SentencePredictionOptions
 
 
@@ -47,6 +62,7 @@ class ImageTextMatchingOptions(SentencePredictionOptions):
     mining: str = choice("auto", "auto", "contrastive", "fusion")
     mining_chunk: int = 256  # pairs encoded at once while scoring every pair for mining: fusion
     exclude_matches: bool = True  # hard: never draw a row whose text or image is identical to the anchor's
+    unmasked_text: bool = True  # match captions as written: undo mlm_labels' masking, re-encode the pairs (ViLT, ALBEF)
 
     def check(self) -> None:
         if self.mining_chunk < 1:
@@ -73,6 +89,14 @@ class ImageTextMatching(SentencePrediction):
 
     def forward(self, hidden, mask, batch, ctx: ForwardContext) -> TargetOutput:
         labels = batch.get(self.label_key)
+        if self.cfg.unmasked_text:
+            text = unmasked_text(batch)
+            if text is not batch:  # masked captions: the pairs again, with their text as written
+                if ctx.encode is None:
+                    raise ConfigError("itm re-encodes the batch's pairs with their MLM masking undone through "
+                                      "ctx.encode; call it via Model, or set unmasked_text: false")
+                batch = text
+                hidden, mask = ctx.encode(batch)
         if getattr(self.cfg, "negatives", "data") != "hard" or labels is None:
             return super().forward(hidden, mask, batch, ctx)
         if ctx.encode is None:
