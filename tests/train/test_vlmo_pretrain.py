@@ -39,19 +39,26 @@ def test_vlmo_pretrains_clr_and_itm_and_evaluates_retrieval(tmp_path, capsys):
     assert metrics["examples"] == 8 and metrics["t2i_r@5"] == 1.0, metrics  # four colours: in the top 2 of 8
 
 
-def test_vlmo_fusion_view_learns_image_text_matching(tmp_path):
-    """ITM alone (random mismatches, 4 colours) through the fusion view: after a plateau at chance (steps
-    ~0-300, the cross-modal interaction is learnt late, as in ViLT) the matching accuracy rises well above
-    chance. Its ceiling is ~0.875: a quarter of the random mismatches show the caption's own colour."""
+def squares_itm_run(tmp_path, mismatch_prob: float, steps: int, log_every: int, *overrides: str) -> list[dict]:
+    """256 pairs of 4 colours preprocessed by ``vilt`` (random mismatches at ``mismatch_prob``), ``vlmo/tiny``
+    pre-trained on them at batch 16, lr 1e-3; the logged rows that carry ``itm_loss``."""
     corpus, vocab = write_pairs(tmp_path, "train", 256, 0), write_vocab(tmp_path / "vocab.txt")
     data, out = tmp_path / "data", tmp_path / "out"
     assert main(["preprocess", "--processor", "vilt", "--corpus", str(corpus), "--vocab", str(vocab), "--out",
                  str(data), "--seq-length", "16", "--option", "image_height=16", "--option", "image_width=16",
-                 "--option", "mismatch_prob=0.5", "--option", "norm=clip"]) == 0
-    assert main(["pretrain", "--config", "vlmo/tiny", "--data", str(data), "--out", str(out), "--steps", "900",
-                 "--batch-size", "16", "--lr", "1e-3", "train.threads=1", "train.log_every=100", "train.progress=false",
-                 "train.save_every=0", "model.embedding.streams.0.vocab_size=0", "model.targets=[{type: itm}]"]) == 0
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"itm_loss"' in line]
+                 "--option", f"mismatch_prob={mismatch_prob:g}", "--option", "norm=clip"]) == 0
+    assert main(["pretrain", "--config", "vlmo/tiny", "--data", str(data), "--out", str(out), "--steps", str(steps),
+                 "--batch-size", "16", "--lr", "1e-3", "train.threads=1", f"train.log_every={log_every}",
+                 "train.progress=false", "train.save_every=0", "model.embedding.streams.0.vocab_size=0",
+                 *overrides]) == 0
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"itm_loss"' in line]
+
+
+def test_vlmo_fusion_view_learns_image_text_matching(tmp_path):
+    """ITM alone (random mismatches, 4 colours) through the fusion view: after a plateau at chance (steps
+    ~0-300, the cross-modal interaction is learnt late, as in ViLT) the matching accuracy rises well above
+    chance. Its ceiling is ~0.875: a quarter of the random mismatches show the caption's own colour."""
+    rows = squares_itm_run(tmp_path, 0.5, 900, 100, "model.targets=[{type: itm}]")
     first, last = rows[0], rows[-1]
     assert abs(first["itm_accuracy"] - 0.5) < 0.15 and last["itm_accuracy"] > 0.7, rows
     assert last["itm_loss"] < 0.6 < first["itm_loss"], rows
@@ -63,15 +70,7 @@ def test_vlmo_itm_learns_from_mined_negatives(tmp_path):
     always "no") and the head tells matches from mined mismatches. The vilt processor masks every caption; itm
     reads them as written (``unmasked_text``), so rows of the same caption are known matches and never mined, and
     no positive loses its colour word. Read masked, it stayed at the prior (docs/objectives.md)."""
-    corpus, vocab = write_pairs(tmp_path, "train", 256, 0), write_vocab(tmp_path / "vocab.txt")
-    data, out = tmp_path / "data", tmp_path / "out"
-    assert main(["preprocess", "--processor", "vilt", "--corpus", str(corpus), "--vocab", str(vocab), "--out",
-                 str(data), "--seq-length", "16", "--option", "image_height=16", "--option", "image_width=16",
-                 "--option", "mismatch_prob=0", "--option", "norm=clip"]) == 0
-    assert main(["pretrain", "--config", "vlmo/tiny", "--data", str(data), "--out", str(out), "--steps", "300",
-                 "--batch-size", "16", "--lr", "1e-3", "train.threads=1", "train.log_every=50", "train.progress=false",
-                 "train.save_every=0", "model.embedding.streams.0.vocab_size=0"]) == 0
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"itm_loss"' in line]
+    rows = squares_itm_run(tmp_path, 0, 300, 50)
     first, last = rows[0], rows[-1]
     assert all(r["itm_hard_negatives"] == 32 for r in rows)  # every anchor finds another colour on both sides
     assert first["itm_loss"] > 0.6 and abs(first["itm_accuracy"] - 2 / 3) < 0.05, rows  # at the prior
