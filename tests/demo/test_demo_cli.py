@@ -170,3 +170,17 @@ def test_the_real_stage_names_are_accepted_in_stages_order(stages):
 
     assert chosen_stages(stages) == [s for s in ["text", "vision", "vision-language", "speech"]
                                      if not stages or s in stages]
+
+
+def test_a_stage_folder_of_the_users_is_never_used(tmp_path, monkeypatch, capsys):
+    """A stage writes into its folder and empties it when its recipe changes: a non-empty folder the demo did
+    not make (no marker, no stage report) is refused before any stage runs, and left as it was."""
+    fakes = FakeStages(monkeypatch)
+    mine = tmp_path / "work" / "alpha"
+    mine.mkdir(parents=True)
+    (mine / "notes.txt").write_text("mine", encoding="utf-8")
+    assert demo(tmp_path) == 2
+    assert "holds files the demo did not write" in capsys.readouterr().err
+    assert fakes.calls == {"alpha": 0, "beta": 0}
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    assert (mine / "notes.txt").read_text(encoding="utf-8") == "mine"

@@ -63,6 +63,11 @@ def read_marker(folder: Path) -> dict | None:
     return marker if isinstance(marker, dict) else None
 
 
+def demo_made(folder: Path) -> bool:
+    """Whether the demo made this stage folder: its marker, or a finished stage's report (older versions)."""
+    return read_marker(folder) is not None or (folder / REPORT_NAME).is_file()
+
+
 def remove_stage_folder(folder: Path, name: str) -> None:
     """Deletes a stage folder for --fresh-stage, only when the demo made it (its marker or stage.json)."""
     if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
@@ -70,7 +75,7 @@ def remove_stage_folder(folder: Path, name: str) -> None:
                         f"remove it yourself or choose another --work")
     if not folder.exists():
         return
-    if read_marker(folder) is None and not (folder / REPORT_NAME).is_file():
+    if not demo_made(folder):
         raise DataError(f"--fresh-stage {name}: {folder} has neither {MARKER} nor {REPORT_NAME}, so the demo "
                         f"did not make it; nothing was deleted. Remove it yourself or choose another --work")
     print(f"--fresh-stage {name}: deleting {folder}", file=sys.stderr, flush=True)
@@ -78,7 +83,14 @@ def remove_stage_folder(folder: Path, name: str) -> None:
 
 
 def prepare_folder(folder: Path, name: str, quick: bool) -> None:
-    """Creates a stage folder with the demo's marker; a folder made at the other size is an error."""
+    """Creates a stage folder with the demo's marker; a folder made at the other size is an error, and so is a
+    non-empty folder the demo did not make: a stage writes into its folder and empties it when its recipe
+    changes (``demo/stage.py``), so a folder of the user's is never used."""
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise DataError(f"{folder} is a link or a file, not a stage folder the demo made; choose another --work")
+    if folder.is_dir() and any(folder.iterdir()) and not demo_made(folder):
+        raise DataError(f"{folder} holds files the demo did not write (no {MARKER} or {REPORT_NAME}); nothing "
+                        f"was changed: move them away or choose another --work")
     marker = read_marker(folder)
     if marker is not None and bool(marker.get("quick")) != quick:
         made, now = ("--quick", "full") if marker.get("quick") else ("full", "--quick")
