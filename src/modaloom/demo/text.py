@@ -342,19 +342,19 @@ def run(ctx: StageContext) -> StageReport:
     ]
     runs = {v.key: [finetune(ctx, v, data, sizes, seed) for seed in v.seeds] for v in variants}
 
-    accuracies = {v.key: [float(_summary(run)["test/accuracy"]) for run in runs[v.key]] for v in variants}
+    summaries = {v.key: [_summary(run) for run in runs[v.key]] for v in variants}
+    accuracies = {key: [float(s["test/accuracy"]) for s in found] for key, found in summaries.items()}
     headline = {f"accuracy_{key}": round(statistics.fmean(values), 4) for key, values in accuracies.items()}
     gains = [a - b for a, b in zip(accuracies["pretrained"], accuracies["random_init"], strict=True)]
     headline["gain"] = round(statistics.fmean(gains), 4)
     headline["gain_min"] = round(min(gains), 4)  # the smallest gain of one fine-tuning seed
     rows = []
     for v in variants:
-        summaries = [_summary(run) for run in runs[v.key]]
         rows.append([v.label, _parameters(runs[v.key][0] / "model"), v.pretraining,
                      counts[v.train.removesuffix(".tsv")], f"{v.lr:g}", len(v.seeds), headline[f"accuracy_{v.key}"],
                      " / ".join(f"{a:.3f}" for a in accuracies[v.key]),
-                     round(statistics.fmean(float(s["test/macro_f1"]) for s in summaries), 4),
-                     round(statistics.fmean(float(s["wall_seconds"]) for s in summaries), 1)])
+                     round(statistics.fmean(float(s["test/macro_f1"]) for s in summaries[v.key]), 4),
+                     round(statistics.fmean(float(s["wall_seconds"]) for s in summaries[v.key]), 1)])
 
     plot_finetuning({f"{v.label}, seed {seed}": run for v in variants for seed, run in zip(v.seeds, runs[v.key],
                                                                                           strict=True)},
