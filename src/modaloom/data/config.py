@@ -11,6 +11,11 @@ SPECIAL_TOKEN_ROLES = ("pad", "unk", "cls", "sep", "mask", "bos", "eos")
 DEFAULT_SEQ_LENGTH = 128  # data.seq_length where no dataset gives one (a dry run without --data)
 
 
+def seq_length_without_data(max_seq_length: int) -> int:
+    """``data.seq_length`` 0 (the dataset's) where no dataset is read: 128, at most the model's positions."""
+    return min(DEFAULT_SEQ_LENGTH, int(max_seq_length)) if max_seq_length else DEFAULT_SEQ_LENGTH
+
+
 @dataclass
 class TokenizerConfig:
     """Which tokenizer to load and how. Special tokens are named per role; empty = the type's default."""

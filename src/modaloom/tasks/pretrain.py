@@ -65,12 +65,12 @@ def resolve_seq_length(cfg: Config, manifest: dict[str, Any] | None, data_dir: P
     most the model's ``max_seq_length``), then ``check_positions``; a
     set value above it is refused for token data unless the loader packs records (``padding: packing``), since
     no record is longer: the batches would be padded, or the positions sized, for tokens that never come."""
-    from modaloom.data.config import DEFAULT_SEQ_LENGTH
+    from modaloom.data.config import seq_length_without_data
 
     entry = (manifest or {}).get("processor") or {}
     made = int(entry.get("seq_length") or 0)
     if cfg.data.seq_length == 0:
-        cfg.data.seq_length = made or min(DEFAULT_SEQ_LENGTH, int(cfg.model.embedding.max_seq_length))
+        cfg.data.seq_length = made or seq_length_without_data(cfg.model.embedding.max_seq_length)
     check_positions(cfg)  # the model's limit first: no data fixes that
     if made and cfg.data.seq_length > made and (manifest or {}).get("tokenizer") and cfg.data.padding != "packing":
         raise DataError(f"data.seq_length {cfg.data.seq_length} exceeds the {made} tokens {data_dir} was preprocessed "

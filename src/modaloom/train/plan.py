@@ -225,10 +225,11 @@ def matmul_weight_count(model: nn.Module) -> int:
 
 
 def planned_seq_length(cfg: Any) -> int:
-    """``data.seq_length``, or 128 where it is 0 (the dataset's, and no dataset's manifest was read)."""
-    from modaloom.data.config import DEFAULT_SEQ_LENGTH
+    """``data.seq_length``, or where it is 0 (the dataset's, and no manifest was read) what a run without data
+    would take (``data.config.seq_length_without_data``)."""
+    from modaloom.data.config import seq_length_without_data
 
-    return int(cfg.data.seq_length) or DEFAULT_SEQ_LENGTH
+    return int(cfg.data.seq_length) or seq_length_without_data(cfg.model.embedding.max_seq_length)
 
 
 def activation_bytes(cfg: Any, model: nn.Module, bytes_: Precision, device: str) -> tuple[int, list[str]]:
@@ -339,10 +340,11 @@ def plan_run(cfg: Any, world_size: int = 1, device: str = "cpu") -> Plan:
     else:
         moving = max(memory["gradients"], memory["activations"])
     peak = memory["weights"] + memory["optimizer"] + extra + moving
-    tokens = train.batch_size * planned_seq_length(cfg) * train.grad_accum_steps * world_size
+    seq = planned_seq_length(cfg)
+    tokens = train.batch_size * seq * train.grad_accum_steps * world_size
     return Plan(parameters=params, world_size=world_size, parallel=parallel, precision=train.precision,
                 optimizer=train.optimizer, device=device, batch_size=train.batch_size,
-                seq_length=planned_seq_length(cfg), grad_accum_steps=train.grad_accum_steps, tokens_per_step=tokens,
+                seq_length=seq, grad_accum_steps=train.grad_accum_steps, tokens_per_step=tokens,
                 memory=memory, peak=peak, notes=notes)
 
 
