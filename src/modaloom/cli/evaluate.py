@@ -38,16 +38,9 @@ def table(metrics: dict[str, float]) -> str:
 
 def task_options(items: list[str]) -> dict[str, object]:
     """``task.<key>=value`` items as {key: JSON value or string}; anything else is refused."""
-    from modaloom.cli.finetune import typed_options
-    from modaloom.errors import ConfigError
+    from modaloom.cli.finetune import typed_key_values
 
-    options = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not (key.startswith("task.") and sep):
-            raise ConfigError(f"evaluate takes task options as task.<key>=value, got {item!r}")
-        options[key[len("task."):]] = value
-    return typed_options(options)
+    return typed_key_values(items, "task.", "evaluate takes task options as task.<key>=value")
 
 
 def run(args: argparse.Namespace) -> int:

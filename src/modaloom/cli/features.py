@@ -74,13 +74,6 @@ def run(args: argparse.Namespace) -> int:
 
 def audio_options(items: list[str]) -> dict[str, object]:
     """``--audio-option KEY=VALUE`` items as {key: JSON value or string}; an item without ``=`` is refused."""
-    from modaloom.cli.finetune import typed_options
-    from modaloom.errors import ConfigError
+    from modaloom.cli.finetune import typed_key_values
 
-    options = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--audio-option takes KEY=VALUE (sample_rate=8000, normalize=false), got {item!r}")
-        options[key] = value
-    return typed_options(options)
+    return typed_key_values(items, "", "--audio-option takes KEY=VALUE (sample_rate=8000, normalize=false)")

@@ -60,6 +60,20 @@ def split_overrides(args: argparse.Namespace) -> tuple[list[str], dict[str, str]
     return config, options
 
 
+def typed_key_values(items: list[str], prefix: str, refusal: str) -> dict[str, object]:
+    """``<prefix>KEY=VALUE`` items as {KEY: JSON value or string} (``typed_options``); an item without the prefix
+    or the ``=`` is a ConfigError: ``refusal`` followed by the item."""
+    from modaloom.errors import ConfigError
+
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not (key.startswith(prefix) and sep and key[len(prefix):]):
+            raise ConfigError(f"{refusal}, got {item!r}")
+        options[key[len(prefix):]] = value
+    return typed_options(options)
+
+
 def typed_options(options: dict[str, str]) -> dict[str, object]:
     """Command-line strings as JSON values where they are one (true, 0.5), else kept as strings."""
     import json
